@@ -32,7 +32,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,7 +42,7 @@ from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger, batc
 from shoal.approvals.policy import _ANSWER, ApprovalRequest, Approver, Decision, reviewed, stopped
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.clock import running_loop
-from shoal.exceptions import describe_exception, exception_message
+from shoal.exceptions import bounded_text, describe_exception, exception_message
 from shoal.limits import Rate, RateLimiter
 from shoal.outcome import _safe_repr
 from shoal.scheduler.state import Ask, Withdraw
@@ -56,6 +56,8 @@ __all__ = ["DRAIN_GRACE", "NO_APPROVER", "ApprovalDesk", "RunApprovals", "Ruling
 log = logging.getLogger("shoal")
 
 DRAIN_GRACE = 1.0  # seconds a cancelled review gets to end when its run ends
+#: The most characters of an approver's ``name`` kept with each decision it makes.
+NAME_LIMIT = 200
 
 NO_APPROVER = ("this tool needs approval and the runtime has no approver "
                "(Runtime(approver=...), or shoal run --approve ...)")
@@ -483,7 +485,18 @@ class ApprovalDesk:
 
     def _answer_early(self, lane: _Lane, review: asyncio.Task[Any], approver: Approver,
                       request: ApprovalRequest, decision: Decision) -> None:
-        """Rule one request of ``review``'s batch now (see :func:`~shoal.approvals.answer_now`)."""
+        """Rule one request of ``review``'s batch now (see :func:`~shoal.approvals.answer_now`).
+
+        From a thread the review started (``asyncio.to_thread`` carries its context), it is
+        handed to the review's loop: made there, it failed the whole batch (``no running event
+        loop``), denying calls a person had approved.
+        """
+        loop = review.get_loop()
+        if running_loop() is not loop:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
+                loop.call_soon_threadsafe(self._answer_early, lane, review, approver, request,
+                                          decision)
+            return
         pending = lane.open.get(request.id) if isinstance(request, ApprovalRequest) else None
         if pending is None or pending.review is not review:  # not this review's (any more)
             return
@@ -492,7 +505,7 @@ class ApprovalDesk:
                                      "not a Decision")
         lane.early.append((pending, decision, _name_of(approver)))
         if lane.early_soon is None:
-            lane.early_soon = asyncio.get_running_loop().call_soon(self._rule_early, lane)
+            lane.early_soon = loop.call_soon(self._rule_early, lane)
 
     def _rule_early(self, lane: _Lane) -> None:
         """Rule the decisions handed on early since the last turn of the loop, in one lot."""
@@ -516,7 +529,12 @@ class ApprovalDesk:
     async def _ask(self, approver: Approver, requests: list[ApprovalRequest]) -> list[Decision]:
         """The approver's decisions, one per request; a failing approver denies them all."""
         try:  # no more answers than requests are read: an endless iterator must not hang
-            answers = list(itertools.islice(await reviewed(approver, requests), len(requests)))
+            answer = await reviewed(approver, requests)
+            wrong = _not_decisions(answer)
+            if wrong is not None:
+                log.warning("approver %s %s", _name_of(approver), wrong)
+                return [Decision.deny(f"the approver {wrong}") for _ in requests]
+            answers = list(itertools.islice(answer, len(requests)))
         except KeyboardInterrupt:
             raise  # Ctrl-C keeps its meaning
         except GeneratorExit:
@@ -579,6 +597,30 @@ def _told(approver: Approver, telling: asyncio.Future[Any]) -> None:
                   exc_info=failed)
 
 
+#: What iterates but is no list of decisions: read as one, text gave a character per request
+_NOT_A_LIST = (str, bytes, bytearray, memoryview, Mapping, Decision)
+
+
+def _not_decisions(answer: object) -> str | None:
+    """What is wrong with a review's ``answer`` when it is plainly no list of decisions.
+
+    ``"yes"`` was read as one answer per character (``the approver answered 'y'``), a dict
+    as its keys, ``None`` (no ``return``) logged a ``TypeError`` traceback, and a coroutine
+    a review returned unawaited was never run (Python warned of it at collection); each
+    now denies its batch saying what came.
+    """
+    if inspect.isawaitable(answer):
+        if inspect.iscoroutine(answer):
+            answer.close()  # never run: closed, so it is not reported as never awaited
+        return (f"answered {_safe_repr(answer)}, an awaitable it did not await, not "
+                "decisions (await it in review)")
+    if isinstance(answer, _NOT_A_LIST) or not (isinstance(answer, Iterable)
+                                               or hasattr(answer, "__getitem__")):
+        return (f"answered {_safe_repr(answer)}, not a list of decisions (one per request, "
+                "in the batch's order)")
+    return None
+
+
 def _retrieved(review: asyncio.Task[None]) -> None:
     """Read a review's end: one an approver's ``KeyboardInterrupt`` ended has been raised.
 
@@ -604,7 +646,8 @@ def _name_of(approver: Approver) -> str:
     """Who decided, as stored: the approver's ``name``, or its class's if that is not text.
 
     A ``name`` that raises must not leave the batch it decided unanswered; one that is not
-    text could not be journaled, and the approval would be lost.
+    text could not be journaled, and the approval would be lost; a huge one is cut (it was
+    stored whole with each decision, as the reason of each denial was).
     """
     try:
         name = approver.name
@@ -613,7 +656,9 @@ def _name_of(approver: Approver) -> str:
     except BaseException:  # sys.exit too: the approver's code ends no run
         log.exception("approver %s: its name failed", type(approver).__name__)
         name = None
-    return name if isinstance(name, str) and name else type(approver).__name__
+    if not isinstance(name, str) or not name:
+        return type(approver).__name__
+    return bounded_text(name, NAME_LIMIT)  # stored with every decision it makes
 
 
 class RunApprovals:

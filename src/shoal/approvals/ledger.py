@@ -396,8 +396,11 @@ class RunLedger:
         edited arguments do not fit ``tool`` or the decision was used already, and whatever
         the ledger raises if it cannot be written: the call must then be denied.
         """
+        # checked before the journal is touched: raised inside its transaction, a misfit
+        # edit read "cannot write to the journal ...: the edited arguments do not fit"
+        edited = _edited(decision, tool)
         with batched(self.ledger):  # kept and used in one commit, done before the call runs
-            args, args_hash = self._bound_args(request, decision, tool, by)
+            args, args_hash = self._bound_args(request, edited, tool, by)
             self.ledger.decide(request.run_id, request.node_id, args_hash, "approved",
                                decided_by=by, reason=decision.reason, at=self._epoch())
             used = self.ledger.use_decision(request.run_id, request.node_id, args_hash)
@@ -413,22 +416,18 @@ class RunLedger:
         except Exception:  # a denial needs no stored record to be safe
             log.exception("could not store the denial of %s", request.id)
 
-    def _bound_args(self, request: ApprovalRequest, decision: Decision, tool: Tool[..., Any],
+    def _bound_args(self, request: ApprovalRequest,
+                    edited: tuple[dict[str, Any], str] | None, tool: Tool[..., Any],
                     by: str) -> tuple[dict[str, Any] | None, str]:
         """The arguments a decision approves (``None``: as asked) and their hash.
 
-        An edit is validated against the tool's schema; the request it replaces is closed in
-        the ledger as denied (and used: the edit used it), and the edited call gets a request
-        of its own.
+        ``edited``: an edit's arguments, checked (:func:`_edited`), and their hash. The
+        request an edit replaces is closed in the ledger as denied (and used: the edit used
+        it), and the edited call gets a request of its own.
         """
-        if decision.verdict != "edit" or decision.args is None:
+        if edited is None:
             return None, request.args_hash
-        try:
-            args = tool.validate(decision.args)
-        except Exception as exc:
-            raise ValueError(f"the edited arguments do not fit tool {tool.name!r}: "
-                             f"{exception_message(exc)}") from exc
-        args_hash = approval_hash(tool.name, args)
+        args, args_hash = edited
         if args_hash != request.args_hash:
             self.ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
                                decided_by=by, reason=f"replaced by edited arguments "
@@ -439,3 +438,18 @@ class RunLedger:
                 request.run_id, request.node_id, tool.name, args_hash, arguments=jsonable(args),
                 requested_at=self._epoch()))
         return args, args_hash
+
+
+def _edited(decision: Decision, tool: Tool[..., Any]) -> tuple[dict[str, Any], str] | None:
+    """An edit's arguments as ``tool`` takes them, and their hash (``None``: not an edit).
+
+    Raises :class:`ValueError` saying why when they do not fit the tool's schema.
+    """
+    if decision.verdict != "edit" or decision.args is None:
+        return None
+    try:
+        args = tool.validate(decision.args)
+        return args, approval_hash(tool.name, args)
+    except Exception as exc:
+        raise ValueError(f"the edited arguments do not fit tool {tool.name!r}: "
+                         f"{exception_message(exc)}") from exc

@@ -28,7 +28,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from shoal.exceptions import ConfigError, describe_exception
+from shoal.exceptions import ConfigError, bounded_text, describe_exception
 from shoal.merge import _is_async, shown
 from shoal.outcome import _safe_repr
 from shoal.store.base import canonical_json
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from shoal.tools import Tool
 
 __all__ = [
+    "REASON_LIMIT",
     "ApprovalRequest",
     "Approver",
     "Callback",
@@ -130,6 +131,11 @@ def _ascii(name: str) -> str:
     return json.dumps(str(name))[1:-1]
 
 
+#: The most characters of a decision's reason kept (its start and end, with a note of how
+#: much of the middle was left out): a reason is journaled and shown to agents with its call.
+REASON_LIMIT = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """An approver's answer to one request: :meth:`approve`, :meth:`deny` or :meth:`edit`."""
@@ -151,6 +157,9 @@ class Decision:
             object.__setattr__(self, "reason", "")
         elif not isinstance(self.reason, str):  # it is journaled, and shown to agents, as text
             raise ConfigError(f"a decision's reason is text, got {shown(self.reason)}")
+        elif len(self.reason) > REASON_LIMIT:  # kept in the ledger, the outcome and events:
+            # a 5 MB reason (one quoting a call's arguments, say) made 35 MB of journal a call
+            object.__setattr__(self, "reason", bounded_text(self.reason, REASON_LIMIT))
 
     @classmethod
     def approve(cls, reason: str = "") -> Decision:
@@ -220,8 +229,9 @@ def answer_now(request: ApprovalRequest, decision: Decision) -> None:
 
     For an :meth:`Approver.review` that decides its requests one by one: each call starts as
     its decision is made, instead of waiting for the slowest (or a never answered) request
-    of its batch. Called from the review (or a task it started); elsewhere, or for a request
-    answered, withdrawn or timed out already, it does nothing.
+    of its batch. Called from the review, a task it started, or a thread it started with its
+    context (``asyncio.to_thread``: the decision is handed to the review's loop); elsewhere,
+    or for a request answered, withdrawn or timed out already, it does nothing.
     """
     answer = _ANSWER.get()
     if answer is not None:
@@ -375,8 +385,25 @@ def as_approver(value: Approver | Callback | None) -> Approver | None:
 
 
 def _value_text(value: Any) -> str:
-    """An argument as text for glob matching: strings as they are, the rest as JSON."""
-    return value if isinstance(value, str) else canonical_json(value)
+    """An argument as text for glob matching: strings as they are, the rest as JSON.
+
+    The JSON of a value is made once per request (see :meth:`RulesApprover.decide`), not
+    once per rule: 50 rules with argument patterns over a 1 MB list took 10 s a call.
+    """
+    if isinstance(value, str):
+        return value
+    texts = _TEXTS.get()
+    if texts is None:
+        return canonical_json(value)
+    found = texts.get(id(value))
+    if found is None or found[0] is not value:
+        found = texts[id(value)] = (value, canonical_json(value))
+    return found[1]
+
+
+#: While a request is matched against rules: the JSON text of each of its values, by id
+_TEXTS: contextvars.ContextVar[dict[int, tuple[Any, str]] | None] = contextvars.ContextVar(
+    "shoal_rule_texts", default=None)
 
 
 _SEGMENTS = re.compile(r"[/\\]")
@@ -544,6 +571,13 @@ class RulesApprover(Approver):
 
     def decide(self, request: ApprovalRequest) -> Decision | None:
         """The first matching rule's decision, or ``None`` when no rule matches."""
+        texts = _TEXTS.set({})  # each value's JSON, made once for all the rules
+        try:
+            return self._first_match(request)
+        finally:
+            _TEXTS.reset(texts)
+
+    def _first_match(self, request: ApprovalRequest) -> Decision | None:
         for rule in self.rules:
             try:
                 matched = rule.matches(request)

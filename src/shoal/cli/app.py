@@ -56,7 +56,14 @@ from shoal.cli.render import (
     plan_problems,
     render_result,
 )
-from shoal.cli.safe import clean, install_log_handler, live_fits, one_line, others_to_stderr
+from shoal.cli.safe import (
+    clean,
+    install_log_handler,
+    is_terminal,
+    live_fits,
+    one_line,
+    others_to_stderr,
+)
 from shoal.cli.safe import console as safe_console
 from shoal.events import JsonlSink
 from shoal.exceptions import (
@@ -183,7 +190,7 @@ def approver_for(mode: str | None, pause: LivePause | None = None) -> Approver |
     file (YAML or JSON; ``otherwise: ask`` passes unmatched calls to the console).
     """
     if mode is None:
-        mode = "console" if sys.stdin.isatty() else None
+        mode = "console" if is_terminal(sys.stdin) else None
     if mode is None:
         return None  # gated calls are denied, saying how to approve them
     console = ConsoleApprover(pause=pause)

@@ -22,16 +22,26 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, TextIO
 
 from shoal.approvals.policy import ApprovalRequest, Approver, Decision, answer_now
-from shoal.cli.safe import clean, exact_json_view, one_line, safe_repr, text, view_text
+from shoal.cli.safe import (
+    clean,
+    exact_json_view,
+    is_terminal,
+    one_line,
+    safe_repr,
+    text,
+    view_text,
+)
 from shoal.cli.safe import console as safe_console
-from shoal.exceptions import ConfigError
+from shoal.clock import running_loop
+from shoal.exceptions import ConfigError, describe_exception
 from shoal.merge import shown as merge_shown
+from shoal.plandata import DataError, parse_json
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-__all__ = ["TOOL_SHOWN", "ConsoleApprover"]
+__all__ = ["GONE_SHOWN", "TOOL_SHOWN", "ConsoleApprover"]
 
 
 class _Lines:
@@ -41,8 +51,12 @@ class _Lines:
     cannot be stopped, and a daemon one does not keep the process alive at exit.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None) -> None:
         self._stream = stream
+        #: why no more answers come, once none do: the reason each call left is denied with
+        self.ended = _NO_INPUT if stream is not None else _NO_STDIN
+        # a person types at a terminal; lines from a file or a pipe are a script, all answers
+        self._typed = is_terminal(stream)
         self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
@@ -50,14 +64,33 @@ class _Lines:
 
     def _read(self) -> None:
         while True:
-            try:
-                line: str | None = self._stream.readline() or None
-            except (OSError, ValueError):  # closed underneath us: the same as end of input
-                line = None
+            line = self._read_one()
             self._lines.put(line)
             self._wake()
             if line is None:
                 return
+
+    def _read_one(self) -> str | None:
+        """The next line; ``None`` at the end of input, or when no more can be read.
+
+        Any failure ends the input, saying why (:attr:`ended`): this thread dying of it left
+        the prompt waiting for good, and its calls with it (no standard input at all, as
+        under ``0<&-``, gave ``None.readline``).
+        """
+        if self._stream is None:
+            return None
+        try:
+            line: object = self._stream.readline()
+        except Exception as exc:  # closed underneath us, undecodable, a stream's own bug
+            why = one_line(describe_exception(exc), 200)  # a stream's message may be huge
+            self.ended = f"no answer: reading the input failed ({why})"
+            return None
+        if not isinstance(line, str):  # a binary stream: rstrip("\r\n") failed on the loop
+            if line:
+                self.ended = (f"no answer: the input gave {type(line).__name__}, not text "
+                              "(open it in text mode)")
+            return None
+        return line or None
 
     def _wake(self) -> None:
         with self._lock:
@@ -68,7 +101,14 @@ class _Lines:
                 loop.call_soon_threadsafe(_resolve, future)
 
     def discard_typed_ahead(self) -> None:
-        """Drop lines typed before the prompt: they answered a question that is gone."""
+        """Drop lines typed at a terminal before the prompt: they answered a question now gone.
+
+        Lines from a file or a pipe are kept: they are the answers of a script, and the
+        second batch's were read ahead while the first was answered, then dropped (its calls
+        denied: ``the input ended``).
+        """
+        if not self._typed:
+            return
         while True:
             try:
                 line = self._lines.get_nowait()
@@ -142,6 +182,10 @@ class ConsoleApprover(Approver):
         self.pause = pause
         self.shown = max(shown, 1)
         self._busy: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._gone: list[ApprovalRequest] = []  # withdrawn, to be said (see withdrawn)
+        self._gone_soon = False
+        self._asking: str | None = None  # the question waiting for its answer, if one is
+        self._open: set[str] = set()  # ids of the batch under review not withdrawn
 
     @property
     def console(self) -> Console:
@@ -163,6 +207,7 @@ class ConsoleApprover(Approver):
             with self._paused():
                 self._lines.discard_typed_ahead()
                 calls = [_Shown(r, self.shown) for r in batch]
+                self._open = {r.id for r in batch}  # those withdrawn are taken out
                 self._show(calls)
                 return await self._ask(calls)
 
@@ -190,7 +235,7 @@ class ConsoleApprover(Approver):
             if choice == "a":
                 return [Decision.approve("approved by a person (all)") for _ in calls]
             if choice != "o":  # "d", or end of input
-                reason = "denied by a person (all)" if choice == "d" else _NO_INPUT
+                reason = "denied by a person (all)" if choice == "d" else self._lines.ended
                 return [Decision.deny(reason) for _ in calls]
         decisions: list[Decision] = []
         for i, call in enumerate(calls, 1):
@@ -228,7 +273,7 @@ class ConsoleApprover(Approver):
                 if decision is not None:
                     return decision
             elif choice is None:
-                return Decision.deny(_NO_INPUT)
+                return Decision.deny(self._lines.ended)
             else:
                 reason = await self._prompt("reason (optional): ")
                 return Decision.deny(f"denied by a person: {reason}" if reason
@@ -251,20 +296,18 @@ class ConsoleApprover(Approver):
         while True:
             text = await self._prompt("new arguments as a JSON object (Enter keeps them): ")
             if text is None:
-                return Decision.deny(_NO_INPUT)
+                return Decision.deny(self._lines.ended)
             if not text.strip():
                 if not call.whole:
                     self._must_view(call)
                     return None
                 return Decision.approve("approved by a person")
-            try:
-                args = json.loads(text)
-            except json.JSONDecodeError as exc:
-                self.console.print(f"not JSON ({exc.msg}); try again", markup=False)
-                continue
-            except (ValueError, RecursionError) as exc:  # too many digits, nested too deep
-                why = one_line(str(exc) or type(exc).__name__, 120)
-                self.console.print(f"not usable JSON ({why}); try again", markup=False)
+            try:  # strict: NaN, 1e999 (inf) or a key given twice ran as what nobody wrote
+                args = parse_json(text)
+            except DataError as exc:  # not JSON, a key twice, too deep, too many digits
+                what = "not JSON" if exc.code == "syntax" else "not usable JSON"
+                self.console.print(f"{what} ({one_line(exc.message, 200)}); try again",
+                                   markup=False)
                 continue
             if isinstance(args, dict):
                 return Decision.edit(args, "edited by a person")
@@ -282,13 +325,41 @@ class ConsoleApprover(Approver):
     async def _prompt(self, text: str) -> str | None:
         self.console.print(text, end="", markup=False, highlight=False)
         self.console.file.flush()
-        return await self._lines.readline()
+        self._asking = text
+        try:
+            return await self._lines.readline()
+        finally:
+            self._asking = None
 
     def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
-        """Say which calls no longer need an answer."""
-        for request in requests:
+        """Say which calls no longer need an answer: at most :data:`GONE_SHOWN` lines at once.
+
+        Those withdrawn in one turn of the event loop are said together: 200 requests timed
+        out at once printed 200 lines, which pushed the question still asked off the screen.
+        """
+        self._gone.extend(requests)
+        loop = running_loop()
+        if loop is None:  # not told on a loop: said at once
+            self._say_gone()
+        elif not self._gone_soon:
+            self._gone_soon = True
+            loop.call_soon(self._say_gone)
+
+    def _say_gone(self) -> None:
+        gone, self._gone, self._gone_soon = self._gone, [], False
+        asking = self._asking
+        if asking is not None:  # said on lines of their own, not after the open question
+            self.console.print()
+        for request in gone[:GONE_SHOWN]:
             self.console.print(text(f"no longer needed: {one_line(request.tool, 80)} "
                                     f"({one_line(request.lineage, 200)})", "dim"))
+        if len(gone) > GONE_SHOWN:
+            self.console.print(text(f"no longer needed: {len(gone) - GONE_SHOWN:,} more calls",
+                                    "dim"))
+        self._open.difference_update(r.id for r in gone)
+        if asking is not None and self._open:  # the question waits for its answer: ask again
+            self.console.print(asking, end="", markup=False, highlight=False)
+            self.console.file.flush()
 
 
 class _Shown:
@@ -336,6 +407,8 @@ class _Shown:
 
 
 TOOL_SHOWN = 80  # characters of a tool's name shown before the rest waits for "v"
+GONE_SHOWN = 5  # withdrawn calls named one by one at a time; the rest are counted
 
 
 _NO_INPUT = "no answer: the input ended"
+_NO_STDIN = "no answer: there is no standard input to read answers from (it is closed)"

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
     "SPACE_RUN", "clean", "console", "console_size", "count", "exact_json_view",
-    "install_log_handler", "is_safe", "json_view", "live_fits", "one_line", "others_to_stderr",
+    "install_log_handler", "is_safe", "is_terminal", "json_view", "live_fits", "one_line",
+    "others_to_stderr",
     "safe_repr",
     "safe_str", "shorten", "text", "view_text",
 ]
@@ -360,12 +361,21 @@ def console_size(stream: IO[str]) -> tuple[int | None, int | None]:
     return width or PLAIN_WIDTH, height or 25
 
 
+def is_terminal(stream: IO[str] | None) -> bool:
+    """Whether ``stream`` is a terminal; never raises.
+
+    ``None`` (Python's ``sys.stdin`` when descriptor 0 was closed, ``0<&-``) and a closed
+    stream are not: ``sys.stdin.isatty()`` ended ``shoal run`` in a traceback there.
+    """
+    try:
+        return stream is not None and stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
 def _terminal_size(stream: IO[str]) -> tuple[int, int] | None:
     """The size of the terminal ``stream`` is (0 x 0: unknown), or ``None`` if it is none."""
-    try:
-        if not stream.isatty():
-            return None
-    except (OSError, ValueError):
+    if not is_terminal(stream):
         return None
     try:
         real = os.get_terminal_size(stream.fileno())  # 0 x 0 for a fresh pseudo-terminal

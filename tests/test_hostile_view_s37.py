@@ -1,0 +1,391 @@
+"""Found by attacking shoal's approvals and transparency, session 37: a console approver with no
+standard input, review answers of the wrong shape, and more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from shoal import (
+    ApprovalRequest,
+    Approver,
+    CallbackApprover,
+    ConsoleApprover,
+    Decision,
+    Plan,
+    Rule,
+    RulesApprover,
+    Runtime,
+    tool,
+)
+from shoal.approvals import answer_now, policy
+from shoal.approvals.desk import NAME_LIMIT
+from shoal.approvals.policy import REASON_LIMIT
+from shoal.cli.app import approver_for
+from shoal.cli.approver import GONE_SHOWN
+from shoal.outcome import RunResult
+from shoal.store.base import canonical_json
+from shoal.store.sqlite import SQLiteStore
+from tests.conftest import arun
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@tool(approval=True)
+def launch(target: str) -> str:
+    """Needs a person's yes every time."""
+    return f"launched {target}"
+
+
+def gated_run(approver: Approver, calls: int = 2) -> RunResult:
+    """``calls`` gated calls under ``approver``, bounded in real time (a hang fails, not waits)."""
+    plan = Plan()
+    for i in range(calls):
+        plan.call(launch, target=f"t{i}")
+
+    async def main() -> RunResult:
+        async with Runtime(approver=approver) as runtime:
+            return await runtime.run(plan)
+
+    return arun(main(), timeout=30)
+
+
+def reasons(result: RunResult) -> set[tuple[str, str]]:
+    """Each call's status and reason."""
+    return {(o.status, o.reason) for o in result.outcomes.values()}
+
+
+# ---- the console approver with no input to read -----------------------------------------------
+
+
+class Unreadable(io.StringIO):
+    """A text stream whose reading fails as no stream of the standard library's does."""
+
+    def readline(self, size: int | None = -1, /) -> str:  # type: ignore[override]
+        raise RuntimeError("the device went away")
+
+
+@pytest.mark.parametrize(("stream", "why"), [
+    (None, "no answer: there is no standard input to read answers from (it is closed)"),
+    (Unreadable(), "no answer: reading the input failed (RuntimeError: the device went away)"),
+    (io.BytesIO(b"a\n"), "no answer: the input gave bytes, not text (open it in text mode)"),
+], ids=["no-stdin", "read-raises", "binary"])
+def test_a_console_approver_that_cannot_read_answers_denies_saying_why(
+        stream: Any, why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # with no standard input (``0<&-``: sys.stdin is None) its reading thread died of
+    # AttributeError ('NoneType' object has no attribute 'readline') and the prompt waited
+    # for an answer for good, its calls with it; a stream raising anything but OSError or
+    # ValueError did the same; a binary one failed the batch with a logged TypeError
+    monkeypatch.setattr(sys, "stdin", stream)
+    approver = ConsoleApprover(console=Console(file=io.StringIO(), width=100))
+    result = gated_run(approver)
+    assert reasons(result) == {("denied", why)}
+
+
+def test_no_standard_input_means_no_console_approver_by_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``shoal run`` with descriptor 0 closed ended in a traceback ('NoneType' object has no
+    # attribute 'isatty'), and with sys.stdin closed in ValueError, before running anything
+    for stdin in (None, io.StringIO()):
+        if stdin is not None:
+            stdin.close()
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert approver_for(None) is None  # gated calls are denied, saying how to approve
+
+
+def test_shoal_run_asking_on_the_console_with_stdin_closed_denies_and_ends(
+        tmp_path: Path) -> None:
+    (tmp_path / "gated.py").write_text(textwrap.dedent('''
+        from shoal import tool
+
+        @tool(approval=True)
+        def rm(path: str) -> str:
+            """Remove ``path``."""
+            return f"removed {path}"
+    '''))
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [
+        {"id": "a", "tool": "gated:rm", "args": {"path": "/etc/passwd"}}]}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for approve in ([], ["--approve", "console"]):
+        # a real interpreter: only one started with descriptor 0 closed has sys.stdin None
+        proc = subprocess.run(
+            ["sh", "-c", 'exec "$0" -m shoal.cli.app run plan.json --json "$@" 0<&-',
+             sys.executable, *approve], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=60, check=False)
+        assert proc.returncode == 1, proc.stderr  # a call denied: not ok, and no traceback
+        (outcome,) = json.loads(proc.stdout)["outcomes"]
+        assert outcome["status"] == "denied"
+        assert ("no standard input" in outcome["reason"]) == bool(approve)
+        assert "Traceback" not in proc.stderr
+
+
+# ---- a review answering with something that is no list of decisions -------------------------
+
+
+async def _decisions() -> list[Decision]:
+    return [Decision.approve(), Decision.approve()]
+
+
+class Answering(Approver):
+    """Answers every batch with what ``make`` gives."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        answer: Sequence[Decision] = self.make()
+        return answer
+
+
+@pytest.mark.parametrize(("make", "shown"), [
+    (lambda: "yes", "'yes'"),
+    (lambda: b"yy", "b'yy'"),
+    (lambda: {"t0": Decision.approve(), "t1": Decision.approve()}, "{'t0': Decision("),
+    (Decision.approve, "Decision(verdict='approve'"),
+    (lambda: None, "None"),
+    (lambda: 1, "1"),
+], ids=["text", "bytes", "mapping", "one-decision", "none", "number"])
+def test_a_review_answering_no_list_of_decisions_denies_quoting_the_answer_whole(
+        make: Any, shown: str) -> None:
+    # "yes" was read as one answer per character: the calls were denied with "the approver
+    # answered 'y'" and "... 'e'", a dict as its keys; None or 1 logged a TypeError traceback
+    result = gated_run(Answering(make))
+    ((status, reason),) = reasons(result)
+    assert status == "denied"
+    assert reason.startswith(f"the approver answered {shown}")
+    assert reason.endswith("not a list of decisions (one per request, in the batch's order)")
+
+
+def test_a_review_returning_a_coroutine_unawaited_denies_and_leaves_no_warning() -> None:
+    # the inner coroutine was never awaited: "TypeError: 'coroutine' object is not iterable"
+    # logged with a traceback, then Python's "coroutine ... was never awaited" when collected
+    # (an error under this suite's filterwarnings once the garbage collector met it)
+    result = gated_run(Answering(_decisions))
+    ((status, reason),) = reasons(result)
+    assert status == "denied"
+    assert "an awaitable it did not await" in reason and "await it in review" in reason
+    gc.collect()
+
+
+# ---- answer_now from a thread the review started ----------------------------------------------
+
+
+class ThreadedDesk(Approver):
+    """Decides each request on a worker thread and hands it on there, at once.
+
+    The review then waits for the first call to have run: only an early answer lets it.
+    """
+
+    def __init__(self) -> None:
+        self.ran = asyncio.Event()
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        def decide(request: ApprovalRequest) -> Decision:
+            decision = Decision.approve(f"approved on a thread: {request.args['target']}")
+            answer_now(request, decision)  # asyncio.to_thread carries the review's context
+            return decision
+
+        decisions = [await asyncio.to_thread(decide, request) for request in batch]
+        await self.ran.wait()  # the first call started before this review ended
+        return [Decision.deny("too late") for _ in decisions]
+
+
+def test_answer_now_from_a_thread_the_review_started_approves_at_once() -> None:
+    # it ruled the request on that thread: "RuntimeError: no running event loop" failed the
+    # whole review, and every call a person had approved was denied
+    approver = ThreadedDesk()
+
+    @tool(approval=True)
+    async def first(target: str) -> str:
+        """Tell the review that a call approved early ran."""
+        approver.ran.set()
+        return target
+
+    plan = Plan()
+    gated = [plan.call(first, target=f"t{i}") for i in range(3)]
+
+    async def main() -> RunResult:
+        async with Runtime(approver=approver) as runtime:
+            return await runtime.run(plan)
+
+    result = arun(main(), timeout=30)
+    assert [result[call].status for call in gated] == ["ok"] * 3
+    assert [result[call].value for call in gated] == ["t0", "t1", "t2"]
+
+
+# ---- a decision's reason, and its approver's name, of megabytes -------------------------------
+
+
+class Verbose(Approver):
+    """Denies quoting megabytes (as one quoting a call's arguments may), under a long name."""
+
+    @property
+    def name(self) -> str:
+        return "desk-" + "n" * 1_000_000
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        return [Decision.deny("refused: " + "x" * 5_000_000 + " (the end)") for _ in batch]
+
+
+def test_a_reason_and_a_name_of_megabytes_are_kept_in_bounds(tmp_path: Path) -> None:
+    # each was kept whole, in the ledger, the outcome and the events: 20 such denials made
+    # 703 MB of journal and took 7 s
+    plan = Plan()
+    calls = [plan.call(launch, target=f"t{i}") for i in range(3)]
+
+    async def main() -> RunResult:
+        store = SQLiteStore(tmp_path / "runs.db", keep_events=True)
+        async with Runtime(approver=Verbose(), store=store) as runtime:
+            return await runtime.run(plan)
+
+    result = arun(main(), timeout=60)
+    for call in calls:
+        reason = result[call].reason
+        assert len(reason) <= REASON_LIMIT
+        assert reason.startswith("refused: xxx") and reason.endswith("x (the end)")
+        assert "characters left out" in reason  # never looks whole when it is not
+    assert (tmp_path / "runs.db").stat().st_size < 5_000_000
+    with sqlite3.connect(tmp_path / "runs.db") as db:
+        ((longest,),) = db.execute("SELECT max(length(decided_by)) FROM approvals").fetchall()
+    assert longest <= NAME_LIMIT
+
+
+# ---- 200 requests timed out at once, while a person is asked -------------------------------
+
+
+def test_two_hundred_calls_timed_out_at_once_are_said_in_a_few_lines() -> None:
+    # each was said on a line of its own: 200 lines pushed the question still being asked
+    # off the screen
+    read, write = os.pipe()
+    out = io.StringIO()
+    stream = os.fdopen(read, "r")
+    approver = ConsoleApprover(Console(file=out, width=120, color_system=None), stream)
+    plan = Plan()
+    calls = [plan.call(launch, target=f"t{i}") for i in range(200)]
+
+    async def main() -> RunResult:
+        async with Runtime(approver=approver, approval_timeout=60) as runtime:
+            return await runtime.run(plan)
+
+    try:  # on the virtual clock: nobody answers, so the minute passes at once
+        result = arun(main(), virtual=True, timeout=600)
+    finally:
+        os.close(write)
+        stream.close()
+    assert {result[call].status for call in calls} == {"denied"}
+    said = [line for line in out.getvalue().splitlines() if "no longer needed" in line]
+    assert len(said) <= 2 * (GONE_SHOWN + 1)  # a batch or two, each named in part, counted
+    assert said[GONE_SHOWN] == f"no longer needed: {200 - GONE_SHOWN:,} more calls"
+    assert all(line.startswith("no longer needed: ") for line in said)  # not after a question
+
+
+# ---- an edit that does not fit the tool, on a journaled run ---------------------------------
+
+
+def test_a_misfit_edit_on_a_journaled_run_is_not_said_to_be_the_journals_fault(
+        tmp_path: Path) -> None:
+    # the edit was checked inside the journal's transaction, whose error handling took its
+    # ValueError for SQLite's: "cannot write to the journal '...': the edited arguments do
+    # not fit tool 'launch'", as if the disk were full or the file locked
+    plan = Plan()
+    call = plan.call(launch, target="prod")
+
+    async def main() -> RunResult:
+        store = SQLiteStore(tmp_path / "runs.db")
+        approver = CallbackApprover(lambda request: Decision.edit({"target": ["a", "list"]}))
+        async with Runtime(approver=approver, store=store) as runtime:
+            return await runtime.run(plan)
+
+    result = arun(main())
+    assert result[call].status == "denied"
+    assert result[call].reason.startswith("the edited arguments do not fit tool 'launch': ")
+    assert "journal" not in result[call].reason
+
+
+# ---- a person's edit that JSON does not hold as written --------------------------------------
+
+
+@pytest.mark.parametrize(("typed", "said"), [
+    ('{"target": NaN}', "not JSON (NaN is not JSON"),
+    ('{"target": 1e999}', "not usable JSON (the number 1e999 is too large for a float"),
+    ('{"target": "prod", "target": "staging"}', "the key 'target' appears twice"),
+], ids=["nan", "infinite", "key-twice"])
+def test_an_edit_typed_at_the_console_is_strict_json(typed: str, said: str) -> None:
+    # Python's json took NaN and 1e999 (as inf) and kept the last of a key given twice: the
+    # call ran with what the person had not written (a float infinity for a number, or
+    # "staging" where they may have read "prod")
+    out = io.StringIO()
+    approver = ConsoleApprover(Console(file=out, width=200, color_system=None),
+                               io.StringIO(f"e\n{typed}\n{{\"target\": \"dev\"}}\n"))
+    request = ApprovalRequest("r1", "run", "n1", "launch", {"target": "prod"}, "h", "n1",
+                              "needs approval")
+    (decision,) = arun(approver.review([request]))
+    assert decision.verdict == "edit" and decision.args == {"target": "dev"}
+    assert said in out.getvalue() and "try again" in out.getvalue()
+
+
+# ---- answers from a file or a pipe, for batches asked one after another ----------------------
+
+
+def test_scripted_answers_reach_every_batch_not_only_the_first() -> None:
+    # the lines read ahead while the first batch was answered were dropped as "typed before
+    # the prompt" when the second came: its calls were denied ("the input ended"), so
+    # `printf 'y\ny\n' | shoal run plan --approve console` approved one call of two
+    out = io.StringIO()
+    approver = ConsoleApprover(Console(file=out, width=200, color_system=None),
+                               io.StringIO("y\ny\n"))
+
+    def asked(number: int) -> ApprovalRequest:
+        return ApprovalRequest(f"r{number}", "run", f"n{number}", "launch",
+                               {"target": f"t{number}"}, "h", f"n{number}", "needs approval")
+
+    async def main() -> list[str]:
+        (first,) = await approver.review([asked(1)])
+        reader = approver._lines._thread  # every line read ahead, the end too: as the race
+        assert reader is not None        # goes when a person is slow to answer the first
+        await asyncio.to_thread(reader.join, 10)
+        (second,) = await approver.review([asked(2)])
+        return [first.verdict, second.verdict]
+
+    assert arun(main()) == ["approve", "approve"]
+
+
+# ---- rules with argument patterns over a large value ----------------------------------------
+
+
+def test_rules_make_a_values_json_once_per_request_not_once_per_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # each rule made the value's canonical JSON again: 50 deny rules with argument patterns
+    # over a 1.4 MB list took about 10 s a call (100 such calls: over 15 minutes)
+    made: list[int] = []
+    real = canonical_json
+
+    def counted(value: Any) -> str:  # the real conversion, counted
+        made.append(1)
+        return real(value)
+
+    monkeypatch.setattr(policy, "canonical_json", counted)
+    rules = RulesApprover([*(Rule("deny", "put", args={"data": f"*secret{i}*"})
+                             for i in range(50)), Rule("allow", "put")])
+    data = [{"name": f"row {i}"} for i in range(1000)]
+    request = ApprovalRequest("r1", "run", "n1", "put", {"data": data}, "h", "n1", "why")
+    decision = rules.decide(request)
+    assert decision is not None and decision.verdict == "approve"
+    assert len(made) == 1
+    data.append({"name": "secret7 inside"})  # a value changed is matched as it is now
+    denied = rules.decide(request)
+    assert denied is not None and denied.verdict == "deny"
