@@ -52,6 +52,7 @@ import re
 import shlex
 import socket
 import tempfile
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self, TextIO, cast
@@ -107,8 +108,11 @@ class _OneLineNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.getMessage().startswith("Failed to parse JSONRPC"):
-            record.msg, record.args = ("MCP server printed a line that is not JSON-RPC on "
-                                       "stdout (ignored): %s"), (_printed(record.exc_info[1]),)
+            batch = _batch_size(record.exc_info[1])
+            record.msg, record.args = (
+                ("MCP server printed a line that is not JSON-RPC on stdout (ignored): %s",
+                 (_printed(record.exc_info[1]),)) if batch is None else
+                ("MCP server sent a JSON-RPC batch of %d messages (read one by one)", (batch,)))
             record.exc_info = record.exc_text = None
         elif record.exc_info and record.getMessage() in _HTTP_NOISE:
             # an HTTP server's answer that is not JSON-RPC: the request it answers fails
@@ -128,6 +132,15 @@ def _printed(error: BaseException | None) -> str:
     if isinstance(said, bytes):  # the body of an HTTP answer
         said = said.decode("utf-8", "replace")
     return bounded_text(str(said), 200)
+
+
+def _batch_size(error: BaseException | None) -> int | None:
+    """How many messages the batch holds whose line the SDK refused (None: no batch)."""
+    errors = getattr(error, "errors", None)
+    found = errors() if callable(errors) else None
+    said = found[0].get("input") if isinstance(found, list) and found and isinstance(
+        found[0], dict) else None
+    return len(said) if isinstance(said, list) else None
 
 
 #: What the MCP SDK's HTTP client logs, with a traceback, of an answer that is not JSON-RPC.
@@ -726,10 +739,16 @@ class _Watched:
 class _WatchedReader(_Watched):
     """The transport's read stream; its end (the server's stdout ended) ends the session."""
 
+    def __init__(self, inner: Any, session: _Session) -> None:
+        super().__init__(inner, session)
+        self._batched: list[Any] = []  # the messages of a batch not yet handed on
+
     def __aiter__(self) -> _WatchedReader:
         return self
 
     async def __anext__(self) -> Any:
+        if self._batched:
+            return self._batched.pop(0)
         try:
             item = await self._inner.receive()
         except anyio.EndOfStream:
@@ -739,7 +758,8 @@ class _WatchedReader(_Watched):
             self._session.output_ended()
             raise
         if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
-            return _unreadable_answer(item) or item
+            self._batched = _salvaged(item)
+            return self._batched.pop(0) if self._batched else item
         return item
 
 
@@ -747,29 +767,57 @@ class _WatchedReader(_Watched):
 _UNREADABLE = "shoal: the server's answer could not be read"
 
 
-def _unreadable_answer(error: Exception) -> Any:
-    """An error answer to the request a line the SDK could not read answers, if it names one.
+def _salvaged(error: Exception) -> list[Any]:
+    """The messages a line the MCP SDK could not read stands for (none: it is dropped).
 
-    The SDK drops such a line (a lone surrogate's escape, say, which its parser refuses but
-    JSON allows): the call it answered waited for good, without a timeout. Python's parser
-    reads the line; one it cannot read either (nested too deeply) names no request.
+    The SDK reads one message a line, and drops any other line: the calls it answered
+    waited for good, without a timeout. Python's parser reads the line again, and
+
+    - a JSON-RPC batch (an array of messages, which MCP's 2025-03-26 revision allowed) is
+      its messages, one by one;
+    - an answer the SDK refuses (a lone surrogate's escape, say, which its parser refuses but
+      JSON allows) is an error answer to the request it names.
+
+    A line Python cannot read either (nested too deeply) names no request.
+    """
+    errors = getattr(error, "errors", None)
+    found = errors() if callable(errors) else None
+    if not (isinstance(found, list) and found and isinstance(found[0], dict)):
+        return []
+    line, reason = found[0].get("input"), found[0].get("ctx", {}).get("error")
+    try:  # a batch arrives parsed already (its items are what the SDK refused)
+        message = json.loads(line) if isinstance(line, str) else line
+    except (ValueError, RecursionError):
+        return []
+    read = ([_batched_message(item) for item in message] if isinstance(message, list)
+            else [_error_answer(message, reason)])
+    return [m for m in read if m is not None]
+
+
+def _batched_message(item: Any) -> Any:
+    """One message of a batch, read as the SDK reads a line; else as :func:`_error_answer`."""
+    from mcp.shared.message import SessionMessage
+
+    try:  # as JSON again: the SDK's parser refuses what it refuses on a line of its own
+        return SessionMessage(mcp_types.jsonrpc_message_adapter.validate_json(
+            json.dumps(item), by_name=False))
+    except (ValueError, RecursionError) as exc:
+        errors = exc.errors() if isinstance(exc, pydantic.ValidationError) else []
+        return _error_answer(item, errors[0].get("ctx", {}).get("error") if errors else exc)
+
+
+def _error_answer(message: Any, reason: Any) -> Any:
+    """An error answer to the request ``message`` answers (None: it answers none).
+
+    ``message``: parsed JSON the SDK refused; ``reason``: why.
     """
     from mcp.shared.message import SessionMessage
 
-    errors = getattr(error, "errors", None)
-    found = errors() if callable(errors) else None
-    line = found[0].get("input") if isinstance(found, list) and found and isinstance(
-        found[0], dict) else None
-    try:
-        message = json.loads(line) if isinstance(line, str) else None
-    except (ValueError, RecursionError):
-        return None
     if not (isinstance(message, dict) and ("result" in message or "error" in message)):
         return None
     request = message.get("id")
     if isinstance(request, bool) or not isinstance(request, int | str):
         return None
-    reason = found[0].get("ctx", {}).get("error") if isinstance(found, list) else None
     said = mcp_types.ErrorData(code=mcp_types.INTERNAL_ERROR, data=_UNREADABLE,
                                message=f"its answer is JSON the MCP SDK cannot read ({reason})")
     return SessionMessage(mcp_types.JSONRPCError(jsonrpc="2.0", id=request, error=said))
@@ -912,6 +960,13 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"invalid input schema ({exc.message}); leave it out with "
                                   "only=[...]") from None
+    loop = _ref_loop(schema)
+    if loop is not None:  # jsonschema's check passes it; every argument's check then recursed
+        raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
+                                  f"input schema that leads back to itself without reaching "
+                                  f"into the value (it loops through {loop}), so checking "
+                                  "any argument against it never ends; leave it out with "
+                                  "only=[...]")
     if _SCOPE_PARAM in (schema.get("properties") or {}):  # its value would be dropped
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"argument named {_SCOPE_PARAM!r}, a name shoal keeps for "
@@ -979,6 +1034,126 @@ def _objects_past(schema: Mapping[str, Any], limit: int) -> bool:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
+    return False
+
+
+#: Keywords whose subschemas apply to the value itself, not to a part of it (one, or a list).
+_IN_PLACE = ("$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else")
+#: Keywords that map names to schemas applied to the value itself (when it has that property).
+_IN_PLACE_NAMED = ("dependentSchemas", "dependencies")
+
+
+def _ref_loop(schema: Mapping[str, Any]) -> str | None:
+    """A loop of ``$ref`` (through ``allOf``, ``not`` ...) never reaching into the value.
+
+    As text (``allOf -> $ref '#/$defs/a'``), or None: only a loop a check can meet counts.
+    jsonschema accepts such a schema, and its check of any value then recurses until Python's
+    limit: each argument was refused as "nested too deeply", blaming the value. A loop in an
+    unused definition costs nothing, and is left. A schema with an ``$id``
+    below its root is not followed: its ``$ref`` resolve elsewhere than against the root.
+    """
+    if _nested_id(schema):
+        return None
+    reached: dict[int, Mapping[str, Any]] = {}
+    work: list[Any] = [schema]
+    while work:  # every subschema checking may meet, by structure or by $ref
+        node = work.pop()
+        if id(node) in reached:
+            continue
+        reached[id(node)] = node
+        work += [inner for _, inner in _in_place(schema, node)] + _parts(node)
+    done: set[int] = set()
+    for start in reached.values():
+        found = _loop_from(schema, start, done)
+        if found is not None:
+            return found
+    return None
+
+
+def _loop_from(root: Mapping[str, Any], start: Mapping[str, Any], done: set[int]) -> str | None:
+    """A loop of in-place subschemas met from ``start`` (depth first), as text, if any.
+
+    ``done``: the subschemas from which no loop is met (shared across starts: each is walked
+    once).
+    """
+    hops: list[str] = []  # how each subschema on the chain followed was reached
+    on_chain: dict[int, int] = {}  # each subschema on that chain: its place in hops
+    stack: list[tuple[Mapping[str, Any], str, bool]] = [(start, "", False)]
+    while stack:
+        node, how, leaving = stack.pop()
+        if leaving:
+            del on_chain[id(node)]
+            hops.pop()
+            done.add(id(node))
+        elif id(node) in on_chain:  # back on the chain followed: a loop
+            return " -> ".join(h for h in [*hops[on_chain[id(node)] + 1:], how] if h)
+        elif id(node) not in done:
+            on_chain[id(node)] = len(hops)
+            hops.append(how)
+            stack.append((node, how, True))
+            stack += [(inner, hop, False) for hop, inner in _in_place(root, node)]
+    return None
+
+
+def _in_place(root: Mapping[str, Any], node: Mapping[str, Any],
+              ) -> list[tuple[str, Mapping[str, Any]]]:
+    """The subschemas ``node`` applies to the value itself, each with the keyword leading there."""
+    out: list[tuple[str, Any]] = []
+    for key in _IN_PLACE:
+        inner = node.get(key)
+        if key == "$ref":
+            target = _pointed(root, inner) if isinstance(inner, str) else None
+            out += [(f"$ref {bounded_text(repr(inner), 80)}", target)]
+        else:
+            out += [(key, i) for i in (inner if isinstance(inner, list) else [inner])]
+    for key in _IN_PLACE_NAMED:
+        named = node.get(key)
+        out += [(key, i) for i in named.values()] if isinstance(named, Mapping) else []
+    return [(how, inner) for how, inner in out if isinstance(inner, Mapping)]
+
+
+def _parts(node: Mapping[str, Any]) -> list[Any]:
+    """The subschemas of ``node`` by structure (definitions are reached by ``$ref`` only)."""
+    out: list[Any] = []
+    for key, inner in node.items():
+        if key in _VALUES or key in ("$defs", "definitions"):
+            continue
+        if key in _NAMED or key in _IN_PLACE_NAMED:
+            out += inner.values() if isinstance(inner, Mapping) else []
+        elif isinstance(inner, Mapping):
+            out.append(inner)
+        elif isinstance(inner, list):
+            out += [i for i in inner if isinstance(i, Mapping)]
+    return out
+
+
+def _pointed(root: Mapping[str, Any], ref: str) -> Any:
+    """What ``ref`` (``#`` or a JSON pointer ``#/...``) points to in ``root``; else None."""
+    if ref != "#" and not ref.startswith("#/"):
+        return None  # an anchor, or another document: not followed
+    node: Any = root
+    for part in ref[2:].split("/") if ref != "#" else ():
+        step = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping):
+            node = node.get(step)
+        elif isinstance(node, list) and step.isdigit() and int(step) < len(node):
+            node = node[int(step)]
+        else:
+            return None
+    return node
+
+
+def _nested_id(schema: Mapping[str, Any]) -> bool:
+    """Whether a subschema of ``schema`` (not the root) sets ``$id``: another base for $refs."""
+    stack: list[Any] = [v for k, v in schema.items() if k not in _VALUES]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if isinstance(item.get("$id"), str):
+                return True
+            stack += [v for k, v in item.items() if k not in _VALUES]
+        elif isinstance(item, list):
+            stack += item
     return False
 
 
