@@ -9,12 +9,17 @@ never a wait without end.
 from __future__ import annotations
 
 import logging
+import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install -e '.[mcp]'")
+
+import jsonschema  # type: ignore[import-untyped]
 
 import shoal
 from shoal.exceptions import ToolDefinitionError
@@ -99,3 +104,88 @@ def test_an_answer_in_a_json_rpc_batch_reaches_its_call(caplog: pytest.LogCaptur
     said = [r.getMessage() for r in caplog.records if "batch" in r.getMessage()]
     assert sorted(said) == [f"MCP server sent a JSON-RPC batch of {n} messages (read one by one)"
                             for n in (1, 2)]
+
+
+#: Schemas jsonschema's own check refuses, each for another keyword (and some it takes).
+SCHEMAS: list[Any] = [
+    {"type": "no-such-type"}, {"type": "object", "properties": {"a": {"type": 3}}},
+    {"minLength": -1}, {"properties": {"a": {"pattern": "(["}}}, {"$ref": 5},
+    {"items": [{"type": "string"}]}, {"required": "a"}, {"required": ["a", "a"]},
+    {"$defs": {"x": {"enum": 3}}}, {"anyOf": []}, {"additionalProperties": {"type": ["x"]}},
+    {"dependentRequired": {"a": [1]}}, {"format": 3}, {"$id": 4}, {"unevaluatedProperties": 3},
+    {"properties": {"a": {"allOf": [{"not": {"type": "q"}}]}}}, {"contentMediaType": 1},
+    {"title": 1}, {"deprecated": "yes"}, {"prefixItems": [{"minimum": "a"}]},
+    {"$anchor": "1bad"}, {"definitions": {"a": {"type": 1}}}, {"dependencies": {"a": [1]}},
+    {"$comment": 1}, {"$vocabulary": {"x": 1}}, {"contentSchema": {"type": 1}},
+    {"patternProperties": {"x": {"minItems": -2}}}, {"propertyNames": {"maxLength": 1.5}},
+    {"multipleOf": 0}, {"uniqueItems": 1}, {"properties": {"x": {"$defs": {"y": {"type": "z"}}}}},
+    {"const": {"$ref": 1}}, {"enum": []}, {"$defs": {"a": True, "b": False}}, True,
+    {"type": "object", "properties": {"p": {"type": "string", "description": "x"}}},
+]
+
+
+def _random_schema(rng: random.Random, depth: int = 0) -> Any:
+    """A schema-like value: keywords of draft 2020-12 with values of any kind, nested."""
+    if rng.random() < 0.1:
+        return rng.choice([True, False])
+    keywords = [
+        *sorted(jsonschema.Draft202012Validator.META_SCHEMA["properties"]), "type", "enum",
+        "minimum", "maxLength", "pattern", "required", "properties", "items", "prefixItems",
+        "allOf", "anyOf", "not", "if", "additionalProperties", "format", "dependentSchemas",
+        "$ref", "$id", "$anchor", "$defs", "title", "default", "multipleOf"]
+    values: list[Callable[[], Any]] = [
+        lambda: rng.randrange(-3, 5), lambda: rng.random() * 4 - 1,
+        lambda: rng.choice(["string", "object", "x", "([", "#/a", "a b"]),
+        lambda: rng.choice([True, False, None]), lambda: [],
+        lambda: [rng.randrange(3) for _ in range(rng.randrange(3))]]
+    if depth < 3:
+        values += [lambda: _random_schema(rng, depth + 1),
+                   lambda: [_random_schema(rng, depth + 1) for _ in range(rng.randrange(3))],
+                   lambda: {rng.choice("ab"): _random_schema(rng, depth + 1)}]
+    return {rng.choice(keywords): rng.choice(values)() for _ in range(rng.randrange(4))}
+
+
+def _schema_error(check: Callable[[Any], None], schema: Any) -> str | None:
+    """The message of the :class:`jsonschema.SchemaError` ``check(schema)`` raises, if any."""
+    try:
+        check(schema)
+    except jsonschema.SchemaError as exc:
+        return str(exc.message)
+    return None
+
+
+def test_the_quick_check_of_a_schema_finds_what_jsonschemas_own_check_finds() -> None:
+    # jsonschema's check of a draft 2020-12 schema follows a reference into each of seven
+    # meta-schemas for every object of the schema: 1.5 s for one of 2,400 properties, on
+    # every listing. The quick one follows none, and must refuse exactly what it refuses
+    from shoal.integrations.mcp import _check_schema, _meta_checker
+
+    rng = random.Random(37)
+    schemas = SCHEMAS + [_random_schema(rng) for _ in range(800)]
+    valid = 0
+    for schema in schemas:
+        said = _schema_error(jsonschema.Draft202012Validator.check_schema, schema)
+        assert _meta_checker().is_valid(schema) == (said is None), schema
+        assert _schema_error(_check_schema, schema) == said  # its error, word for word
+        valid += said is None
+    assert 150 < valid < len(schemas) - 150  # both kinds, many of each
+
+
+def test_the_quick_check_of_a_schema_looks_nothing_up() -> None:
+    from shoal.integrations.mcp import _meta_checker
+
+    seen: set[int] = set()
+    stack: list[Any] = [_meta_checker().schema]
+    while stack:  # the meta-schema is a cycle of objects: each is walked once
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):  # a schema: a map of names to schemas is not one
+            assert not {"$ref", "$dynamicRef", "$id"} & set(item), item
+            for key, inner in item.items():
+                named = key in ("properties", "patternProperties", "dependentSchemas")
+                stack += list(inner.values()) if named else [inner]
+        elif isinstance(item, list):
+            stack += item
+    assert len(seen) > 100

@@ -954,8 +954,7 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
                                   "takes from a server: checking it would take seconds on "
                                   "each listing; leave it out with only=[...]")
     try:
-        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator
-                                            ).check_schema(schema)
+        _check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"invalid input schema ({exc.message}); leave it out with "
@@ -1012,10 +1011,96 @@ def _prompt_text(text: str) -> str:
 
 
 #: The most JSON objects (each property's schema is one) a listed tool's input schema may
-#: hold. Checking a schema costs about half a millisecond an object (jsonschema's check of
-#: draft 2020-12 follows several references for each), on every listing: 20,000 properties
-#: took 7 s and more. Real schemas hold tens, at most a few thousand.
+#: hold. Taking a schema costs a fraction of a millisecond an object (checking it against
+#: its meta-schema, see :func:`_check_schema`, and making its argument model), on every
+#: listing. Real schemas hold tens, at most a few thousand.
 MAX_SCHEMA_OBJECTS = 5_000
+
+
+def _check_schema(schema: Mapping[str, Any]) -> None:
+    """Raise :class:`jsonschema.SchemaError` if ``schema`` is no valid JSON schema.
+
+    A draft 2020-12 schema (the default) is first checked by :func:`_meta_checker`, which
+    finds the same schemas valid a few times faster; only one it refuses is checked again by
+    jsonschema's own check, for the error it raises.
+    """
+    checker = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    if checker is not jsonschema.Draft202012Validator or not _meta_checker().is_valid(schema):
+        checker.check_schema(schema)
+
+
+@functools.cache
+def _meta_checker() -> Any:
+    """A validator of draft 2020-12's meta-schema that follows no reference at check time.
+
+    jsonschema's own check (``check_schema``) follows a reference into each of the seven
+    vocabulary meta-schemas for every object of the schema checked, each looked up by URI:
+    about half a millisecond an object, 1.5 s for a schema of 2,400 properties. Here each
+    reference is resolved once, its target put in its place (an ``allOf``: what a ``$ref``
+    beside other keywords means), ``$dynamicRef: "#meta"`` is the root (what it resolves to
+    for a plain 2020-12 schema), and the vocabularies' ``properties``, which name different
+    keywords, are merged into the root's.
+    """
+    meta = jsonschema.Draft202012Validator.META_SCHEMA
+    root = _inlined(meta, jsonschema.Draft202012Validator(meta)._resolver, {})
+    merged = [part for part in map(_unwrapped, root.pop("allOf", []))
+              if not (set(part) <= {"type", "properties"} and part.get("type") == root["type"]
+                      and not set(part.get("properties", {})) & set(root["properties"]))
+              or root["properties"].update(part.get("properties", {}))]
+    if merged:  # a vocabulary that cannot be merged stays as it was
+        root["allOf"] = merged
+    return jsonschema.Draft202012Validator(
+        root, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def _unwrapped(part: Any) -> Any:
+    """What an inlined ``{"$ref": ...}`` alone (``{"allOf": [target]}``) stands for."""
+    while isinstance(part, dict) and set(part) == {"allOf"} and len(part["allOf"]) == 1:
+        part = part["allOf"][0]
+    return part
+
+
+#: What a meta-schema's object keeps of its own keywords once inlined: no identity or
+#: annotation (which change nothing a check finds, and an $id would be a base for no $ref).
+_UNINLINED = frozenset({"$id", "$schema", "$dynamicAnchor", "$vocabulary", "$comment", "title",
+                        "$defs"})
+
+
+def _inlined(contents: Any, resolver: Any, done: dict[int, Any]) -> Any:
+    """``contents`` (a meta-schema's part) with each reference replaced by what it names.
+
+    ``done``: what each part became (by ``id``), so that a part reached again is the same
+    object: a reference back to the root makes the result a cycle of objects, which
+    jsonschema follows as deep as the schema checked goes.
+    """
+    if not isinstance(contents, dict):
+        return contents
+    if id(contents) in done:
+        return done[id(contents)]
+    out: dict[str, Any] = {}
+    done[id(contents)] = out
+    from referencing.jsonschema import DRAFT202012
+
+    resolver = resolver.in_subresource(DRAFT202012.create_resource(contents))
+    targets: list[Any] = []
+    for key, inner in contents.items():
+        if key in ("$ref", "$dynamicRef"):
+            found = resolver.lookup(inner)
+            targets.append(done[id(jsonschema.Draft202012Validator.META_SCHEMA)]
+                           if inner == "#meta" else _inlined(found.contents, found.resolver,
+                                                             done))
+        elif key in _VALUES or key in _UNINLINED:
+            if key not in _UNINLINED:
+                out[key] = inner
+        elif key in _NAMED and isinstance(inner, dict):
+            out[key] = {name: _inlined(v, resolver, done) for name, v in inner.items()}
+        elif isinstance(inner, list):
+            out[key] = [_inlined(v, resolver, done) for v in inner]
+        else:
+            out[key] = _inlined(inner, resolver, done)
+    if targets:
+        out["allOf"] = [*out.get("allOf", []), *targets]
+    return out
 
 
 def _objects_past(schema: Mapping[str, Any], limit: int) -> bool:
@@ -1049,10 +1134,10 @@ def _ref_loop(schema: Mapping[str, Any]) -> str | None:
     As text (``allOf -> $ref '#/$defs/a'``), or None: only a loop a check can meet counts.
     jsonschema accepts such a schema, and its check of any value then recurses until Python's
     limit: each argument was refused as "nested too deeply", blaming the value. A loop in an
-    unused definition costs nothing, and is left. A schema with an ``$id``
-    below its root is not followed: its ``$ref`` resolve elsewhere than against the root.
+    unused definition costs nothing, and is left; a schema with an ``$id`` below its root is
+    not followed (see :func:`_refs_of`).
     """
-    if _nested_id(schema):
+    if _refs_of(schema) is not True:  # no $ref, so no loop (a JSON document is a tree)
         return None
     reached: dict[int, Mapping[str, Any]] = {}
     work: list[Any] = [schema]
@@ -1143,18 +1228,23 @@ def _pointed(root: Mapping[str, Any], ref: str) -> Any:
     return node
 
 
-def _nested_id(schema: Mapping[str, Any]) -> bool:
-    """Whether a subschema of ``schema`` (not the root) sets ``$id``: another base for $refs."""
+def _refs_of(schema: Mapping[str, Any]) -> bool | None:
+    """Whether ``schema`` has a ``$ref``; None if a subschema (not the root) sets ``$id``.
+
+    An ``$id`` below the root is another base, against which its ``$ref`` resolve.
+    """
+    found = False
     stack: list[Any] = [v for k, v in schema.items() if k not in _VALUES]
     while stack:
         item = stack.pop()
         if isinstance(item, Mapping):
             if isinstance(item.get("$id"), str):
-                return True
+                return None
+            found = found or isinstance(item.get("$ref"), str)
             stack += [v for k, v in item.items() if k not in _VALUES]
         elif isinstance(item, list):
             stack += item
-    return False
+    return found or isinstance(schema.get("$ref"), str)
 
 
 def _control_key(value: Any) -> str | None:
