@@ -3,7 +3,8 @@
 Raw, so that it can break the protocol as no SDK lets a server: ``python
 mcp_hostile_s37_server.py [MODE ...]``. Its tools (each takes ``text`` and ``n``):
 
-- ``echo`` answers ``echo: TEXT`` after ``n`` seconds (a thread of its own: calls overlap);
+- ``echo`` answers ``echo: TEXT`` after ``n`` seconds (a thread of its own: calls overlap),
+  first adding a line ``TEXT`` to the file its argument ``mark`` names, if given;
 - ``batched`` answers in a JSON-RPC batch (an array), with a log notification before the
   answer;
 - ``batched_bad`` answers in a batch whose answer is no MCP result (its content no list).
@@ -65,6 +66,10 @@ def call(request: Any, name: str, arguments: dict[str, Any]) -> None:
     elif name == "batched_bad":
         send([{"jsonrpc": "2.0", "id": request, "result": {"content": "not a list"}}])
     else:
+        if arguments.get("mark"):  # the call arrived: a line in the file it names
+            with open(str(arguments["mark"]), "a", encoding="utf-8") as marks:
+                marks.write(text + "\n")
+
         def later() -> None:
             time.sleep(float(arguments.get("n") or 0))
             send(answer(request, f"echo: {text}"))

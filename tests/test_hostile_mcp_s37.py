@@ -8,6 +8,7 @@ never a wait without end.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import sys
@@ -20,6 +21,7 @@ import pytest
 pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install -e '.[mcp]'")
 
 import jsonschema  # type: ignore[import-untyped]
+import psutil
 
 import shoal
 from shoal.exceptions import ToolDefinitionError
@@ -189,3 +191,33 @@ def test_the_quick_check_of_a_schema_looks_nothing_up() -> None:
         elif isinstance(item, list):
             stack += item
     assert len(seen) > 100
+
+
+def test_calls_waiting_when_their_held_server_is_closed_fail_saying_so(tmp_path: Path) -> None:
+    # the calls failed with "the connection closed: its output (stdout) ended ... (the server
+    # exited, or closed its stdout)": blamed on the server, when shoal had closed it itself
+    srv = shoal.mcp.server(SERVER, name="held")
+    marks = tmp_path / "marks"
+
+    async def main() -> None:
+        (echo,) = await srv.tools(only=["echo"])
+        plan = shoal.Plan()
+        refs = [plan.call(echo, text=f"t{i}", n=60, mark=str(marks)) for i in range(5)]
+        async with srv:
+            running = asyncio.ensure_future(shoal.run(plan))
+            # another process writes the file: polled (for a moment, once)
+            while len(marks.read_text().split()) < 5 if marks.exists() else True:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # until the server has every call
+        result = await running
+        for ref in refs:
+            error = result[ref].error
+            assert result[ref].status == "failed" and error is not None
+            assert error.type == "shoal.exceptions.MCPServerError"
+            assert error.message.startswith("MCP server 'held' (")
+            assert error.message.endswith(
+                "): the session was closed while the call waited for its answer (the `async "
+                "with` block that held the server open ended, or the run that started it did) "
+                "(while calling 'echo')")
+        assert not psutil.Process().children(recursive=True)  # the server was stopped
+
+    arun(main(), timeout=SLOW)

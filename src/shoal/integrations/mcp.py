@@ -627,8 +627,15 @@ class _Session:
         return f"the connection closed ({exc.message}); the server may have crashed"
 
     async def close(self) -> None:
-        """End the session and wait (boundedly) for its task to finish."""
+        """End the session and wait (boundedly) for its task to finish.
+
+        A call still waiting for its answer fails saying the session was closed under it:
+        its answer was lost when the server's output closed, read as the server's doing
+        ("the server exited, or closed its stdout").
+        """
         task = self._task
+        if self._client is not None:
+            self._end(_CLOSED_UNDER)
         self._stop.set()
         if task is None:
             return
@@ -641,6 +648,11 @@ class _Session:
             await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
         if task.done():
             _retrieve(task)
+
+
+#: Why the calls running when a session was closed got no answer.
+_CLOSED_UNDER = ("the session was closed while the call waited for its answer (the `async "
+                 "with` block that held the server open ended, or the run that started it did)")
 
 
 def _connection_closed(exc: MCPError) -> bool:
