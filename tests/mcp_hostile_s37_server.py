@@ -10,7 +10,8 @@ mcp_hostile_s37_server.py [MODE ...]``. Its tools (each takes ``text`` and ``n``
 - ``batched_bad`` answers in a batch whose answer is no MCP result (its content no list).
 
 MODEs: ``ref_loop`` lists a tool ``looped`` whose input schema loops through ``$ref``
-(``$defs`` ``a`` -> ``b`` -> ``a`` through ``allOf``); ``ref_tree`` a tool ``tree`` whose
+(``$defs`` ``a`` -> ``b`` -> ``a`` through ``allOf``), ``output_loop`` a tool ``looped_out``
+whose output schema loops (``y`` -> ``not`` -> ``y``); ``ref_tree`` a tool ``tree`` whose
 schema refers to itself through a property (a tree: no loop).
 """
 
@@ -42,6 +43,10 @@ def listed() -> list[dict[str, Any]]:
             "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}},
             "$defs": {"a": {"allOf": [{"$ref": "#/$defs/b"}]},
                       "b": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/a"}]}}}})
+    if "output_loop" in MODES:
+        tools.append({"name": "looped_out", "annotations": READ_ONLY, "inputSchema": ARGS,
+                      "outputSchema": {"type": "object", "properties": {
+                          "x": {"$ref": "#"}, "y": {"not": {"$ref": "#/properties/y"}}}}})
     if "ref_tree" in MODES:
         tools.append({"name": "tree", "annotations": READ_ONLY, "inputSchema": {
             "type": "object", "properties": {"root": {"$ref": "#/$defs/node"}},

@@ -35,6 +35,7 @@ def test_a_schema_whose_ref_loops_is_refused_when_listed_not_blamed_on_each_valu
     # jsonschema accepts a schema whose $ref leads back to itself (through allOf, anyOf ...)
     # without reaching into the value; checking any argument then recursed to Python's limit,
     # and every call was refused as "nested too deeply ... pass it flatter", blaming the value
+    # (and a looping output schema failed every call as "off-protocol", blaming the answer)
     async def main() -> None:
         with pytest.raises(ToolDefinitionError) as caught:
             await shoal.mcp.tools(command=[*SERVER, "ref_loop"], name="loopy")
@@ -44,6 +45,12 @@ def test_a_schema_whose_ref_loops_is_refused_when_listed_not_blamed_on_each_valu
                 "into the value (it loops through allOf -> $ref '#/$defs/b' -> anyOf -> "
                 "$ref '#/$defs/a'), so checking any argument against it never ends; leave it "
                 "out with only=[...]") in said
+        with pytest.raises(ToolDefinitionError) as caught:  # so did the SDK's check of results
+            await shoal.mcp.tools(command=[*SERVER, "output_loop"], name="loopy")
+        assert ("tool 'looped_out' has an output schema that leads back to itself without "
+                "reaching into the value (it loops through not -> $ref '#/properties/y'), so "
+                "checking any result against it never ends; leave it out with only=[...]"
+                ) in str(caught.value)
         # the other tools are there to take, and a schema that refers to itself through a
         # property (a tree, which each level of the value ends) is no loop
         tools = await shoal.mcp.tools(command=[*SERVER, "ref_loop", "ref_tree"],

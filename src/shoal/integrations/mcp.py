@@ -971,13 +971,7 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"invalid input schema ({exc.message}); leave it out with "
                                   "only=[...]") from None
-    loop = _ref_loop(schema)
-    if loop is not None:  # jsonschema's check passes it; every argument's check then recursed
-        raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
-                                  f"input schema that leads back to itself without reaching "
-                                  f"into the value (it loops through {loop}), so checking "
-                                  "any argument against it never ends; leave it out with "
-                                  "only=[...]")
+    _refuse_loops(srv, listed)
     if _SCOPE_PARAM in (schema.get("properties") or {}):  # its value would be dropped
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"argument named {_SCOPE_PARAM!r}, a name shoal keeps for "
@@ -993,6 +987,24 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
                       bounded_text(_prompt_text(listed.description or ""), 20_000),
                       schema, hints.read_only_hint, hints.destructive_hint,
                       hints.idempotent_hint, hints.open_world_hint, listed.output_schema)
+
+
+def _refuse_loops(srv: MCPServer, listed: mcp_types.Tool) -> None:
+    """Refuse a tool whose input or output schema loops (see :func:`_ref_loop`).
+
+    jsonschema's check passes such a schema; checking any argument against it then recursed
+    to Python's limit (blamed on the value: "nested too deeply"), and so did the MCP SDK's
+    check of every result against the output schema (blamed on the answer: "off-protocol").
+    """
+    for kind, schema, checked in (("input", listed.input_schema, "argument"),
+                                  ("output", listed.output_schema, "result")):
+        loop = _ref_loop(schema) if isinstance(schema, Mapping) else None
+        if loop is not None:
+            raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has "
+                                      f"an {kind} schema that leads back to itself without "
+                                      f"reaching into the value (it loops through {loop}), "
+                                      f"so checking any {checked} against it never ends; "
+                                      "leave it out with only=[...]")
 
 
 #: An ANSI escape sequence: CSI (ESC [ or U+009B ... final byte), OSC (ESC ] ... BEL or ESC \\),
