@@ -7,7 +7,10 @@ mcp_hostile_s37_server.py [MODE ...]``. Its tools (each takes ``text`` and ``n``
   first adding a line ``TEXT`` to the file its argument ``mark`` names, if given;
 - ``batched`` answers in a JSON-RPC batch (an array), with a log notification before the
   answer;
-- ``batched_bad`` answers in a batch whose answer is no MCP result (its content no list).
+- ``batched_bad`` answers in a batch whose answer is no MCP result (its content no list);
+- ``misnumbered`` answers a request it was never sent (its call's id plus 1000), and
+  ``unnamed`` with a parse error naming no request (``id: null``), each once an ``echo``
+  call has come (or after 30 s).
 
 MODEs: ``ref_loop`` lists a tool ``looped`` whose input schema loops through ``$ref``
 (``$defs`` ``a`` -> ``b`` -> ``a`` through ``allOf``), ``output_loop`` a tool ``looped_out``
@@ -22,6 +25,7 @@ import time
 from typing import Any
 
 MODES = set(sys.argv[1:])
+ECHOING = threading.Event()  # set once an echo call has come
 _LOCK = threading.Lock()
 ARGS = {"type": "object", "properties": {"text": {"type": "string"}, "n": {"type": "number"}}}
 READ_ONLY = {"readOnlyHint": True}
@@ -37,7 +41,7 @@ def send(message: Any) -> None:
 def listed() -> list[dict[str, Any]]:
     """What ``tools/list`` answers."""
     tools = [{"name": name, "inputSchema": ARGS, "annotations": READ_ONLY}
-             for name in ("echo", "batched", "batched_bad")]
+             for name in ("echo", "batched", "batched_bad", "misnumbered", "unnamed")]
     if "ref_loop" in MODES:
         tools.append({"name": "looped", "annotations": READ_ONLY, "inputSchema": {
             "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}},
@@ -68,12 +72,22 @@ def call(request: Any, name: str, arguments: dict[str, Any]) -> None:
         send([{"jsonrpc": "2.0", "method": "notifications/message",
                "params": {"level": "info", "data": "about to answer"}},
               answer(request, f"batched: {text}")])
+    elif name in ("misnumbered", "unnamed"):
+        def stray() -> None:
+            ECHOING.wait(30)
+            send(answer(request + 1000, "lost") if name == "misnumbered" else {
+                "jsonrpc": "2.0", "id": None,
+                "error": {"code": -32700, "message": "Parse error\x1b[2J: bad request"}})
+
+        threading.Thread(target=stray, daemon=True).start()
     elif name == "batched_bad":
         send([{"jsonrpc": "2.0", "id": request, "result": {"content": "not a list"}}])
     else:
         if arguments.get("mark"):  # the call arrived: a line in the file it names
             with open(str(arguments["mark"]), "a", encoding="utf-8") as marks:
                 marks.write(text + "\n")
+
+        ECHOING.set()
 
         def later() -> None:
             time.sleep(float(arguments.get("n") or 0))

@@ -228,3 +228,36 @@ def test_calls_waiting_when_their_held_server_is_closed_fail_saying_so(tmp_path:
         assert not psutil.Process().children(recursive=True)  # the server was stopped
 
     arun(main(), timeout=SLOW)
+
+
+@pytest.mark.parametrize(("tool", "said"), [
+    ("misnumbered", "answered a request it was never sent (id "),
+    ("unnamed", "answered with an error that names no request (id null: a request it could not "
+                "read, which gets no answer): Parse error: bad request (error -32700)"),
+])
+def test_an_answer_to_no_request_sent_ends_the_session_rather_than_leave_calls_waiting(
+        tool: str, said: str) -> None:
+    # the MCP SDK drops such an answer: the call it was meant for waited for good (no tool has
+    # a timeout by default), and nothing says which call that is. The session ends, so every
+    # call waiting on it fails at once, saying why; the next run starts the server again
+    async def main() -> None:
+        tools = {t.name: t for t in await shoal.mcp.tools(command=SERVER, name="numberer")}
+        plan = shoal.Plan()
+        plan.call(tools["echo"], text="waits", n=60, node_id="slow")
+        plan.call(tools[tool], node_id="stray")  # answered once the slow call has come
+        result = await shoal.run(plan)
+        for ref in ("slow", "stray"):
+            error = result[ref].error
+            assert result[ref].status == "failed" and error is not None
+            assert error.type == "shoal.exceptions.MCPServerError"
+            assert error.message.startswith("MCP server 'numberer' (")
+            assert f"): {said}" in error.message
+            assert tool != "misnumbered" or (", after " in error.message and "): its answers "
+                                             "cannot be matched with the calls they answer"
+                                             in error.message)
+        plan = shoal.Plan()
+        again = plan.call(tools["echo"], text="again")
+        assert (await shoal.run(plan))[again].value == "echo: again"
+        assert not psutil.Process().children(recursive=True)
+
+    arun(main(), timeout=SLOW)

@@ -395,6 +395,10 @@ class _Session:
         self.terminated = False  # an HTTP server ended it, unread request and all (404)
         # the HTTP status (and its phrase) each request the server failed got, by request id
         self.http_failed: dict[Any, tuple[int, str]] = {}
+        # the requests written to a stdio server: the highest id (the SDK numbers them 1, 2 ...)
+        # and any id that is no number
+        self.top_request = 0
+        self.named_requests: set[str] = set()
 
     @property
     def dead(self) -> bool:
@@ -473,6 +477,31 @@ class _Session:
         """
         if self._client is not None and not self._stop.is_set():
             self._end(_STDOUT_ENDED)
+
+    def answered(self, message: Any) -> None:
+        """End the session if ``message``, an answer, answers no request it was sent.
+
+        The MCP SDK drops such an answer (as it drops a late one), and the call it was meant
+        for waited for good, without a timeout: nothing says which call that is, and a server
+        that numbers its answers wrongly may match any answer with the wrong call. An error
+        that names no request (``id: null``, JSON-RPC's answer to a request it could not
+        read) leaves one request without an answer alike.
+        """
+        request = message.id
+        if request is None:
+            error = message.error
+            self._end(f"answered with an error that names no request (id null: a request it "
+                      f"could not read, which gets no answer): {_reason_phrase(error.message)} "
+                      f"(error {error.code})")
+            return
+        number = request if isinstance(request, int) else None
+        if isinstance(request, str) and request.lstrip("-").isdigit():
+            number = int(request)  # "7" answers 7, as the SDK matches them
+        if (number is not None and number > self.top_request) or (
+                number is None and request not in self.named_requests):
+            self._end(f"answered a request it was never sent (id {bounded_text(repr(request), 60)}"
+                      f", after {self.top_request} requests): its answers cannot be matched "
+                      "with the calls they answer")
 
     def _end(self, cause: str) -> None:
         """Mark the session ended with ``cause`` (the first cause wins) and let it close."""
@@ -771,7 +800,11 @@ class _WatchedReader(_Watched):
             raise
         if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
             self._batched = _salvaged(item)
-            return self._batched.pop(0) if self._batched else item
+            if not self._batched:
+                return item
+            item = self._batched.pop(0)
+        if isinstance(item.message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
+            self._session.answered(item.message)
         return item
 
 
@@ -842,6 +875,12 @@ class _WatchedWriter(_Watched):
         """Hand ``item`` to the transport, unless the server's output has ended."""
         if self._session.dead:  # nothing written: the SDK says the connection closed
             raise anyio.ClosedResourceError
+        message = getattr(item, "message", None)
+        if isinstance(message, mcp_types.JSONRPCRequest):  # noted first: answers come fast
+            if isinstance(message.id, int):
+                self._session.top_request = max(self._session.top_request, message.id)
+            else:
+                self._session.named_requests.add(message.id)
         sending = _SENDING.get()
         if sending is None or getattr(getattr(item, "message", None), "method", None) != (
                 "tools/call"):  # not a call's request (a handshake, a cancel notice ...)
