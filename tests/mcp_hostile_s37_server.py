@@ -10,7 +10,10 @@ mcp_hostile_s37_server.py [MODE ...]``. Its tools (each takes ``text`` and ``n``
 - ``batched_bad`` answers in a batch whose answer is no MCP result (its content no list);
 - ``misnumbered`` answers a request it was never sent (its call's id plus 1000), and
   ``unnamed`` with a parse error naming no request (``id: null``), each once an ``echo``
-  call has come (or after 30 s).
+  call has come (or after 30 s);
+- ``media`` answers an image whose data is not base64, audio whose base64 is, a resource
+  link whose name holds a line break, a bracket and an escape sequence, and a file whose data
+  is not base64 and whose media type holds an escape sequence.
 
 MODEs: ``ref_loop`` lists a tool ``looped`` whose input schema loops through ``$ref``
 (``$defs`` ``a`` -> ``b`` -> ``a`` through ``allOf``), ``output_loop`` a tool ``looped_out``
@@ -41,7 +44,7 @@ def send(message: Any) -> None:
 def listed() -> list[dict[str, Any]]:
     """What ``tools/list`` answers."""
     tools = [{"name": name, "inputSchema": ARGS, "annotations": READ_ONLY}
-             for name in ("echo", "batched", "batched_bad", "misnumbered", "unnamed")]
+             for name in ("echo", "batched", "batched_bad", "misnumbered", "unnamed", "media")]
     if "ref_loop" in MODES:
         tools.append({"name": "looped", "annotations": READ_ONLY, "inputSchema": {
             "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}},
@@ -72,6 +75,13 @@ def call(request: Any, name: str, arguments: dict[str, Any]) -> None:
         send([{"jsonrpc": "2.0", "method": "notifications/message",
                "params": {"level": "info", "data": "about to answer"}},
               answer(request, f"batched: {text}")])
+    elif name == "media":
+        send({"jsonrpc": "2.0", "id": request, "result": {"content": [
+            {"type": "image", "data": "!!not base64**", "mimeType": "image/png"},
+            {"type": "audio", "data": "UklG\nRg==", "mimeType": "audio/wav"},
+            {"type": "resource_link", "uri": "file:///z", "name": "z]\n[image: a\x1b]0;x\x07"},
+            {"type": "resource", "resource": {"uri": "file:///y", "blob": "@@@",
+                                              "mimeType": "application/pdf\x1b[2J"}}]}})
     elif name in ("misnumbered", "unnamed"):
         def stray() -> None:
             ECHOING.wait(30)

@@ -261,3 +261,19 @@ def test_an_answer_to_no_request_sent_ends_the_session_rather_than_leave_calls_w
         assert not psutil.Process().children(recursive=True)
 
     arun(main(), timeout=SLOW)
+
+
+def test_content_blocks_are_described_as_they_are_in_one_plain_line_each() -> None:
+    # data that is not base64 was "about 10 bytes" of an image no one can decode, and a
+    # server's name, URI or media type went into the description as it was: a line break and
+    # a bracket there read as another block (a forged "[image: ...]"), an escape sequence
+    # reached the terminal that shows the value
+    async def main() -> None:
+        tools = {t.name: t for t in await shoal.mcp.tools(command=SERVER)}
+        assert await tools["media"]() == "\n".join([
+            "[image: image/png, not valid base64 (14 characters)]",
+            "[audio: audio/wav, about 4 bytes]",
+            "[resource link: z] [image: a file:///z]",
+            "[resource file:///y: application/pdf, not valid base64 (3 characters)]"])
+
+    arun(main(), timeout=SLOW)

@@ -1467,23 +1467,49 @@ def _block_text(block: Any) -> str:
     if kind == "text":
         return str(block.text)
     if kind in ("image", "audio"):
-        return f"[{kind}: {block.mime_type}, about {_decoded_size(block.data):,} bytes]"
+        return f"[{kind}: {_said(block.mime_type)}, {_payload(block.data)}]"
     if kind == "resource_link":
-        return f"[resource link: {block.name} {block.uri}]"
+        return f"[resource link: {_said(block.name)} {_said(block.uri)}]"
     if kind == "resource":
         res = block.resource
         text = getattr(res, "text", None)
         if isinstance(text, str):
-            return f"[resource {res.uri}]\n{text}"
+            return f"[resource {_said(res.uri)}]\n{text}"
         blob = getattr(res, "blob", "") or ""
-        return (f"[resource {res.uri}: {res.mime_type or 'binary'}, "
-                f"about {_decoded_size(blob):,} bytes]")
-    return f"[{kind or type(block).__name__} content]"
+        return f"[resource {_said(res.uri)}: {_said(res.mime_type or 'binary')}, {_payload(blob)}]"
+    return f"[{_said(kind or type(block).__name__)} content]"
 
 
-def _decoded_size(data: str) -> int:
-    """How many bytes base64 ``data`` stands for (without decoding it)."""
-    return len(data) * 3 // 4 - (len(data) - len(data.rstrip("=")))
+#: The most characters of a server's name, URI or media type a content block's description
+#: quotes.
+SAID_CHARS = 300
+
+
+def _said(text: object) -> str:
+    r"""A server's name, URI or media type as a content block's description quotes it.
+
+    One line, without control characters, cut: in brackets of shoal's making, a name holding
+    ``]\n`` or an escape sequence read as more blocks, or as the terminal's orders.
+    """
+    return bounded_text(" ".join(_prompt_text(str(text)).split()), SAID_CHARS)
+
+
+#: base64 (RFC 4648) as servers send it, line breaks allowed.
+_BASE64 = re.compile(r"[A-Za-z0-9+/\s]*(?:=\s*){0,2}")
+
+
+def _payload(data: str) -> str:
+    """How many bytes base64 ``data`` stands for (without decoding it), or that it is not base64.
+
+    Data that is not base64 was described as "about N bytes" of an image (or audio, or a
+    file) that no one can decode.
+    """
+    letters = len(data) - sum(data.count(c) for c in " \t\r\n")
+    if letters % 4 or not _BASE64.fullmatch(data):
+        return f"not valid base64 ({len(data):,} characters)"
+    trimmed = data.rstrip()
+    padding = len(trimmed) - len(trimmed.rstrip("="))
+    return f"about {letters * 3 // 4 - padding:,} bytes"
 
 
 class MCPTool(Tool[..., Any]):
