@@ -9,10 +9,13 @@ never a wait without end.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import sys
+import threading
 from collections.abc import Callable
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import psutil
 import shoal
 from shoal.exceptions import ToolDefinitionError
 from tests.conftest import arun
+from tests.test_hostile_mcp_s35 import _OffProtocolHTTP
 
 SERVER = [sys.executable, str(Path(__file__).parent / "mcp_hostile_s37_server.py")]
 SLOW = 60.0  # seconds a test may take: only a bound for a hang (servers start in a second)
@@ -277,3 +281,41 @@ def test_content_blocks_are_described_as_they_are_in_one_plain_line_each() -> No
             "[resource file:///y: application/pdf, not valid base64 (3 characters)]"])
 
     arun(main(), timeout=SLOW)
+
+
+class _MisnumberedHTTP(_OffProtocolHTTP):
+    """An MCP server over HTTP that answers each call with its id plus 1000 (JSON)."""
+
+    def do_POST(self) -> None:
+        """Answer the handshake and the listing; a call with an id it was never sent."""
+        message = self._read()
+        if self._notified(message):
+            return
+        answer = self._answered(message)
+        if message["method"] == "tools/call":
+            answer = {"jsonrpc": "2.0", "id": message["id"] + 1000, "result": {"content": []}}
+        elif "result" not in answer:  # the SDK's probe of newer revisions: not known here
+            answer["error"] = {"code": -32601, "message": "no such method"}
+        self._send(json.dumps(answer).encode())
+
+
+def test_an_http_answer_to_no_request_sent_fails_its_call_at_once() -> None:
+    web = ThreadingHTTPServer(("127.0.0.1", 0), _MisnumberedHTTP)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+
+    async def main() -> None:
+        (tool,) = await shoal.mcp.tools(
+            url=f"http://127.0.0.1:{web.server_address[1]}/mcp", timeout=20)
+        plan = shoal.Plan()
+        ref = plan.call(tool)
+        error = (await shoal.run(plan))[ref].error
+        assert error is not None and error.type == "shoal.exceptions.MCPServerError"
+        assert "): answered a request it was never sent (id " in error.message
+        assert error.message.endswith("): its answers cannot be matched with the calls they "
+                                      "answer (while calling 't')")
+
+    try:
+        arun(main(), timeout=SLOW)
+    finally:
+        web.shutdown()
+        web.server_close()

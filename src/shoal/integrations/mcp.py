@@ -395,7 +395,7 @@ class _Session:
         self.terminated = False  # an HTTP server ended it, unread request and all (404)
         # the HTTP status (and its phrase) each request the server failed got, by request id
         self.http_failed: dict[Any, tuple[int, str]] = {}
-        # the requests written to a stdio server: the highest id (the SDK numbers them 1, 2 ...)
+        # the requests written to the server: the highest id (the SDK numbers them 1, 2 ...)
         # and any id that is no number
         self.top_request = 0
         self.named_requests: set[str] = set()
@@ -479,7 +479,7 @@ class _Session:
             self._end(_STDOUT_ENDED)
 
     def answered(self, message: Any) -> None:
-        """End the session if ``message``, an answer, answers no request it was sent.
+        """End the session if ``message``, an answer, answers no request it sent.
 
         The MCP SDK drops such an answer (as it drops a late one), and the call it was meant
         for waited for good, without a timeout: nothing says which call that is, and a server
@@ -868,19 +868,36 @@ def _error_answer(message: Any, reason: Any) -> Any:
     return SessionMessage(mcp_types.JSONRPCError(jsonrpc="2.0", id=request, error=said))
 
 
-class _WatchedWriter(_Watched):
-    """The transport's write stream: refuses a request once the output ended, marks one sent."""
+class _NotingWriter(_Watched):
+    """A transport's write stream that notes on its session each request it writes."""
+
+    async def send(self, item: Any) -> None:
+        """Note ``item`` if it is a request, and hand it to the transport."""
+        self._note(item)
+        await self._inner.send(item)
+
+    def _note(self, item: Any) -> None:
+        """Note a request's id before it is written (its answer may come at once)."""
+        message = getattr(item, "message", None)
+        if isinstance(message, mcp_types.JSONRPCRequest):
+            if isinstance(message.id, int):
+                self._session.top_request = max(self._session.top_request, message.id)
+            else:
+                self._session.named_requests.add(message.id)
+
+    def close(self) -> None:
+        """Close the stream at once."""
+        self._inner.close()
+
+
+class _WatchedWriter(_NotingWriter):
+    """A stdio transport's write stream: refuses a request once the output ended, marks one."""
 
     async def send(self, item: Any) -> None:
         """Hand ``item`` to the transport, unless the server's output has ended."""
         if self._session.dead:  # nothing written: the SDK says the connection closed
             raise anyio.ClosedResourceError
-        message = getattr(item, "message", None)
-        if isinstance(message, mcp_types.JSONRPCRequest):  # noted first: answers come fast
-            if isinstance(message.id, int):
-                self._session.top_request = max(self._session.top_request, message.id)
-            else:
-                self._session.named_requests.add(message.id)
+        self._note(item)
         sending = _SENDING.get()
         if sending is None or getattr(getattr(item, "message", None), "method", None) != (
                 "tools/call"):  # not a call's request (a handshake, a cancel notice ...)
@@ -892,10 +909,6 @@ class _WatchedWriter(_Watched):
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             sending.written = False  # refused before the transport took it (anyio's streams)
             raise
-
-    def close(self) -> None:
-        """Close the stream at once."""
-        self._inner.close()
 
 
 #: The ``data`` of the error that stands for an HTTP status a request was answered with.
@@ -929,7 +942,7 @@ async def _http_statuses(srv: MCPServer, session: _Session) -> AsyncIterator[tup
 
     http_client.event_hooks["response"].append(noted)
     async with http_client, srv._http_transport(http_client) as (read, write):
-        yield _StatusReader(read, session), write
+        yield _StatusReader(read, session), _NotingWriter(write, session)
 
 
 #: The most characters of an HTTP reason phrase an error quotes (the standard ones are short).
@@ -958,8 +971,11 @@ class _StatusReader(_Watched):
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
         message = getattr(item, "message", None)
+        if isinstance(message, mcp_types.JSONRPCResponse):
+            self._session.answered(message)
         if not isinstance(message, mcp_types.JSONRPCError):
             return item
+        self._session.answered(message)
         status = self._session.http_failed.pop(message.id, None)
         if (status is None or message.error.message != _HTTP_STAND_IN
                 or message.error.data is not None):
