@@ -8,9 +8,9 @@ mcp_hostile_s37_server.py [MODE ...]``. Its tools (each takes ``text`` and ``n``
 - ``batched`` answers in a JSON-RPC batch (an array), with a log notification before the
   answer;
 - ``batched_bad`` answers in a batch whose answer is no MCP result (its content no list);
-- ``misnumbered`` answers a request it was never sent (its call's id plus 1000), and
-  ``unnamed`` with a parse error naming no request (``id: null``), each once an ``echo``
-  call has come (or after 30 s);
+- ``misnumbered`` answers a request it was never sent (its call's id plus 1000),
+  ``batched_stray`` so in a batch after a notification, and ``unnamed`` with a parse error
+  naming no request (``id: null``), each once an ``echo`` call has come (or after 30 s);
 - ``media`` answers an image whose data is not base64, audio whose base64 is, a resource
   link whose name holds a line break, a bracket and an escape sequence, and a file whose data
   is not base64 and whose media type holds an escape sequence.
@@ -44,7 +44,8 @@ def send(message: Any) -> None:
 def listed() -> list[dict[str, Any]]:
     """What ``tools/list`` answers."""
     tools = [{"name": name, "inputSchema": ARGS, "annotations": READ_ONLY}
-             for name in ("echo", "batched", "batched_bad", "misnumbered", "unnamed", "media")]
+             for name in ("echo", "batched", "batched_bad", "misnumbered", "unnamed", "media",
+                           "batched_stray")]
     if "ref_loop" in MODES:
         tools.append({"name": "looped", "annotations": READ_ONLY, "inputSchema": {
             "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}},
@@ -82,12 +83,15 @@ def call(request: Any, name: str, arguments: dict[str, Any]) -> None:
             {"type": "resource_link", "uri": "file:///z", "name": "z]\n[image: a\x1b]0;x\x07"},
             {"type": "resource", "resource": {"uri": "file:///y", "blob": "@@@",
                                               "mimeType": "application/pdf\x1b[2J"}}]}})
-    elif name in ("misnumbered", "unnamed"):
+    elif name in ("misnumbered", "unnamed", "batched_stray"):
         def stray() -> None:
             ECHOING.wait(30)
-            send(answer(request + 1000, "lost") if name == "misnumbered" else {
-                "jsonrpc": "2.0", "id": None,
-                "error": {"code": -32700, "message": "Parse error\x1b[2J: bad request"}})
+            send({"misnumbered": answer(request + 1000, "lost"),
+                  "batched_stray": [{"jsonrpc": "2.0", "method": "notifications/message",
+                                     "params": {"level": "info", "data": "hi"}},
+                                    answer(request + 1000, "lost")],
+                  "unnamed": {"jsonrpc": "2.0", "id": None, "error": {
+                      "code": -32700, "message": "Parse error\x1b[2J: bad request"}}}[name])
 
         threading.Thread(target=stray, daemon=True).start()
     elif name == "batched_bad":

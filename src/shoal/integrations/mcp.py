@@ -40,6 +40,7 @@ limits, approvals and (given a store) the journal.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import copy
@@ -495,8 +496,9 @@ class _Session:
                       f"(error {error.code})")
             return
         number = request if isinstance(request, int) else None
-        if isinstance(request, str) and request.lstrip("-").isdigit():
-            number = int(request)  # "7" answers 7, as the SDK matches them
+        if isinstance(request, str):
+            with contextlib.suppress(ValueError):
+                number = int(request)  # "7" answers 7, as the SDK matches them
         if (number is not None and number > self.top_request) or (
                 number is None and request not in self.named_requests):
             self._end(f"answered a request it was never sent (id {bounded_text(repr(request), 60)}"
@@ -782,30 +784,32 @@ class _WatchedReader(_Watched):
 
     def __init__(self, inner: Any, session: _Session) -> None:
         super().__init__(inner, session)
-        self._batched: list[Any] = []  # the messages of a batch not yet handed on
+        self._batched: collections.deque[Any] = collections.deque()  # a batch's, not handed on
 
     def __aiter__(self) -> _WatchedReader:
         return self
 
     async def __anext__(self) -> Any:
-        if self._batched:
-            return self._batched.pop(0)
+        item = self._batched.popleft() if self._batched else await self._received()
+        if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
+            self._batched.extend(_salvaged(item))
+            if not self._batched:
+                return item
+            item = self._batched.popleft()
+        if isinstance(item.message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
+            self._session.answered(item.message)
+        return item
+
+    async def _received(self) -> Any:
+        """The transport's next item; its end ends the session."""
         try:
-            item = await self._inner.receive()
+            return await self._inner.receive()
         except anyio.EndOfStream:
             self._session.output_ended()
             raise StopAsyncIteration from None
         except anyio.ClosedResourceError:
             self._session.output_ended()
             raise
-        if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
-            self._batched = _salvaged(item)
-            if not self._batched:
-                return item
-            item = self._batched.pop(0)
-        if isinstance(item.message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
-            self._session.answered(item.message)
-        return item
 
 
 #: The ``data`` of the error that stands for an answer the MCP SDK could not read.
