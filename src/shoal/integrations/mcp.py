@@ -24,9 +24,11 @@ A run starts each server it needs on its first call, lists its tools before it s
 (a server that cannot list them is sent none), shares one session among all its calls
 (the MCP SDK matches answers to requests by id, so calls overlap), and stops it when the
 outermost run ends. ``async with server:`` holds one session open instead, for every run and
-direct call meanwhile. A server that dies, or closes its output (stdout), fails its running
-calls at once with :class:`~shoal.exceptions.MCPServerError` naming it and what happened;
-the next call starts it again. A call whose request had not been sent when a stdio server's
+direct call meanwhile (a call still waiting when the block ends fails, saying so). A server
+that dies, closes its output (stdout), or answers a request it was never sent (which no call
+would ever get) fails its running calls at once with
+:class:`~shoal.exceptions.MCPServerError` naming it and what happened; the next call starts
+it again. A call whose request had not been sent when a stdio server's
 connection was found closed (the server exited while idle) goes to the server started again,
 once; one whose request was sent fails (the tool may have run). A result with
 ``isError: true`` fails the call with
@@ -1125,13 +1127,19 @@ def _meta_checker() -> Any:
     keywords, are merged into the root's.
     """
     meta = jsonschema.Draft202012Validator.META_SCHEMA
+    # (jsonschema's resolver of the meta-schema: it holds the vocabularies; the check that
+    # this checker refuses what jsonschema refuses is tests/test_hostile_mcp_s37.py's)
     root = _inlined(meta, jsonschema.Draft202012Validator(meta)._resolver, {})
-    merged = [part for part in map(_unwrapped, root.pop("allOf", []))
-              if not (set(part) <= {"type", "properties"} and part.get("type") == root["type"]
-                      and not set(part.get("properties", {})) & set(root["properties"]))
-              or root["properties"].update(part.get("properties", {}))]
-    if merged:  # a vocabulary that cannot be merged stays as it was
-        root["allOf"] = merged
+    unmerged: list[Any] = []
+    for part in map(_unwrapped, root.pop("allOf", [])):
+        named = set(part.get("properties", {})) if isinstance(part, dict) else set()
+        if (isinstance(part, dict) and set(part) <= {"type", "properties"}
+                and part.get("type") == root["type"] and not named & set(root["properties"])):
+            root["properties"].update(part.get("properties", {}))
+        else:  # a vocabulary that cannot be merged stays as it was
+            unmerged.append(part)
+    if unmerged:
+        root["allOf"] = unmerged
     return jsonschema.Draft202012Validator(
         root, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
