@@ -24,9 +24,11 @@ A run starts each server it needs on its first call, lists its tools before it s
 (a server that cannot list them is sent none), shares one session among all its calls
 (the MCP SDK matches answers to requests by id, so calls overlap), and stops it when the
 outermost run ends. ``async with server:`` holds one session open instead, for every run and
-direct call meanwhile. A server that dies, or closes its output (stdout), fails its running
-calls at once with :class:`~shoal.exceptions.MCPServerError` naming it and what happened;
-the next call starts it again. A call whose request had not been sent when a stdio server's
+direct call meanwhile (a call still waiting when the block ends fails, saying so). A server
+that dies, closes its output (stdout), or answers a request it was never sent (which no call
+would ever get) fails its running calls at once with
+:class:`~shoal.exceptions.MCPServerError` naming it and what happened; the next call starts
+it again. A call whose request had not been sent when a stdio server's
 connection was found closed (the server exited while idle) goes to the server started again,
 once; one whose request was sent fails (the tool may have run). A result with
 ``isError: true`` fails the call with
@@ -40,6 +42,7 @@ limits, approvals and (given a store) the journal.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import copy
@@ -52,6 +55,7 @@ import re
 import shlex
 import socket
 import tempfile
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self, TextIO, cast
@@ -107,8 +111,11 @@ class _OneLineNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.getMessage().startswith("Failed to parse JSONRPC"):
-            record.msg, record.args = ("MCP server printed a line that is not JSON-RPC on "
-                                       "stdout (ignored): %s"), (_printed(record.exc_info[1]),)
+            batch = _batch_size(record.exc_info[1])
+            record.msg, record.args = (
+                ("MCP server printed a line that is not JSON-RPC on stdout (ignored): %s",
+                 (_printed(record.exc_info[1]),)) if batch is None else
+                ("MCP server sent a JSON-RPC batch of %d messages (read one by one)", (batch,)))
             record.exc_info = record.exc_text = None
         elif record.exc_info and record.getMessage() in _HTTP_NOISE:
             # an HTTP server's answer that is not JSON-RPC: the request it answers fails
@@ -128,6 +135,15 @@ def _printed(error: BaseException | None) -> str:
     if isinstance(said, bytes):  # the body of an HTTP answer
         said = said.decode("utf-8", "replace")
     return bounded_text(str(said), 200)
+
+
+def _batch_size(error: BaseException | None) -> int | None:
+    """How many messages the batch holds whose line the SDK refused (None: no batch)."""
+    errors = getattr(error, "errors", None)
+    found = errors() if callable(errors) else None
+    said = found[0].get("input") if isinstance(found, list) and found and isinstance(
+        found[0], dict) else None
+    return len(said) if isinstance(said, list) else None
 
 
 #: What the MCP SDK's HTTP client logs, with a traceback, of an answer that is not JSON-RPC.
@@ -382,6 +398,10 @@ class _Session:
         self.terminated = False  # an HTTP server ended it, unread request and all (404)
         # the HTTP status (and its phrase) each request the server failed got, by request id
         self.http_failed: dict[Any, tuple[int, str]] = {}
+        # the requests written to the server: the highest id (the SDK numbers them 1, 2 ...)
+        # and any id that is no number
+        self.top_request = 0
+        self.named_requests: set[str] = set()
 
     @property
     def dead(self) -> bool:
@@ -460,6 +480,32 @@ class _Session:
         """
         if self._client is not None and not self._stop.is_set():
             self._end(_STDOUT_ENDED)
+
+    def answered(self, message: Any) -> None:
+        """End the session if ``message``, an answer, answers no request it sent.
+
+        The MCP SDK drops such an answer (as it drops a late one), and the call it was meant
+        for waited for good, without a timeout: nothing says which call that is, and a server
+        that numbers its answers wrongly may match any answer with the wrong call. An error
+        that names no request (``id: null``, JSON-RPC's answer to a request it could not
+        read) leaves one request without an answer alike.
+        """
+        request = message.id
+        if request is None:
+            error = message.error
+            self._end(f"answered with an error that names no request (id null: a request it "
+                      f"could not read, which gets no answer): {_reason_phrase(error.message)} "
+                      f"(error {error.code})")
+            return
+        number = request if isinstance(request, int) else None
+        if isinstance(request, str):
+            with contextlib.suppress(ValueError):
+                number = int(request)  # "7" answers 7, as the SDK matches them
+        if (number is not None and number > self.top_request) or (
+                number is None and request not in self.named_requests):
+            self._end(f"answered a request it was never sent (id {bounded_text(repr(request), 60)}"
+                      f", after {self.top_request} requests): its answers cannot be matched "
+                      "with the calls they answer")
 
     def _end(self, cause: str) -> None:
         """Mark the session ended with ``cause`` (the first cause wins) and let it close."""
@@ -614,8 +660,15 @@ class _Session:
         return f"the connection closed ({exc.message}); the server may have crashed"
 
     async def close(self) -> None:
-        """End the session and wait (boundedly) for its task to finish."""
+        """End the session and wait (boundedly) for its task to finish.
+
+        A call still waiting for its answer fails saying the session was closed under it:
+        its answer was lost when the server's output closed, read as the server's doing
+        ("the server exited, or closed its stdout").
+        """
         task = self._task
+        if self._client is not None:
+            self._end(_CLOSED_UNDER)
         self._stop.set()
         if task is None:
             return
@@ -628,6 +681,11 @@ class _Session:
             await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
         if task.done():
             _retrieve(task)
+
+
+#: Why the calls running when a session was closed got no answer.
+_CLOSED_UNDER = ("the session was closed while the call waited for its answer (the `async "
+                 "with` block that held the server open ended, or the run that started it did)")
 
 
 def _connection_closed(exc: MCPError) -> bool:
@@ -726,62 +784,126 @@ class _Watched:
 class _WatchedReader(_Watched):
     """The transport's read stream; its end (the server's stdout ended) ends the session."""
 
+    def __init__(self, inner: Any, session: _Session) -> None:
+        super().__init__(inner, session)
+        self._batched: collections.deque[Any] = collections.deque()  # a batch's, not handed on
+
     def __aiter__(self) -> _WatchedReader:
         return self
 
     async def __anext__(self) -> Any:
+        item = self._batched.popleft() if self._batched else await self._received()
+        if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
+            self._batched.extend(_salvaged(item))
+            if not self._batched:
+                return item
+            item = self._batched.popleft()
+        if isinstance(item.message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
+            self._session.answered(item.message)
+        return item
+
+    async def _received(self) -> Any:
+        """The transport's next item; its end ends the session."""
         try:
-            item = await self._inner.receive()
+            return await self._inner.receive()
         except anyio.EndOfStream:
             self._session.output_ended()
             raise StopAsyncIteration from None
         except anyio.ClosedResourceError:
             self._session.output_ended()
             raise
-        if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
-            return _unreadable_answer(item) or item
-        return item
 
 
 #: The ``data`` of the error that stands for an answer the MCP SDK could not read.
 _UNREADABLE = "shoal: the server's answer could not be read"
 
 
-def _unreadable_answer(error: Exception) -> Any:
-    """An error answer to the request a line the SDK could not read answers, if it names one.
+def _salvaged(error: Exception) -> list[Any]:
+    """The messages a line the MCP SDK could not read stands for (none: it is dropped).
 
-    The SDK drops such a line (a lone surrogate's escape, say, which its parser refuses but
-    JSON allows): the call it answered waited for good, without a timeout. Python's parser
-    reads the line; one it cannot read either (nested too deeply) names no request.
+    The SDK reads one message a line, and drops any other line: the calls it answered
+    waited for good, without a timeout. Python's parser reads the line again, and
+
+    - a JSON-RPC batch (an array of messages, which MCP's 2025-03-26 revision allowed) is
+      its messages, one by one;
+    - an answer the SDK refuses (a lone surrogate's escape, say, which its parser refuses but
+      JSON allows) is an error answer to the request it names.
+
+    A line Python cannot read either (nested too deeply) names no request.
+    """
+    errors = getattr(error, "errors", None)
+    found = errors() if callable(errors) else None
+    if not (isinstance(found, list) and found and isinstance(found[0], dict)):
+        return []
+    line, reason = found[0].get("input"), found[0].get("ctx", {}).get("error")
+    try:  # a batch arrives parsed already (its items are what the SDK refused)
+        message = json.loads(line) if isinstance(line, str) else line
+    except (ValueError, RecursionError):
+        return []
+    read = ([_batched_message(item) for item in message] if isinstance(message, list)
+            else [_error_answer(message, reason)])
+    return [m for m in read if m is not None]
+
+
+def _batched_message(item: Any) -> Any:
+    """One message of a batch, read as the SDK reads a line; else as :func:`_error_answer`."""
+    from mcp.shared.message import SessionMessage
+
+    try:  # as JSON again: the SDK's parser refuses what it refuses on a line of its own
+        return SessionMessage(mcp_types.jsonrpc_message_adapter.validate_json(
+            json.dumps(item), by_name=False))
+    except (ValueError, RecursionError) as exc:
+        errors = exc.errors() if isinstance(exc, pydantic.ValidationError) else []
+        return _error_answer(item, errors[0].get("ctx", {}).get("error") if errors else exc)
+
+
+def _error_answer(message: Any, reason: Any) -> Any:
+    """An error answer to the request ``message`` answers (None: it answers none).
+
+    ``message``: parsed JSON the SDK refused; ``reason``: why.
     """
     from mcp.shared.message import SessionMessage
 
-    errors = getattr(error, "errors", None)
-    found = errors() if callable(errors) else None
-    line = found[0].get("input") if isinstance(found, list) and found and isinstance(
-        found[0], dict) else None
-    try:
-        message = json.loads(line) if isinstance(line, str) else None
-    except (ValueError, RecursionError):
-        return None
     if not (isinstance(message, dict) and ("result" in message or "error" in message)):
         return None
     request = message.get("id")
     if isinstance(request, bool) or not isinstance(request, int | str):
         return None
-    reason = found[0].get("ctx", {}).get("error") if isinstance(found, list) else None
     said = mcp_types.ErrorData(code=mcp_types.INTERNAL_ERROR, data=_UNREADABLE,
                                message=f"its answer is JSON the MCP SDK cannot read ({reason})")
     return SessionMessage(mcp_types.JSONRPCError(jsonrpc="2.0", id=request, error=said))
 
 
-class _WatchedWriter(_Watched):
-    """The transport's write stream: refuses a request once the output ended, marks one sent."""
+class _NotingWriter(_Watched):
+    """A transport's write stream that notes on its session each request it writes."""
+
+    async def send(self, item: Any) -> None:
+        """Note ``item`` if it is a request, and hand it to the transport."""
+        self._note(item)
+        await self._inner.send(item)
+
+    def _note(self, item: Any) -> None:
+        """Note a request's id before it is written (its answer may come at once)."""
+        message = getattr(item, "message", None)
+        if isinstance(message, mcp_types.JSONRPCRequest):
+            if isinstance(message.id, int):
+                self._session.top_request = max(self._session.top_request, message.id)
+            else:
+                self._session.named_requests.add(message.id)
+
+    def close(self) -> None:
+        """Close the stream at once."""
+        self._inner.close()
+
+
+class _WatchedWriter(_NotingWriter):
+    """A stdio transport's write stream: refuses a request once the output ended, marks one."""
 
     async def send(self, item: Any) -> None:
         """Hand ``item`` to the transport, unless the server's output has ended."""
         if self._session.dead:  # nothing written: the SDK says the connection closed
             raise anyio.ClosedResourceError
+        self._note(item)
         sending = _SENDING.get()
         if sending is None or getattr(getattr(item, "message", None), "method", None) != (
                 "tools/call"):  # not a call's request (a handshake, a cancel notice ...)
@@ -793,10 +915,6 @@ class _WatchedWriter(_Watched):
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             sending.written = False  # refused before the transport took it (anyio's streams)
             raise
-
-    def close(self) -> None:
-        """Close the stream at once."""
-        self._inner.close()
 
 
 #: The ``data`` of the error that stands for an HTTP status a request was answered with.
@@ -830,7 +948,7 @@ async def _http_statuses(srv: MCPServer, session: _Session) -> AsyncIterator[tup
 
     http_client.event_hooks["response"].append(noted)
     async with http_client, srv._http_transport(http_client) as (read, write):
-        yield _StatusReader(read, session), write
+        yield _StatusReader(read, session), _NotingWriter(write, session)
 
 
 #: The most characters of an HTTP reason phrase an error quotes (the standard ones are short).
@@ -859,8 +977,11 @@ class _StatusReader(_Watched):
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
         message = getattr(item, "message", None)
+        if isinstance(message, mcp_types.JSONRPCResponse):
+            self._session.answered(message)
         if not isinstance(message, mcp_types.JSONRPCError):
             return item
+        self._session.answered(message)
         status = self._session.http_failed.pop(message.id, None)
         if (status is None or message.error.message != _HTTP_STAND_IN
                 or message.error.data is not None):
@@ -906,12 +1027,12 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
                                   "takes from a server: checking it would take seconds on "
                                   "each listing; leave it out with only=[...]")
     try:
-        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator
-                                            ).check_schema(schema)
+        _check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"invalid input schema ({exc.message}); leave it out with "
                                   "only=[...]") from None
+    _refuse_loops(srv, listed)
     if _SCOPE_PARAM in (schema.get("properties") or {}):  # its value would be dropped
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"argument named {_SCOPE_PARAM!r}, a name shoal keeps for "
@@ -927,6 +1048,24 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
                       bounded_text(_prompt_text(listed.description or ""), 20_000),
                       schema, hints.read_only_hint, hints.destructive_hint,
                       hints.idempotent_hint, hints.open_world_hint, listed.output_schema)
+
+
+def _refuse_loops(srv: MCPServer, listed: mcp_types.Tool) -> None:
+    """Refuse a tool whose input or output schema loops (see :func:`_ref_loop`).
+
+    jsonschema's check passes such a schema; checking any argument against it then recursed
+    to Python's limit (blamed on the value: "nested too deeply"), and so did the MCP SDK's
+    check of every result against the output schema (blamed on the answer: "off-protocol").
+    """
+    for kind, schema, checked in (("input", listed.input_schema, "argument"),
+                                  ("output", listed.output_schema, "result")):
+        loop = _ref_loop(schema) if isinstance(schema, Mapping) else None
+        if loop is not None:
+            raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has "
+                                      f"an {kind} schema that leads back to itself without "
+                                      f"reaching into the value (it loops through {loop}), "
+                                      f"so checking any {checked} against it never ends; "
+                                      "leave it out with only=[...]")
 
 
 #: An ANSI escape sequence: CSI (ESC [ or U+009B ... final byte), OSC (ESC ] ... BEL or ESC \\),
@@ -957,10 +1096,102 @@ def _prompt_text(text: str) -> str:
 
 
 #: The most JSON objects (each property's schema is one) a listed tool's input schema may
-#: hold. Checking a schema costs about half a millisecond an object (jsonschema's check of
-#: draft 2020-12 follows several references for each), on every listing: 20,000 properties
-#: took 7 s and more. Real schemas hold tens, at most a few thousand.
+#: hold. Taking a schema costs a fraction of a millisecond an object (checking it against
+#: its meta-schema, see :func:`_check_schema`, and making its argument model), on every
+#: listing. Real schemas hold tens, at most a few thousand.
 MAX_SCHEMA_OBJECTS = 5_000
+
+
+def _check_schema(schema: Mapping[str, Any]) -> None:
+    """Raise :class:`jsonschema.SchemaError` if ``schema`` is no valid JSON schema.
+
+    A draft 2020-12 schema (the default) is first checked by :func:`_meta_checker`, which
+    finds the same schemas valid a few times faster; only one it refuses is checked again by
+    jsonschema's own check, for the error it raises.
+    """
+    checker = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    if checker is not jsonschema.Draft202012Validator or not _meta_checker().is_valid(schema):
+        checker.check_schema(schema)
+
+
+@functools.cache
+def _meta_checker() -> Any:
+    """A validator of draft 2020-12's meta-schema that follows no reference at check time.
+
+    jsonschema's own check (``check_schema``) follows a reference into each of the seven
+    vocabulary meta-schemas for every object of the schema checked, each looked up by URI:
+    about half a millisecond an object, 1.5 s for a schema of 2,400 properties. Here each
+    reference is resolved once, its target put in its place (an ``allOf``: what a ``$ref``
+    beside other keywords means), ``$dynamicRef: "#meta"`` is the root (what it resolves to
+    for a plain 2020-12 schema), and the vocabularies' ``properties``, which name different
+    keywords, are merged into the root's.
+    """
+    meta = jsonschema.Draft202012Validator.META_SCHEMA
+    # (jsonschema's resolver of the meta-schema: it holds the vocabularies; the check that
+    # this checker refuses what jsonschema refuses is tests/test_hostile_mcp_s37.py's)
+    root = _inlined(meta, jsonschema.Draft202012Validator(meta)._resolver, {})
+    unmerged: list[Any] = []
+    for part in map(_unwrapped, root.pop("allOf", [])):
+        named = set(part.get("properties", {})) if isinstance(part, dict) else set()
+        if (isinstance(part, dict) and set(part) <= {"type", "properties"}
+                and part.get("type") == root["type"] and not named & set(root["properties"])):
+            root["properties"].update(part.get("properties", {}))
+        else:  # a vocabulary that cannot be merged stays as it was
+            unmerged.append(part)
+    if unmerged:
+        root["allOf"] = unmerged
+    return jsonschema.Draft202012Validator(
+        root, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def _unwrapped(part: Any) -> Any:
+    """What an inlined ``{"$ref": ...}`` alone (``{"allOf": [target]}``) stands for."""
+    while isinstance(part, dict) and set(part) == {"allOf"} and len(part["allOf"]) == 1:
+        part = part["allOf"][0]
+    return part
+
+
+#: What a meta-schema's object keeps of its own keywords once inlined: no identity or
+#: annotation (which change nothing a check finds, and an $id would be a base for no $ref).
+_UNINLINED = frozenset({"$id", "$schema", "$dynamicAnchor", "$vocabulary", "$comment", "title",
+                        "$defs"})
+
+
+def _inlined(contents: Any, resolver: Any, done: dict[int, Any]) -> Any:
+    """``contents`` (a meta-schema's part) with each reference replaced by what it names.
+
+    ``done``: what each part became (by ``id``), so that a part reached again is the same
+    object: a reference back to the root makes the result a cycle of objects, which
+    jsonschema follows as deep as the schema checked goes.
+    """
+    if not isinstance(contents, dict):
+        return contents
+    if id(contents) in done:
+        return done[id(contents)]
+    out: dict[str, Any] = {}
+    done[id(contents)] = out
+    from referencing.jsonschema import DRAFT202012
+
+    resolver = resolver.in_subresource(DRAFT202012.create_resource(contents))
+    targets: list[Any] = []
+    for key, inner in contents.items():
+        if key in ("$ref", "$dynamicRef"):
+            found = resolver.lookup(inner)
+            targets.append(done[id(jsonschema.Draft202012Validator.META_SCHEMA)]
+                           if inner == "#meta" else _inlined(found.contents, found.resolver,
+                                                             done))
+        elif key in _VALUES or key in _UNINLINED:
+            if key not in _UNINLINED:
+                out[key] = inner
+        elif key in _NAMED and isinstance(inner, dict):
+            out[key] = {name: _inlined(v, resolver, done) for name, v in inner.items()}
+        elif isinstance(inner, list):
+            out[key] = [_inlined(v, resolver, done) for v in inner]
+        else:
+            out[key] = _inlined(inner, resolver, done)
+    if targets:
+        out["allOf"] = [*out.get("allOf", []), *targets]
+    return out
 
 
 def _objects_past(schema: Mapping[str, Any], limit: int) -> bool:
@@ -980,6 +1211,131 @@ def _objects_past(schema: Mapping[str, Any], limit: int) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return False
+
+
+#: Keywords whose subschemas apply to the value itself, not to a part of it (one, or a list).
+_IN_PLACE = ("$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else")
+#: Keywords that map names to schemas applied to the value itself (when it has that property).
+_IN_PLACE_NAMED = ("dependentSchemas", "dependencies")
+
+
+def _ref_loop(schema: Mapping[str, Any]) -> str | None:
+    """A loop of ``$ref`` (through ``allOf``, ``not`` ...) never reaching into the value.
+
+    As text (``allOf -> $ref '#/$defs/a'``), or None: only a loop a check can meet counts.
+    jsonschema accepts such a schema, and its check of any value then recurses until Python's
+    limit: each argument was refused as "nested too deeply", blaming the value. A loop in an
+    unused definition costs nothing, and is left; a schema with an ``$id`` below its root is
+    not followed (see :func:`_refs_of`).
+    """
+    if _refs_of(schema) is not True:  # no $ref, so no loop (a JSON document is a tree)
+        return None
+    reached: dict[int, Mapping[str, Any]] = {}
+    work: list[Any] = [schema]
+    while work:  # every subschema checking may meet, by structure or by $ref
+        node = work.pop()
+        if id(node) in reached:
+            continue
+        reached[id(node)] = node
+        work += [inner for _, inner in _in_place(schema, node)] + _parts(node)
+    done: set[int] = set()
+    for start in reached.values():
+        found = _loop_from(schema, start, done)
+        if found is not None:
+            return found
+    return None
+
+
+def _loop_from(root: Mapping[str, Any], start: Mapping[str, Any], done: set[int]) -> str | None:
+    """A loop of in-place subschemas met from ``start`` (depth first), as text, if any.
+
+    ``done``: the subschemas from which no loop is met (shared across starts: each is walked
+    once).
+    """
+    hops: list[str] = []  # how each subschema on the chain followed was reached
+    on_chain: dict[int, int] = {}  # each subschema on that chain: its place in hops
+    stack: list[tuple[Mapping[str, Any], str, bool]] = [(start, "", False)]
+    while stack:
+        node, how, leaving = stack.pop()
+        if leaving:
+            del on_chain[id(node)]
+            hops.pop()
+            done.add(id(node))
+        elif id(node) in on_chain:  # back on the chain followed: a loop
+            return " -> ".join(h for h in [*hops[on_chain[id(node)] + 1:], how] if h)
+        elif id(node) not in done:
+            on_chain[id(node)] = len(hops)
+            hops.append(how)
+            stack.append((node, how, True))
+            stack += [(inner, hop, False) for hop, inner in _in_place(root, node)]
+    return None
+
+
+def _in_place(root: Mapping[str, Any], node: Mapping[str, Any],
+              ) -> list[tuple[str, Mapping[str, Any]]]:
+    """The subschemas ``node`` applies to the value itself, each with the keyword leading there."""
+    out: list[tuple[str, Any]] = []
+    for key in _IN_PLACE:
+        inner = node.get(key)
+        if key == "$ref":
+            target = _pointed(root, inner) if isinstance(inner, str) else None
+            out += [(f"$ref {bounded_text(repr(inner), 80)}", target)]
+        else:
+            out += [(key, i) for i in (inner if isinstance(inner, list) else [inner])]
+    for key in _IN_PLACE_NAMED:
+        named = node.get(key)
+        out += [(key, i) for i in named.values()] if isinstance(named, Mapping) else []
+    return [(how, inner) for how, inner in out if isinstance(inner, Mapping)]
+
+
+def _parts(node: Mapping[str, Any]) -> list[Any]:
+    """The subschemas of ``node`` by structure (definitions are reached by ``$ref`` only)."""
+    out: list[Any] = []
+    for key, inner in node.items():
+        if key in _VALUES or key in ("$defs", "definitions"):
+            continue
+        if key in _NAMED or key in _IN_PLACE_NAMED:
+            out += inner.values() if isinstance(inner, Mapping) else []
+        elif isinstance(inner, Mapping):
+            out.append(inner)
+        elif isinstance(inner, list):
+            out += [i for i in inner if isinstance(i, Mapping)]
+    return out
+
+
+def _pointed(root: Mapping[str, Any], ref: str) -> Any:
+    """What ``ref`` (``#`` or a JSON pointer ``#/...``) points to in ``root``; else None."""
+    if ref != "#" and not ref.startswith("#/"):
+        return None  # an anchor, or another document: not followed
+    node: Any = root
+    for part in ref[2:].split("/") if ref != "#" else ():
+        step = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping):
+            node = node.get(step)
+        elif isinstance(node, list) and step.isdigit() and int(step) < len(node):
+            node = node[int(step)]
+        else:
+            return None
+    return node
+
+
+def _refs_of(schema: Mapping[str, Any]) -> bool | None:
+    """Whether ``schema`` has a ``$ref``; None if a subschema (not the root) sets ``$id``.
+
+    An ``$id`` below the root is another base, against which its ``$ref`` resolve.
+    """
+    found = False
+    stack: list[Any] = [v for k, v in schema.items() if k not in _VALUES]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if isinstance(item.get("$id"), str):
+                return None
+            found = found or isinstance(item.get("$ref"), str)
+            stack += [v for k, v in item.items() if k not in _VALUES]
+        elif isinstance(item, list):
+            stack += item
+    return found or isinstance(schema.get("$ref"), str)
 
 
 def _control_key(value: Any) -> str | None:
@@ -1139,23 +1495,49 @@ def _block_text(block: Any) -> str:
     if kind == "text":
         return str(block.text)
     if kind in ("image", "audio"):
-        return f"[{kind}: {block.mime_type}, about {_decoded_size(block.data):,} bytes]"
+        return f"[{kind}: {_said(block.mime_type)}, {_payload(block.data)}]"
     if kind == "resource_link":
-        return f"[resource link: {block.name} {block.uri}]"
+        return f"[resource link: {_said(block.name)} {_said(block.uri)}]"
     if kind == "resource":
         res = block.resource
         text = getattr(res, "text", None)
         if isinstance(text, str):
-            return f"[resource {res.uri}]\n{text}"
+            return f"[resource {_said(res.uri)}]\n{text}"
         blob = getattr(res, "blob", "") or ""
-        return (f"[resource {res.uri}: {res.mime_type or 'binary'}, "
-                f"about {_decoded_size(blob):,} bytes]")
-    return f"[{kind or type(block).__name__} content]"
+        return f"[resource {_said(res.uri)}: {_said(res.mime_type or 'binary')}, {_payload(blob)}]"
+    return f"[{_said(kind or type(block).__name__)} content]"
 
 
-def _decoded_size(data: str) -> int:
-    """How many bytes base64 ``data`` stands for (without decoding it)."""
-    return len(data) * 3 // 4 - (len(data) - len(data.rstrip("=")))
+#: The most characters of a server's name, URI or media type a content block's description
+#: quotes.
+SAID_CHARS = 300
+
+
+def _said(text: object) -> str:
+    r"""A server's name, URI or media type as a content block's description quotes it.
+
+    One line, without control characters, cut: in brackets of shoal's making, a name holding
+    ``]\n`` or an escape sequence read as more blocks, or as the terminal's orders.
+    """
+    return bounded_text(" ".join(_prompt_text(str(text)).split()), SAID_CHARS)
+
+
+#: base64 (RFC 4648) as servers send it, line breaks allowed.
+_BASE64 = re.compile(r"[A-Za-z0-9+/\s]*(?:=\s*){0,2}")
+
+
+def _payload(data: str) -> str:
+    """How many bytes base64 ``data`` stands for (without decoding it), or that it is not base64.
+
+    Data that is not base64 was described as "about N bytes" of an image (or audio, or a
+    file) that no one can decode.
+    """
+    letters = len(data) - sum(data.count(c) for c in " \t\r\n")
+    if letters % 4 or not _BASE64.fullmatch(data):
+        return f"not valid base64 ({len(data):,} characters)"
+    trimmed = data.rstrip()
+    padding = len(trimmed) - len(trimmed.rstrip("="))
+    return f"about {letters * 3 // 4 - padding:,} bytes"
 
 
 class MCPTool(Tool[..., Any]):
