@@ -234,3 +234,62 @@ def test_a_run_handle_cancelled_for_a_time_limit_times_out_what_is_under_way() -
     result = arun(main(), virtual=True)
     assert (result[slow].status, result[slow].reason) == ("timed_out", "my own time limit")
     assert result[after].status == "cancelled"  # it never started
+
+
+# ---- a call a reviewer edited tells its model what ran ---------------------------------------
+
+
+@shoal.tool(approval=True)
+async def _pay(to: str) -> str:
+    """Pay someone."""
+    return f"paid {to}"
+
+
+def _edit_to_zed(request: shoal.ApprovalRequest) -> shoal.Decision:
+    return shoal.Decision.edit({"to": 'zed "<x>"'}, "not that one")
+
+
+@pytest.mark.parametrize("mode", ["tools", "plan"])
+def test_a_call_run_with_edited_arguments_says_so_to_its_model(mode: str) -> None:
+    # was: the model read 'paid zed ...' beside its own call pay(to="ann"), never told that a
+    # reviewer had changed what ran
+    script: list[Any] = ([[call("_pay", to="ann")], "done"] if mode == "tools" else
+                         ['1. _pay(to="ann")', "Thought: paid.\nAction: Finish(done)"])
+    agent = shoal.Agent(name="lead", model=ScriptedModel(script), tools=[_pay],
+                        mode=mode)  # type: ignore[arg-type]
+    result = agent.run_sync("go", approver=_edit_to_zed)
+    (record,) = result.calls
+    assert record.status == "ok" and record.outcome is not None
+    assert record.outcome.edited_args == {"to": 'zed "<x>"'}
+    text = record.message.content
+    assert text.startswith('paid zed "<x>"'), text
+    assert "a reviewer changed its arguments" in text, text
+    assert '{"to": "zed \\"<x>\\""}' in text, text  # what ran, as JSON
+
+
+def test_a_call_approved_as_asked_reads_as_its_result_alone() -> None:
+    script: list[Any] = [[call("_pay", to="ann")], "done"]
+    agent = shoal.Agent(name="lead", model=ScriptedModel(script), tools=[_pay])
+    result = agent.run_sync("go", approver=lambda r: shoal.Decision.approve())
+    (record,) = result.calls
+    assert record.message.content == "paid ann"
+    assert record.outcome is not None and record.outcome.edited_args is None
+
+
+@shoal.tool(approval=True)
+async def _refund(amount: int) -> str:
+    """Refund an amount."""
+    if amount > 10:
+        raise ValueError("too much")
+    return f"refunded {amount}"
+
+
+def test_an_edited_call_that_fails_says_so_through_the_agents_own_wording() -> None:
+    script: list[Any] = [[call("_refund", amount=5)], "done"]
+    agent = shoal.Agent(name="lead", model=ScriptedModel(script), tools=[_refund],
+                        tool_error_format=lambda record: "it did not work")
+    result = agent.run_sync("go", approver=lambda r: shoal.Decision.edit({"amount": 50}))
+    (record,) = result.calls
+    assert record.status == "failed"
+    assert record.message.content == ("it did not work\n[note: a reviewer changed its arguments "
+                                      'before it ran; it ran with {"amount": 50}]')
