@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +295,66 @@ def test_an_edited_call_that_fails_says_so_through_the_agents_own_wording() -> N
     assert record.status == "failed"
     assert record.message.content == ("it did not work\n[note: a reviewer changed its arguments "
                                       'before it ran; it ran with {"amount": 50}]')
+
+
+# ---- an async tool's KeyboardInterrupt on a loop off the main thread fails its call -----------
+
+
+def _from_a_thread(work: Callable[[], object]) -> object:
+    """What ``work()`` returns or raises, called on a thread of its own (a loop it makes is
+    off the main thread)."""
+    ended: list[object] = []
+
+    def main() -> None:
+        try:
+            ended.append(work())
+        except BaseException as exc:  # (the test reads what came out)
+            ended.append(exc)
+
+    worker = threading.Thread(target=main)
+    worker.start()
+    worker.join()
+    (result,) = ended
+    return result
+
+
+_LOOP_INTERRUPTS = {  # each of the driver's ways to run an async call on its loop
+    "at-once": ft.raise_keyboard_interrupt_async.options(isolation="inline"),
+    "task": ft.raise_keyboard_interrupt_after_waiting,
+    "task-with-timeout": ft.raise_keyboard_interrupt_after_waiting.options(timeout=60.0),
+    "executor": ft.raise_keyboard_interrupt_after_waiting.options(retries=1),
+}
+
+
+@pytest.mark.parametrize("where", sorted(_LOOP_INTERRUPTS))
+def test_an_async_tools_keyboard_interrupt_on_a_loop_off_the_main_thread_fails_its_call(
+        where: str) -> None:
+    # was: it stopped the whole run (raised to the caller as a Ctrl-C), while the same tool
+    # on a thread or process backend failed its call alone: no Ctrl-C reaches that thread
+    plan = Plan()
+    bad = plan.call(_LOOP_INTERRUPTS[where])
+    sibling = plan.call(ft.echo.options(isolation="thread"), value="kept")
+    result = _from_a_thread(lambda: shoal.run_sync(plan))
+    assert isinstance(result, shoal.RunResult), result  # was: KeyboardInterrupt
+    _assert_the_tools_interrupt_failed_its_call(result, bad, sibling)
+    if where == "executor":
+        assert result[bad].attempts == 2  # a failure like any other: retried
+
+
+class _InterruptingModel(shoal.Model):
+    """A model whose request raises ``KeyboardInterrupt`` (its client's own code, say)."""
+
+    name = "interrupting"
+
+    async def request(self, request: shoal.ModelRequest) -> shoal.ModelResponse:
+        await asyncio.sleep(0)
+        raise KeyboardInterrupt("raised by the model")
+
+
+def test_a_models_keyboard_interrupt_on_a_loop_off_the_main_thread_fails_the_agent() -> None:
+    # the agent's model turn runs in its caller's task (run_here): was a KeyboardInterrupt
+    # out of run_sync, as if a person had pressed Ctrl-C
+    agent = shoal.Agent(name="lead", model=_InterruptingModel())
+    error = _from_a_thread(lambda: agent.run_sync("go"))
+    assert isinstance(error, shoal.ShoalError), error  # was: KeyboardInterrupt
+    assert "raised KeyboardInterrupt away from the main thread" in str(error), error
