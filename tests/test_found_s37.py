@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import decimal
+import enum
 import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 
 import shoal
@@ -358,3 +364,67 @@ def test_a_models_keyboard_interrupt_on_a_loop_off_the_main_thread_fails_the_age
     error = _from_a_thread(lambda: agent.run_sync("go"))
     assert isinstance(error, shoal.ShoalError), error  # was: KeyboardInterrupt
     assert "raised KeyboardInterrupt away from the main thread" in str(error), error
+
+
+# ---- a structured final answer is read as JSON strictly: no lax coercions ------------------
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclasses.dataclass
+class _Shipment:
+    count: int
+    weight: float
+    due: datetime.date
+    colour: _Colour
+    tags: tuple[str, ...]
+
+
+class _Invoice(pydantic.BaseModel):
+    total: decimal.Decimal
+    at: datetime.datetime
+    id: uuid.UUID
+    paid: bool
+
+
+@pytest.mark.parametrize(("output_type", "answer", "wrong"), [
+    (int, "true", "valid integer"),
+    (int, '"7"', "valid integer"),
+    (int, "7.0", "valid integer"),
+    (float, '"1e3"', "valid number"),
+    (bool, '"yes"', "valid boolean"),
+    (bool, "1", "valid boolean"),
+])
+def test_a_final_answer_json_cannot_express_as_the_type_is_sent_back(
+        output_type: Any, answer: str, wrong: str) -> None:
+    # was: true read as 1, "7" as 7, "1e3" as 1000.0, "yes" as True (pydantic's lax mode):
+    # the model's mistake taken silently as an answer
+    agent = shoal.Agent(name="lead", model=ScriptedModel([answer, answer]),
+                        output_type=output_type, output_retries=1)
+    with pytest.raises(shoal.OutputValidationError, match=wrong):
+        agent.run_sync("go")
+
+
+def test_ordinary_structured_answers_still_validate_from_their_json_forms() -> None:
+    shipment = ('{"count": 3, "weight": 2, "due": "2026-12-07", "colour": "blue", '
+                '"tags": ["a", "b"]}')
+    invoice = ('{"total": "12.50", "at": "2026-12-07T10:00:00Z", '
+               '"id": "12345678-1234-5678-1234-567812345678", "paid": false}')
+    got = shoal.Agent(name="a", model=ScriptedModel([shipment]),
+                      output_type=_Shipment).run_sync("go").output
+    assert got == _Shipment(3, 2.0, datetime.date(2026, 12, 7), _Colour.BLUE, ("a", "b"))
+    paid = shoal.Agent(name="b", model=ScriptedModel([invoice]),
+                       output_type=_Invoice).run_sync("go").output
+    assert paid.total == decimal.Decimal("12.50") and paid.at.year == 2026
+    assert paid.id == uuid.UUID("12345678-1234-5678-1234-567812345678") and paid.paid is False
+
+
+def test_a_planners_final_answer_is_read_as_strictly() -> None:
+    finish = "Thought: done.\nAction: Finish(true)"
+    agent = shoal.Agent(name="lead", model=ScriptedModel([finish] * 4), output_type=int,
+                        tools=[_pay], mode="plan", output_retries=1)
+    with pytest.raises(shoal.OutputValidationError, match="valid integer"):
+        agent.run_sync("go")
