@@ -428,3 +428,23 @@ def test_a_planners_final_answer_is_read_as_strictly() -> None:
                         tools=[_pay], mode="plan", output_retries=1)
     with pytest.raises(shoal.OutputValidationError, match="valid integer"):
         agent.run_sync("go")
+
+
+def test_the_journal_keeps_what_an_edited_call_ran_with(tmp_path: Path) -> None:
+    # was: an outcome read back from the journal (a resume's, show's) had no edited_args, so
+    # a resumed agent's model read the result without the note
+    plan = Plan()
+    paid = plan.call(_pay, to="ann")
+    same = plan.call(_pay, to="bob")
+
+    def decide(request: shoal.ApprovalRequest) -> shoal.Decision:
+        return _edit_to_zed(request) if request.args["to"] == "ann" else shoal.Decision.approve()
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    try:
+        result = shoal.run_sync(plan, store=store, approver=decide)
+        kept = store.outcomes(result.run_id)
+    finally:
+        store.close()
+    assert kept[paid.node].outcome.edited_args == {"to": 'zed "<x>"'}
+    assert kept[same.node].outcome.edited_args is None
