@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -54,3 +55,10 @@ async def raise_keyboard_interrupt_async() -> int:
 def echo(value: str) -> str:
     """Return ``value``."""
     return value
+
+
+@tool(isolation="inline")
+async def raise_keyboard_interrupt_after_waiting() -> int:
+    """Wait a loop turn (so the call has a task of its own), then raise ``KeyboardInterrupt``."""
+    await asyncio.sleep(0)
+    raise KeyboardInterrupt("raised by the tool")

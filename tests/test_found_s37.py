@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import decimal
+import enum
 import os
 import sqlite3
+import threading
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 
 import shoal
@@ -234,3 +242,209 @@ def test_a_run_handle_cancelled_for_a_time_limit_times_out_what_is_under_way() -
     result = arun(main(), virtual=True)
     assert (result[slow].status, result[slow].reason) == ("timed_out", "my own time limit")
     assert result[after].status == "cancelled"  # it never started
+
+
+# ---- a call a reviewer edited tells its model what ran ---------------------------------------
+
+
+@shoal.tool(approval=True)
+async def _pay(to: str) -> str:
+    """Pay someone."""
+    return f"paid {to}"
+
+
+def _edit_to_zed(request: shoal.ApprovalRequest) -> shoal.Decision:
+    return shoal.Decision.edit({"to": 'zed "<x>"'}, "not that one")
+
+
+@pytest.mark.parametrize("mode", ["tools", "plan"])
+def test_a_call_run_with_edited_arguments_says_so_to_its_model(mode: str) -> None:
+    # was: the model read 'paid zed ...' beside its own call pay(to="ann"), never told that a
+    # reviewer had changed what ran
+    script: list[Any] = ([[call("_pay", to="ann")], "done"] if mode == "tools" else
+                         ['1. _pay(to="ann")', "Thought: paid.\nAction: Finish(done)"])
+    agent = shoal.Agent(name="lead", model=ScriptedModel(script), tools=[_pay],
+                        mode=mode)  # type: ignore[arg-type]
+    result = agent.run_sync("go", approver=_edit_to_zed)
+    (record,) = result.calls
+    assert record.status == "ok" and record.outcome is not None
+    assert record.outcome.edited_args == {"to": 'zed "<x>"'}
+    text = record.message.content
+    assert text.startswith('paid zed "<x>"'), text
+    assert "a reviewer changed its arguments" in text, text
+    assert '{"to": "zed \\"<x>\\""}' in text, text  # what ran, as JSON
+
+
+def test_a_call_approved_as_asked_reads_as_its_result_alone() -> None:
+    script: list[Any] = [[call("_pay", to="ann")], "done"]
+    agent = shoal.Agent(name="lead", model=ScriptedModel(script), tools=[_pay])
+    result = agent.run_sync("go", approver=lambda r: shoal.Decision.approve())
+    (record,) = result.calls
+    assert record.message.content == "paid ann"
+    assert record.outcome is not None and record.outcome.edited_args is None
+
+
+@shoal.tool(approval=True)
+async def _refund(amount: int) -> str:
+    """Refund an amount."""
+    if amount > 10:
+        raise ValueError("too much")
+    return f"refunded {amount}"
+
+
+def test_an_edited_call_that_fails_says_so_through_the_agents_own_wording() -> None:
+    script: list[Any] = [[call("_refund", amount=5)], "done"]
+    agent = shoal.Agent(name="lead", model=ScriptedModel(script), tools=[_refund],
+                        tool_error_format=lambda record: "it did not work")
+    result = agent.run_sync("go", approver=lambda r: shoal.Decision.edit({"amount": 50}))
+    (record,) = result.calls
+    assert record.status == "failed"
+    assert record.message.content == ("it did not work\n[note: a reviewer changed its arguments "
+                                      'before it ran; it ran with {"amount": 50}]')
+
+
+# ---- an async tool's KeyboardInterrupt on a loop off the main thread fails its call -----------
+
+
+def _from_a_thread(work: Callable[[], object]) -> object:
+    """What ``work()`` returns or raises, called on a thread of its own (a loop it makes is
+    off the main thread)."""
+    ended: list[object] = []
+
+    def main() -> None:
+        try:
+            ended.append(work())
+        except BaseException as exc:  # (the test reads what came out)
+            ended.append(exc)
+
+    worker = threading.Thread(target=main)
+    worker.start()
+    worker.join()
+    (result,) = ended
+    return result
+
+
+_LOOP_INTERRUPTS = {  # each of the driver's ways to run an async call on its loop
+    "at-once": ft.raise_keyboard_interrupt_async.options(isolation="inline"),
+    "task": ft.raise_keyboard_interrupt_after_waiting,
+    "task-with-timeout": ft.raise_keyboard_interrupt_after_waiting.options(timeout=60.0),
+    "executor": ft.raise_keyboard_interrupt_after_waiting.options(retries=1),
+}
+
+
+@pytest.mark.parametrize("where", sorted(_LOOP_INTERRUPTS))
+def test_an_async_tools_keyboard_interrupt_on_a_loop_off_the_main_thread_fails_its_call(
+        where: str) -> None:
+    # was: it stopped the whole run (raised to the caller as a Ctrl-C), while the same tool
+    # on a thread or process backend failed its call alone: no Ctrl-C reaches that thread
+    plan = Plan()
+    bad = plan.call(_LOOP_INTERRUPTS[where])
+    sibling = plan.call(ft.echo.options(isolation="thread"), value="kept")
+    result = _from_a_thread(lambda: shoal.run_sync(plan))
+    assert isinstance(result, shoal.RunResult), result  # was: KeyboardInterrupt
+    _assert_the_tools_interrupt_failed_its_call(result, bad, sibling)
+    if where == "executor":
+        assert result[bad].attempts == 2  # a failure like any other: retried
+
+
+class _InterruptingModel(shoal.Model):
+    """A model whose request raises ``KeyboardInterrupt`` (its client's own code, say)."""
+
+    name = "interrupting"
+
+    async def request(self, request: shoal.ModelRequest) -> shoal.ModelResponse:
+        await asyncio.sleep(0)
+        raise KeyboardInterrupt("raised by the model")
+
+
+def test_a_models_keyboard_interrupt_on_a_loop_off_the_main_thread_fails_the_agent() -> None:
+    # the agent's model turn runs in its caller's task (run_here): was a KeyboardInterrupt
+    # out of run_sync, as if a person had pressed Ctrl-C
+    agent = shoal.Agent(name="lead", model=_InterruptingModel())
+    error = _from_a_thread(lambda: agent.run_sync("go"))
+    assert isinstance(error, shoal.ShoalError), error  # was: KeyboardInterrupt
+    assert "raised KeyboardInterrupt away from the main thread" in str(error), error
+
+
+# ---- a structured final answer is read as JSON strictly: no lax coercions ------------------
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclasses.dataclass
+class _Shipment:
+    count: int
+    weight: float
+    due: datetime.date
+    colour: _Colour
+    tags: tuple[str, ...]
+
+
+class _Invoice(pydantic.BaseModel):
+    total: decimal.Decimal
+    at: datetime.datetime
+    id: uuid.UUID
+    paid: bool
+
+
+@pytest.mark.parametrize(("output_type", "answer", "wrong"), [
+    (int, "true", "valid integer"),
+    (int, '"7"', "valid integer"),
+    (int, "7.0", "valid integer"),
+    (float, '"1e3"', "valid number"),
+    (bool, '"yes"', "valid boolean"),
+    (bool, "1", "valid boolean"),
+])
+def test_a_final_answer_json_cannot_express_as_the_type_is_sent_back(
+        output_type: Any, answer: str, wrong: str) -> None:
+    # was: true read as 1, "7" as 7, "1e3" as 1000.0, "yes" as True (pydantic's lax mode):
+    # the model's mistake taken silently as an answer
+    agent = shoal.Agent(name="lead", model=ScriptedModel([answer, answer]),
+                        output_type=output_type, output_retries=1)
+    with pytest.raises(shoal.OutputValidationError, match=wrong):
+        agent.run_sync("go")
+
+
+def test_ordinary_structured_answers_still_validate_from_their_json_forms() -> None:
+    shipment = ('{"count": 3, "weight": 2, "due": "2026-12-07", "colour": "blue", '
+                '"tags": ["a", "b"]}')
+    invoice = ('{"total": "12.50", "at": "2026-12-07T10:00:00Z", '
+               '"id": "12345678-1234-5678-1234-567812345678", "paid": false}')
+    got = shoal.Agent(name="a", model=ScriptedModel([shipment]),
+                      output_type=_Shipment).run_sync("go").output
+    assert got == _Shipment(3, 2.0, datetime.date(2026, 12, 7), _Colour.BLUE, ("a", "b"))
+    paid = shoal.Agent(name="b", model=ScriptedModel([invoice]),
+                       output_type=_Invoice).run_sync("go").output
+    assert paid.total == decimal.Decimal("12.50") and paid.at.year == 2026
+    assert paid.id == uuid.UUID("12345678-1234-5678-1234-567812345678") and paid.paid is False
+
+
+def test_a_planners_final_answer_is_read_as_strictly() -> None:
+    finish = "Thought: done.\nAction: Finish(true)"
+    agent = shoal.Agent(name="lead", model=ScriptedModel([finish] * 4), output_type=int,
+                        tools=[_pay], mode="plan", output_retries=1)
+    with pytest.raises(shoal.OutputValidationError, match="valid integer"):
+        agent.run_sync("go")
+
+
+def test_the_journal_keeps_what_an_edited_call_ran_with(tmp_path: Path) -> None:
+    # was: an outcome read back from the journal (a resume's, show's) had no edited_args, so
+    # a resumed agent's model read the result without the note
+    plan = Plan()
+    paid = plan.call(_pay, to="ann")
+    same = plan.call(_pay, to="bob")
+
+    def decide(request: shoal.ApprovalRequest) -> shoal.Decision:
+        return _edit_to_zed(request) if request.args["to"] == "ann" else shoal.Decision.approve()
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    try:
+        result = shoal.run_sync(plan, store=store, approver=decide)
+        kept = store.outcomes(result.run_id)
+    finally:
+        store.close()
+    assert kept[paid.node].outcome.edited_args == {"to": 'zed "<x>"'}
+    assert kept[same.node].outcome.edited_args is None

@@ -376,6 +376,8 @@ class Outcome:
     ``where`` names the machine its last attempt ran on: this machine's host name for the
     inline, thread and process backends; for Ray the node's address and Ray node id
     (``"10.0.0.7 node 4f1c..."``); empty when the call never ran or its backend does not say.
+    ``edited_args`` holds the arguments the call was approved to run with when its approver
+    changed them (``Decision.edit``); ``None`` when it ran with the arguments it was given.
     """
 
     node_id: str
@@ -392,6 +394,7 @@ class Outcome:
     abandoned: bool = False
     where: str = ""
     interrupted: bool = False
+    edited_args: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -426,6 +429,7 @@ class Outcome:
             "started_at": self.started_at, "finished_at": self.finished_at,
             "duration": self.duration, "executor": self.executor, "abandoned": self.abandoned,
             "where": self.where, "interrupted": self.interrupted,
+            "edited_args": None if self.edited_args is None else jsonable(self.edited_args),
         }  # fmt: skip
 
 

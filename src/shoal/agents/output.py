@@ -34,13 +34,20 @@ class OutputSpec:
                 f"code fence) that fits this JSON schema: {json.dumps(self.schema)}")
 
     def parse(self, text: str) -> Any:
-        """The answer converted to ``output_type``; raises ``ValueError`` saying what is wrong."""
+        """The answer converted to ``output_type``; raises ``ValueError`` saying what is wrong.
+
+        Read in pydantic's strict mode for JSON: a value must be of the JSON type the schema
+        the model was shown asks for (``true`` is no integer, ``"7"`` no number, ``"yes"`` no
+        boolean), so a model's mistake is sent back to it rather than taken as an answer. What
+        JSON cannot write is still read from its usual text form: dates and times, UUIDs,
+        decimals, enums by value, tuples and sets from arrays.
+        """
         body = text.strip()
         fenced = _FENCE.match(body)
         if fenced:
             body = fenced.group(1)
         try:
-            return self.adapter.validate_json(body)
+            return self.adapter.validate_json(body, strict=True)
         except pydantic.ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
                                  for e in exc.errors()[:5])

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from shoal.runtime import RunHandle, Runtime
 
 __all__ = ["CallRecord", "CallStream", "Opener", "Preparer", "SharedRun", "Starter",
-           "ToolErrorFormat", "check_run_options", "error_text", "execute_calls", "result_text",
-           "settle", "tool_map"]
+           "ToolErrorFormat", "check_run_options", "edit_note", "error_text", "execute_calls",
+           "result_text", "settle", "tool_map"]
 
 log = logging.getLogger("shoal")
 
@@ -118,11 +118,30 @@ def result_text(outcome: Outcome, name: str | None = None) -> tuple[str, bool]:
     """What the model reads for an outcome, and whether it is an error (see :func:`error_text`).
 
     ``name`` is the tool's name as the model called it (default: the outcome's tool).
+    A call its approver edited (``Decision.edit``) ends with :func:`edit_note`: the model
+    asked for other arguments than the ones the result comes from.
     """
     if outcome.status == "ok":
         value = outcome.value
-        return bounded(value if isinstance(value, str) else json.dumps(jsonable(value))), False
-    return bounded(error_text(name or outcome.tool, outcome)), True
+        text = bounded(value if isinstance(value, str) else json.dumps(jsonable(value)))
+        return text + edit_note(outcome), False
+    return bounded(error_text(name or outcome.tool, outcome)) + edit_note(outcome), True
+
+
+#: The most characters of the edited arguments an :func:`edit_note` shows.
+MAX_EDIT_CHARS = 2_000
+
+
+def edit_note(outcome: Outcome) -> str:
+    """For a call run with arguments its approver changed, a line saying so and what ran.
+
+    The arguments are written as JSON (quotes and control characters escaped), bounded to
+    :data:`MAX_EDIT_CHARS`; ``""`` for a call that ran with the arguments it was given.
+    """
+    if outcome.edited_args is None:
+        return ""
+    shown = bounded_text(json.dumps(jsonable(outcome.edited_args)), MAX_EDIT_CHARS)
+    return f"\n[note: a reviewer changed its arguments before it ran; it ran with {shown}]"
 
 
 #: The most characters of one call's result (or error) a model is sent; the outcome keeps all.
@@ -303,7 +322,8 @@ def _reword(records: list[CallRecord | None], error_format: ToolErrorFormat) -> 
             log.error("tool_error_format returned %s, not text, on %s; the model gets "
                       "shoal's wording", type(text).__name__, record.lineage)
             continue
-        message = replace(record.message, content=bounded(text))
+        note = "" if record.outcome is None else edit_note(record.outcome)  # theirs keeps it
+        message = replace(record.message, content=bounded(text) + note)
         records[index] = replace(record, message=message)
 
 
@@ -756,8 +776,8 @@ def _fill_outcomes(outcomes: Mapping[str, Outcome], epoch: float, planned: Mappi
         call = calls[index]
         outcome = outcomes[node_id]
         value = outcome.value
-        if (type(value) is str and outcome.status == "ok"
-                and len(value) <= MAX_RESULT_CHARS):  # most calls: the text as it is
+        if (type(value) is str and outcome.status == "ok" and len(value) <= MAX_RESULT_CHARS
+                and outcome.edited_args is None):  # most calls: the text as it is
             text, is_error = value, False
         else:
             text, is_error = result_text(outcome, call.name)

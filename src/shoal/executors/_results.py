@@ -117,7 +117,8 @@ def tool_interrupt_error(tool: str, exc: BaseException) -> ToolDefinitionError:
     """The error a call fails with when its tool raised ``KeyboardInterrupt`` off the main thread.
 
     Python delivers Ctrl-C to the main thread alone, where shoal stops the run for it: one
-    raised on a worker thread, in a worker process or on a Ray worker is the tool's own raise
+    raised on a worker thread, in a worker process, on a Ray worker or on a run's loop off
+    the main thread (see ``Driver._start``) is the tool's own raise
     (or a library's it called), not a person's interrupt. It fails that call, the same on
     every backend, and the run goes on; retries apply as to any failure. ``exc`` is kept as
     the cause, so the traceback shows where it came from.

@@ -40,6 +40,7 @@ import logging
 import math
 import operator
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -63,7 +64,11 @@ from shoal.exceptions import (
     ToolTimeoutError,
 )
 from shoal.executors._results import PLAIN_RESULTS as _PLAIN
-from shoal.executors._results import unasked_cancel_error, unawaited_result
+from shoal.executors._results import (
+    tool_interrupt_error,
+    unasked_cancel_error,
+    unawaited_result,
+)
 from shoal.executors.base import Call, Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import PoolJob, ThreadExecutor
@@ -184,7 +189,8 @@ class Driver:
     __slots__ = (
         "_at_once", "_at_once_contexts", "_at_once_stopped", "_before_start", "_burst_due",
         "_bursting", "_clock",
-        "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
+        "_context", "_ctrl_c_here", "_deadline", "_desk", "_early", "_ends_each", "_entered",
+        "_epoch",
         "_executor_for", "_executors", "_finished", "_given_clock", "_graced", "_handed",
         "_handing", "_hosts", "_internal", "_journal", "_journaled_early", "_late", "_lean_due",
         "_loop",
@@ -240,6 +246,8 @@ class Driver:
         # from the outermost start, so that every event of a composition is on one clock
         self._shift = 0.0
         self._origin_epoch = 0.0  # the wall-clock time of the outermost start
+        # whether a KeyboardInterrupt on the run's loop may be a Ctrl-C (see _start)
+        self._ctrl_c_here = True
         self._deadline = deadline
         self._resume = resume
         if resume is not None:  # the nodes the run adds as it goes meet the journal on adding
@@ -496,6 +504,10 @@ class Driver:
         """Set the run's loop, clock and times, and journal it as started (nothing runs yet)."""
         self._loop = asyncio.get_running_loop()
         self._context = contextvars.copy_context()
+        # Python raises Ctrl-C on the main thread alone: on a loop elsewhere (run_sync or
+        # asyncio.run from a worker thread), a tool's KeyboardInterrupt is its own raise and
+        # fails its call, as on the thread and process backends (decided once per run)
+        self._ctrl_c_here = threading.current_thread() is threading.main_thread()
         clock = self._given_clock or clock_of(self._loop)
         if clock.loop is not self._loop:  # its timers would be set on a loop that is not running
             raise ConfigError(
@@ -687,8 +699,10 @@ class Driver:
             finally:
                 if handed.sent:  # the node's stop cancelled this task: taken back
                     task.uncancel()
-        except KeyboardInterrupt:
-            raise
+        except KeyboardInterrupt as exc:
+            if self._ctrl_c_here:
+                raise
+            result = _tool_interrupted(call, exc)
         except asyncio.CancelledError as exc:
             if handed.sent and task.cancelling() == 0:  # the node's stop, and nothing else
                 result = _raised(call, exc, True)
@@ -1266,11 +1280,13 @@ class Driver:
                         result = stop.value
                         if type(result) not in _PLAIN:
                             result = _returned_value(call, result)
-                    except KeyboardInterrupt:  # it stays to be reported cancelled
-                        stopped.add(call.pos)
-                        queue.appendleft(call)
-                        contexts.appendleft(pair)
-                        raise
+                    except KeyboardInterrupt as exc:
+                        if self._ctrl_c_here:  # it stays to be reported cancelled
+                            stopped.add(call.pos)
+                            queue.appendleft(call)
+                            contexts.appendleft(pair)
+                            raise
+                        result = _tool_interrupted(call, exc)  # the tool's own (see _start)
                     except BaseException as exc:  # incl. SystemExit: a tool's exit fails it
                         result = _raised(call, exc)
                     if call_context != pair[0]:  # it set a context variable: the calls started
@@ -1399,8 +1415,10 @@ class Driver:
                     call.tool.name, call.timeout or 0.0), abandoned=call.abandoned)
             else:
                 result = AttemptResult("failed", error=exc)
-        except KeyboardInterrupt:
-            raise
+        except KeyboardInterrupt as exc:
+            if self._ctrl_c_here:
+                raise
+            result = _tool_interrupted(call, exc)  # the tool's own (see _start)
         except BaseException as exc:  # a cancel, or a tool's raise (SystemExit too: see _raised)
             result = _raised(call, exc, _cancel_asked())
             if not sent and result.status == "cancelled":  # waiting for its backend or the
@@ -1424,8 +1442,10 @@ class Driver:
         result: AttemptResult
         try:
             value = await call.tool.fn(**call.args)
-        except KeyboardInterrupt:
-            raise
+        except KeyboardInterrupt as exc:
+            if self._ctrl_c_here:
+                raise
+            result = _tool_interrupted(call, exc)  # the tool's own (see _start)
         except BaseException as exc:  # a cancel, or a tool's raise (SystemExit too: see _raised)
             result = _raised(call, exc, _cancel_asked())
         else:
@@ -2312,6 +2332,15 @@ def _raised(call: Call, exc: BaseException, stopped: bool = False) -> AttemptRes
     # incl. SystemExit: it fails the call, not the run; in an agent's process with an
     # open_files limit, a tool's "Too many open files" says which limit it reached
     return AttemptResult("failed", error=within_files_limit(exc))
+
+
+def _tool_interrupted(call: Call, exc: KeyboardInterrupt) -> AttemptResult:
+    """The end of an attempt whose tool raised ``KeyboardInterrupt`` where no Ctrl-C reaches.
+
+    That is a loop off the main thread (see :meth:`Driver._start`): it fails the call with
+    the error the thread and process backends give it, and the run goes on.
+    """
+    return AttemptResult("failed", error=tool_interrupt_error(call.tool.name, exc))
 
 
 def _suspended(call: Call, coro: Coroutine[Any, Any, Any]) -> AttemptResult:

@@ -40,7 +40,7 @@ import operator
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, cast
 
 from shoal.approvals.ledger import approval_hash
@@ -176,11 +176,12 @@ ApprovalAction = Ask | Withdraw
 class _Approval:
     """What a gated node was asked about, and what it may run once approved."""
 
-    __slots__ = ("args", "args_hash")
+    __slots__ = ("args", "args_hash", "edited")
 
     def __init__(self, args_hash: str) -> None:
         self.args_hash = args_hash
         self.args: dict[str, Any] | None = None  # a private copy of the approved arguments
+        self.edited = False  # approved with other arguments than asked (a reviewer's edit)
 
 
 #: What a :class:`Decisions` list holds until its first item: shared by every decision, so
@@ -306,6 +307,12 @@ _NEVER = float("-inf")  # a start time earlier than any (see SchedulerState.fini
 _RUN: Fate = ("run", None)  # a node's fate when no journal says otherwise: run it
 
 _COMMON = _Rare()  # the defaults, shared by every slot that never set one (never written)
+
+
+def _edited_args(rare: _Rare) -> dict[str, Any] | None:
+    """The arguments a reviewer's edit made the node run with; ``None`` if it ran as asked."""
+    approval = rare.approval
+    return approval.args if approval is not None and approval.edited else None
 
 
 class _Slot:
@@ -852,6 +859,10 @@ class SchedulerState:
                 slots[pos] = _GONE
                 if slot.rare is not _COMMON:
                     self._kept_rare[pos] = slot.rare
+                    edited = _edited_args(slot.rare)
+                    kept = outcomes[pos]
+                    if edited is not None and kept is not None:  # (no work on the common path)
+                        outcomes[pos] = replace(kept, edited_args=edited)
                 done.append(pos)
                 quiet += 1
         finally:  # counted once for the batch (nothing above reads these counts)
@@ -964,6 +975,7 @@ class SchedulerState:
                 else approval_hash(slot.node.tool.name, slot.args) != args_hash):
             return self.deny(pos, "the approval was given for other arguments", now, by=by)
         self._decided(slot, verdict, reason, by, now, d)
+        slot.approval.edited = args_hash != asked  # its outcome says so (and its model reads it)
         slot.approval.args_hash = args_hash
         slot.approval.args = isolate_all(slot.args)  # what retries run: pristine, approved
         self._set_phase(slot, Phase.READY)
@@ -1818,6 +1830,7 @@ class SchedulerState:
             slot.node.id, tool, status, value if status == "ok" else None, error, reason,
             slot.attempts, slot.queued_at, slot.started_at, now,
             slot.executor if slot.attempts else "", abandoned, slot.where, interrupted,
+            None if slot.rare is _COMMON else _edited_args(slot.rare),
         )
         # the slot is done with: the run keeps the outcome, and the rare fields if it set any
         self._slots[slot.pos] = _GONE

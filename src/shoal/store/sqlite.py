@@ -101,7 +101,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
     view TEXT, error TEXT, reason TEXT NOT NULL, attempts INTEGER NOT NULL,
     queued_at REAL, started_at REAL, finished_at REAL, executor TEXT NOT NULL,
     abandoned INTEGER NOT NULL, ran_on TEXT NOT NULL DEFAULT '',
-    interrupted TEXT NOT NULL DEFAULT '',
+    interrupted TEXT NOT NULL DEFAULT '', edited TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, node_id));
 CREATE TABLE IF NOT EXISTS approvals (
     id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, node_id TEXT NOT NULL, tool TEXT NOT NULL,
@@ -131,15 +131,18 @@ _EFFECTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS effects"):].s
 # The same for runs' ``pid_start`` (which process their pid was); a run without one is judged
 # by its pid alone, as before; and for outcomes' ``interrupted`` ('1' for a call stopped while
 # its tool ran, '0' not, see :class:`~shoal.outcome.Outcome`): a stopped call's outcome without
-# it (an older shoal's) reads as interrupted if it had started, since it may have run.
+# it (an older shoal's) reads as interrupted if it had started, since it may have run. And
+# for outcomes' ``edited`` (the JSON of the arguments an approver's edit ran, see
+# :attr:`~shoal.outcome.Outcome.edited_args`; '' for a call run as asked).
 _ADDED_COLUMNS = {("attempts", "held"), ("attempts", "ran_on"), ("outcomes", "ran_on"),
-                  ("runs", "pid_start"), ("outcomes", "interrupted")}
+                  ("runs", "pid_start"), ("outcomes", "interrupted"), ("outcomes", "edited")}
 
 _STOPPED = ("cancelled", "timed_out")  # the statuses of a call that may have been stopped mid-call
 _RUN_COLUMNS = ("run_id, name, status, started_at, finished_at, nodes, fingerprint, plan, "
                 "source, counts, makespan, sessions, heartbeat, pid, host, pid_start")
 _OUTCOME_COLUMNS = ("node_id, tool, status, encoding, value, view, error, reason, attempts, "
-                    "queued_at, started_at, finished_at, executor, abandoned, ran_on, interrupted")
+                    "queued_at, started_at, finished_at, executor, abandoned, ran_on, interrupted, "
+                    "edited")
 _APPROVAL_COLUMNS = ("run_id, node_id, tool, args_hash, arguments, kind, requested_at, "
                      "decision, decided_by, decided_at, reason, used")
 
@@ -553,7 +556,7 @@ class SQLiteStore:
             if outcomes:
                 db.executemany(
                     f"INSERT OR REPLACE INTO outcomes (run_id, position, {_OUTCOME_COLUMNS}) "
-                    f"VALUES ({', '.join('?' * 18)})", [_outcome_row(o) for o in outcomes])
+                    f"VALUES ({', '.join('?' * 19)})", [_outcome_row(o) for o in outcomes])
             if effects:
                 db.executemany(
                     "INSERT OR REPLACE INTO effects (run_id, node_id, kind, encoding, value, view)"
@@ -659,7 +662,8 @@ class SQLiteStore:
     def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, StoredOutcome]:
         """Each node's latest outcome, in plan order; ``decode=False`` never unpickles."""
         columns = _OUTCOME_COLUMNS.replace("ran_on", self._column("outcomes", "ran_on")).replace(
-            "interrupted", self._column("outcomes", "interrupted"))
+            "interrupted", self._column("outcomes", "interrupted")).replace(
+            "edited", self._column("outcomes", "edited"))
         rows = self._read(f"SELECT {columns} FROM outcomes WHERE run_id = ? "
                           "ORDER BY position", (run_id,))
         stored = (_stored_outcome(row, decode) for row in rows)
@@ -972,7 +976,8 @@ def _outcome_row(record: OutcomeRecord) -> tuple[Any, ...]:
         {"type": o.error.type, "message": o.error.message, "traceback": o.error.traceback})
     return (record.run_id, record.position, o.node_id, o.tool, o.status, encoding, payload,
             view, error, o.reason, o.attempts, o.queued_at, o.started_at, o.finished_at,
-            o.executor, int(o.abandoned), o.where, "1" if o.interrupted else "0")
+            o.executor, int(o.abandoned), o.where, "1" if o.interrupted else "0",
+            "" if o.edited_args is None else json.dumps(jsonable(o.edited_args)))
 
 
 def _effect_row(record: EffectRecord) -> tuple[Any, ...]:
@@ -999,7 +1004,7 @@ def _stored_effect(row: Sequence[Any]) -> StoredEffect:
 def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
     """The outcome of ``row``; a damaged row gives an ``in_doubt`` one saying what is damaged."""
     (node_id, tool, status, encoding, payload, view, error, reason, attempts, queued_at,
-     started_at, finished_at, executor, abandoned, where, interrupted) = row
+     started_at, finished_at, executor, abandoned, where, interrupted, edited) = row
     try:
         encoding = _choice(encoding, "encoding", ("json", "pickle", "repr"))
         value, real = _value(encoding, payload, view, decode)
@@ -1010,7 +1015,8 @@ def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
             _number(queued_at, "queued_at", optional=True),
             _number(started_at, "started_at", optional=True),
             _number(finished_at, "finished_at", optional=True), _text(executor, "executor"),
-            bool(_int(abandoned, "abandoned")), _loose_text(where))
+            bool(_int(abandoned, "abandoned")), _loose_text(where),
+            edited_args=_json(edited, "edited", dict) if edited else None)
         _check_order(outcome)
         said = _loose_text(interrupted)
         if outcome.status in _STOPPED and said != "0" and (said or outcome.attempts):
