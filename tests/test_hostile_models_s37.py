@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 import shoal
 from shoal.agents.budget import BudgetTracker
-from shoal.exceptions import ConfigError, ModelError
+from shoal.exceptions import ConfigError, ModelError, ModelHTTPError
 from shoal.models import (
     AnthropicModel,
     Model,
@@ -351,3 +352,96 @@ def test_a_models_own_max_tokens_is_what_its_requests_hold_of_a_large_budget() -
         result = arun(main(), timeout=60)
         asked = [r.body.get("max_tokens") for r in server.requests]
     assert result.output == "done" and asked == [8192]
+
+
+def _presses_ctrl_c(then: Any) -> Any:
+    """A scripted step that presses Ctrl-C (SIGINT, in this main thread), then plays ``then``."""
+    def step(request: ModelRequest) -> Any:
+        signal.raise_signal(signal.SIGINT)  # asyncio's handler: it cancels run_sync's task
+        if isinstance(then, BaseException):
+            raise then
+        return then
+    return step
+
+
+@pytest.fixture
+def default_ctrl_c() -> Any:
+    """SIGINT's default handler for the test (asyncio's run_sync handler replaces only that)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("waiting", ["on_retry_after", "on_the_reply"])
+@pytest.mark.usefixtures("default_ctrl_c")
+def test_an_agent_run_sync_stopped_by_ctrl_c_is_journaled_cancelled(
+        tmp_path: Path, waiting: str) -> None:
+    # Ctrl-C in agent.run_sync (a SQLite journal) while its model turn waited: the turn was
+    # recorded cancelled, but the run 'finished' in shoal runs / shoal show (the CLI's own
+    # Ctrl-C cancels the run itself, asyncio's cancels only the awaiting task)
+    from shoal.store.sqlite import SQLiteStore
+    from shoal.testing import pause
+
+    limited = ModelHTTPError("scripted", "rate limited", 429, retry_after=30.0)
+    first = _presses_ctrl_c(limited if waiting == "on_retry_after" else [pause(30.0), "done"])
+    agent = shoal.Agent(name="lead", model=ScriptedModel([first, "done"]))
+    db = tmp_path / "runs.db"
+    with pytest.raises(KeyboardInterrupt):
+        agent.run_sync("go", runtime=shoal.Runtime(store=f"sqlite:///{db}"), run_id="r1")
+    store = SQLiteStore(str(db))
+    try:
+        record = store.get_run("r1/lead/steps")
+        assert record is not None and record.status == "cancelled", record
+    finally:
+        store.close()
+
+
+
+@pytest.mark.usefixtures("default_ctrl_c")
+def test_ctrl_c_in_a_subagents_turn_journals_every_steps_run_of_the_tree_cancelled(
+        tmp_path: Path) -> None:
+    # both the lead's and the worker's steps runs said 'finished' after run_sync's Ctrl-C
+    from shoal.store.sqlite import SQLiteStore
+    from shoal.testing import pause
+
+    worker = shoal.Agent(name="worker", model=ScriptedModel(
+        [_presses_ctrl_c([pause(30.0), "found"])]))
+    lead = shoal.Agent(name="lead", subagents=[worker], model=ScriptedModel(
+        [[scripted_call("worker", task="t")], "done"]))
+    db = tmp_path / "runs.db"
+    with pytest.raises(KeyboardInterrupt):
+        lead.run_sync("go", runtime=shoal.Runtime(store=f"sqlite:///{db}"), run_id="r1")
+    store = SQLiteStore(str(db))
+    try:
+        statuses = {r.run_id: r.status for r in store.list_runs()}
+    finally:
+        store.close()
+    assert statuses == {"r1/lead/steps": "cancelled", "r1/lead/worker#1/steps": "cancelled"}
+
+
+def test_a_tree_cancelled_through_its_handle_journals_its_steps_runs_cancelled() -> None:
+    # handle.cancel() (what the CLI's Ctrl-C calls) left both steps runs 'finished'; one
+    # agent cancelled alone still leaves its steps run 'finished' (the tree goes on)
+    from shoal.testing import pause
+
+    worker = shoal.Agent(name="worker", model=ScriptedModel([[pause(30.0), "found"]]))
+    lead = shoal.Agent(name="lead", subagents=[worker], model=ScriptedModel(
+        [[scripted_call("worker", task="t")], "done"]))
+    runtime = shoal.Runtime()
+
+    async def main() -> None:
+        handle = lead.start("go", runtime=runtime, run_id="r1")
+        await asyncio.sleep(1.0)  # the worker's reply takes 30 s
+        handle.cancel(reason="enough")
+        with pytest.raises(shoal.AgentError):
+            await handle
+
+    arun(main(), virtual=True)
+    store = runtime.store
+    assert store is not None
+    for run_id in ("r1/lead/steps", "r1/lead/worker#1/steps"):
+        record = store.get_run(run_id)
+        assert record is not None and record.status == "cancelled", (run_id, record)
+

@@ -363,10 +363,14 @@ class AgentRun:
         self.ctx.results[self.lineage] = self.result
         self._emit_started()
         try:
+            stopped: str | None = None
             try:
                 output = await self._turns()
+            except asyncio.CancelledError:  # (Ctrl-C in run_sync, a cancel of the awaiter)
+                stopped = self._run_stopped()
+                raise
             finally:
-                await self._end_steps()
+                await self._end_steps(stopped)
             self.result.output = output
             self._end("ok")
         except BudgetExceeded as exc:
@@ -793,14 +797,36 @@ class AgentRun:
                 "journal's (its instructions, tools, settings, output type, prompt or an "
                 "earlier turn changed)")
 
-    async def _end_steps(self) -> None:
-        """End the steps run: every step has ended, so it ends at once (journaled so)."""
+    def _run_stopped(self) -> str | None:
+        """Why the whole tree was stopped, if this agent's cancel is that (``None``: not).
+
+        A cancel from outside shoal (Ctrl-C in ``run_sync``, a cancel of the awaiting task)
+        records no reason: it stops the tree, as the CLI's Ctrl-C (the root's cancel) does.
+        An agent cancelled alone (its node's cancel) leaves a tree that goes on.
+        """
+        ctx = self.ctx
+        if ctx.tracker.breach is not None:  # the budget's stop says so on its own
+            return None
+        if ctx.cancelled_reason(self.lineage) is None:
+            return "the run was cancelled"
+        return ctx.cancelled_reason(self.lineage.split("/", 1)[0])
+
+    async def _end_steps(self, stopped: str | None = None) -> None:
+        """End the steps run: every step has ended, so it ends at once (journaled so).
+
+        ``stopped``: why the agent was cancelled, if it was. The steps run is then cancelled
+        as a whole with that reason before it closes, so that its journal records it stopped
+        (``shoal runs`` / ``shoal show``), not ``finished``, however the cancel came (the
+        CLI's Ctrl-C cancels the run itself; ``run_sync``'s cancels only the awaiting task).
+        """
         run = self._steps
         if run is None:
             return
         # its nodes' tools call back into this run: dropped, so that neither is left in a
         # cycle for the collector's next full pass
         self._steps = self._model_tool = None
+        if stopped is not None:
+            run.cancel(reason=stopped)
         run.close()
         ended = run.handle.as_future()
         if ended.done():  # ended as it closed (a memory journal's, most runs): nothing to await
