@@ -445,3 +445,23 @@ def test_a_tree_cancelled_through_its_handle_journals_its_steps_runs_cancelled()
         record = store.get_run(run_id)
         assert record is not None and record.status == "cancelled", (run_id, record)
 
+
+@shoal.tool
+def square(x: int) -> int:
+    """The square of ``x``."""
+    return x * x
+
+
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_a_tool_call_with_a_number_too_long_tells_the_model_what_to_send(sign: str) -> None:
+    # 5,000 digits were refused with Python's own advice to the programmer ("use
+    # sys.set_int_max_str_digits() to increase the limit"), which the model cannot act on
+    digits = "9" * 5000
+    agent = shoal.Agent(name="lead", tools=[square], model=ScriptedModel([
+        [scripted_call("square", raw_arguments=f'{{"x": {sign}{digits}}}')], "done"]))
+    result = agent.run_sync("go")
+    [record] = result.calls
+    said = record.message.content
+    assert record.message.is_error and result.output == "done"
+    assert "a number 5,000 digits long" in said and "at most 4,300 digits" in said, said
+    assert "send a shorter number" in said and "set_int_max_str_digits" not in said, said
