@@ -465,3 +465,77 @@ def test_a_tool_call_with_a_number_too_long_tells_the_model_what_to_send(sign: s
     assert record.message.is_error and result.output == "done"
     assert "a number 5,000 digits long" in said and "at most 4,300 digits" in said, said
     assert "send a shorter number" in said and "set_int_max_str_digits" not in said, said
+
+
+def _answer_with_events(agent: shoal.Agent[Any], model: Model | None = None,
+                        ) -> tuple[Any, list[shoal.events.AgentFinished]]:
+    """Run ``agent`` on "go" (its ``model`` closed after); its result and AgentFinished events."""
+    ended: list[shoal.events.AgentFinished] = []
+
+    def sink(event: Any) -> None:
+        if isinstance(event, shoal.events.AgentFinished):
+            ended.append(event)
+
+    async def main() -> Any:
+        try:
+            return await agent.run("go", on_event=sink)
+        finally:
+            if model is not None:
+                await model.aclose()
+
+    return arun(main(), timeout=60), ended
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "scripted"])
+def test_a_text_answer_cut_off_at_the_output_cap_says_so_and_how_to_raise_it(
+        provider: str) -> None:
+    # the cut answer was accepted 'ok' and nothing said it stopped at max_tokens
+    stop = "max_tokens" if provider == "anthropic" else "length"
+    cut = "The three causes are: first, the"
+    if provider == "scripted":
+        scripted = ScriptedModel([ModelResponse(text=cut, stop_reason=stop,
+                                                usage=Usage(10, 16, 1))])
+        result, ended = _answer_with_events(shoal.Agent(name="a", model=scripted))
+    else:
+        server_type = OpenAIWireServer if provider == "openai" else AnthropicWireServer
+        with server_type(text_reply(cut, stop_reason=stop, output_tokens=16)) as server:
+            model = server.model()
+            result, ended = _answer_with_events(shoal.Agent(name="a", model=model), model)
+    assert result.ok and result.output == cut  # kept: a text cut short is still text
+    said = result.cut_off
+    assert f"stop reason {stop!r}, after 16 tokens" in said, said
+    assert "ModelSettings(max_tokens=...)" in said and "4,096" in said, said
+    assert [e.cut_off for e in ended] == [said]
+    assert result.to_dict()["cut_off"] == said
+
+
+def test_a_whole_answer_says_nothing_of_a_cut() -> None:
+    result, ended = _answer_with_events(shoal.Agent(name="a", model=ScriptedModel(
+        [ModelResponse(text="done", stop_reason="stop")])))
+    assert result.cut_off == "" and [e.cut_off for e in ended] == [""]
+    assert "cut_off" not in result.to_dict()
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_structured_output_cut_mid_json_is_a_typed_error_at_once(provider: str) -> None:
+    # cut mid-JSON, the answer was asked for again (output_retries) with the same cap, and
+    # ended an OutputValidationError about bad JSON that never named the cap
+    from pydantic import BaseModel
+
+    class Report(BaseModel):
+        title: str
+        body: str
+
+    stop = "max_tokens" if provider == "anthropic" else "length"
+    server_type = OpenAIWireServer if provider == "openai" else AnthropicWireServer
+    with server_type(text_reply('{"title": "Q3", "body": "Revenue rose by',
+                                stop_reason=stop, output_tokens=12)) as server:
+        model = server.model()
+        agent = shoal.Agent(name="a", model=model, output_type=Report)
+        with pytest.raises(shoal.OutputCutOffError) as caught:
+            _answer_with_events(agent, model)
+        asked = len(server.requests)
+    assert isinstance(caught.value, shoal.OutputValidationError)  # caught as before
+    message = str(caught.value)
+    assert f"stop reason {stop!r}" in message and "ModelSettings(max_tokens=...)" in message
+    assert asked == 1  # not asked again with the same cap

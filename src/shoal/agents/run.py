@@ -53,6 +53,7 @@ from shoal.exceptions import (
     BudgetExceeded,
     MaxTurnsExceeded,
     ModelError,
+    OutputCutOffError,
     OutputValidationError,
     PlanChangedError,
     exception_message,
@@ -450,8 +451,11 @@ class AgentRun:
             try:
                 if not response.text.strip():
                     raise ValueError(_EMPTY)
-                return response.text if spec is None else spec.parse(response.text)
+                output = response.text if spec is None else spec.parse(response.text)
             except ValueError as exc:
+                if response.cut_off:  # asked again with the same cap, it would be cut again
+                    raise OutputCutOffError(f"{_cut_off(self.lineage, response)}; what came "
+                                            f"could not be read: {exc}") from None
                 output_retries += 1
                 if output_retries > agent.output_retries:
                     wanted = "an answer" if spec is None else repr(agent.output_type)
@@ -460,6 +464,10 @@ class AgentRun:
                         f"{agent.output_retries} retries: {exc}") from None
                 messages.append(UserMessage(_EMPTY_AGAIN if spec is None
                                             else spec.retry_prompt(str(exc))))
+                continue
+            if response.cut_off:  # kept, but nothing else would tell it is cut short
+                self.result.cut_off = _cut_off(self.lineage, response)
+            return output
 
     def _next_request(self) -> ModelRequest:
         """Start the next turn (charged to the budget) and make its request.
@@ -949,7 +957,8 @@ class AgentRun:
                 run_id=self.ctx.run_id, time=self.ctx.now(), lineage=self.lineage,
                 agent=self.agent.name, status=status, output=str(result.output)[:200],
                 turns=result.turns, total_tokens=total.total_tokens, duration=result.duration,
-                error="" if error is None else exception_message(error)))
+                error="" if error is None else exception_message(error),
+                cut_off=result.cut_off))
 
 
 def _refuse_steps_per_run(store: Store, where: str) -> None:
@@ -978,6 +987,16 @@ def _journaled_turns(store: Store, run_id: str) -> dict[int, str]:
         if match is not None:
             found[int(match[1])] = match[2]
     return found
+
+
+def _cut_off(lineage: str, response: ModelResponse) -> str:
+    """What to say of a final answer cut off at the model's output cap, and how to raise it."""
+    wrote = response.usage.output_tokens
+    after = f", after {wrote:,} tokens" if wrote else ""
+    return (f"agent {lineage}'s answer was cut off at the model's limit of output tokens "
+            f"(stop reason {response.stop_reason!r}{after}): raise it with "
+            "ModelSettings(max_tokens=...) on the agent or its model (under Budget(tokens=...) "
+            f"a request that sets none holds {HELD_BY_DEFAULT:,}), or ask for a shorter answer")
 
 
 def _why_abandoned(exc: BaseException) -> str:

@@ -345,6 +345,10 @@ def _specs_copy(specs: Sequence[ToolSpec], memo: dict[int, Any]) -> tuple[ToolSp
                  else copy.deepcopy(spec, memo) for spec in specs)
 
 
+#: The stop reasons that say a reply reached its output cap (see :attr:`ModelResponse.cut_off`).
+CUT_OFF_REASONS = frozenset({"length", "max_tokens"})
+
+
 @slot_init
 @dataclass(frozen=True, slots=True)
 class ModelResponse:
@@ -363,6 +367,15 @@ class ModelResponse:
     def as_message(self) -> AssistantMessage:
         """The response as the assistant message that goes into the conversation."""
         return AssistantMessage(self.text, self.tool_calls)
+
+    @property
+    def cut_off(self) -> bool:
+        """Whether the model stopped at its output cap (``max_tokens``), its text cut short.
+
+        OpenAI's (and OpenAI-compatible local servers') ``"length"``, Anthropic's
+        ``"max_tokens"``.
+        """
+        return self.stop_reason in CUT_OFF_REASONS
 
 
 @slot_init
