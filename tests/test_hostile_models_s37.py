@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -539,3 +540,17 @@ def test_structured_output_cut_mid_json_is_a_typed_error_at_once(provider: str) 
     message = str(caught.value)
     assert f"stop reason {stop!r}" in message and "ModelSettings(max_tokens=...)" in message
     assert asked == 1  # not asked again with the same cap
+
+
+def test_shoal_run_says_beside_the_answer_that_it_was_cut_off() -> None:
+    # the CLI printed the cut answer in its panel and exited 0, saying nothing of the cap
+    from tests.cli_process import run_cli
+
+    root = Path(__file__).resolve().parent.parent
+    done = run_cli(("run", "tests/agent_models.py:cut_off_agent", "go", "--no-store"),
+                   cwd=root, env={**os.environ, "COLUMNS": "160"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())  # (rich wraps long lines)
+    assert "The causes are: first, the" in out
+    assert "answer was cut off at the model's limit of output tokens" in out, out
+    assert "ModelSettings(max_tokens=...)" in out, out

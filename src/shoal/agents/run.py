@@ -992,7 +992,7 @@ def _journaled_turns(store: Store, run_id: str) -> dict[int, str]:
 def _cut_off(lineage: str, response: ModelResponse) -> str:
     """What to say of a final answer cut off at the model's output cap, and how to raise it."""
     wrote = response.usage.output_tokens
-    after = f", after {wrote:,} tokens" if wrote else ""
+    after = f", after {wrote:,} token{'' if wrote == 1 else 's'}" if wrote else ""
     return (f"agent {lineage}'s answer was cut off at the model's limit of output tokens "
             f"(stop reason {response.stop_reason!r}{after}): raise it with "
             "ModelSettings(max_tokens=...) on the agent or its model (under Budget(tokens=...) "
