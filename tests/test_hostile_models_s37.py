@@ -554,3 +554,13 @@ def test_shoal_run_says_beside_the_answer_that_it_was_cut_off() -> None:
     assert "The causes are: first, the" in out
     assert "answer was cut off at the model's limit of output tokens" in out, out
     assert "ModelSettings(max_tokens=...)" in out, out
+
+
+def test_an_answer_with_no_text_before_the_cap_is_a_typed_error_at_once() -> None:
+    # a reasoning model that spent its whole cap thinking answered nothing: it was asked
+    # again (output_retries) with the same cap, then ended "did not fit an answer"
+    model = ScriptedModel([ModelResponse(text="", stop_reason="length", usage=HUNDRED),
+                           "unused", "unused"])
+    with pytest.raises(shoal.OutputCutOffError, match="stop reason 'length', after 40 tokens"):
+        shoal.Agent(name="a", model=model).run_sync("go")
+    assert len(model.requests) == 1
