@@ -154,3 +154,7 @@ def odd_usage_model() -> ScriptedModel:
 
 
 odd_usage_agent = shoal.Agent(name="odd", model=odd_usage_model())  # no budget to check
+
+#: an agent whose answer stops at the model's output cap (``shoal run`` must say so)
+cut_off_agent = shoal.Agent(name="cut", model=ScriptedModel(
+    [ModelResponse(text="The causes are: first, the", stop_reason="length")]))

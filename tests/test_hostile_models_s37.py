@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 
 import shoal
 from shoal.agents.budget import BudgetTracker
-from shoal.exceptions import ConfigError, ModelError
+from shoal.exceptions import ConfigError, ModelError, ModelHTTPError
 from shoal.models import (
     AnthropicModel,
     Model,
@@ -351,3 +353,214 @@ def test_a_models_own_max_tokens_is_what_its_requests_hold_of_a_large_budget() -
         result = arun(main(), timeout=60)
         asked = [r.body.get("max_tokens") for r in server.requests]
     assert result.output == "done" and asked == [8192]
+
+
+def _presses_ctrl_c(then: Any) -> Any:
+    """A scripted step that presses Ctrl-C (SIGINT, in this main thread), then plays ``then``."""
+    def step(request: ModelRequest) -> Any:
+        signal.raise_signal(signal.SIGINT)  # asyncio's handler: it cancels run_sync's task
+        if isinstance(then, BaseException):
+            raise then
+        return then
+    return step
+
+
+@pytest.fixture
+def default_ctrl_c() -> Any:
+    """SIGINT's default handler for the test (asyncio's run_sync handler replaces only that)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("waiting", ["on_retry_after", "on_the_reply"])
+@pytest.mark.usefixtures("default_ctrl_c")
+def test_an_agent_run_sync_stopped_by_ctrl_c_is_journaled_cancelled(
+        tmp_path: Path, waiting: str) -> None:
+    # Ctrl-C in agent.run_sync (a SQLite journal) while its model turn waited: the turn was
+    # recorded cancelled, but the run 'finished' in shoal runs / shoal show (the CLI's own
+    # Ctrl-C cancels the run itself, asyncio's cancels only the awaiting task)
+    from shoal.store.sqlite import SQLiteStore
+    from shoal.testing import pause
+
+    limited = ModelHTTPError("scripted", "rate limited", 429, retry_after=30.0)
+    first = _presses_ctrl_c(limited if waiting == "on_retry_after" else [pause(30.0), "done"])
+    agent = shoal.Agent(name="lead", model=ScriptedModel([first, "done"]))
+    db = tmp_path / "runs.db"
+    with pytest.raises(KeyboardInterrupt):
+        agent.run_sync("go", runtime=shoal.Runtime(store=f"sqlite:///{db}"), run_id="r1")
+    store = SQLiteStore(str(db))
+    try:
+        record = store.get_run("r1/lead/steps")
+        assert record is not None and record.status == "cancelled", record
+    finally:
+        store.close()
+
+
+
+@pytest.mark.usefixtures("default_ctrl_c")
+def test_ctrl_c_in_a_subagents_turn_journals_every_steps_run_of_the_tree_cancelled(
+        tmp_path: Path) -> None:
+    # both the lead's and the worker's steps runs said 'finished' after run_sync's Ctrl-C
+    from shoal.store.sqlite import SQLiteStore
+    from shoal.testing import pause
+
+    worker = shoal.Agent(name="worker", model=ScriptedModel(
+        [_presses_ctrl_c([pause(30.0), "found"])]))
+    lead = shoal.Agent(name="lead", subagents=[worker], model=ScriptedModel(
+        [[scripted_call("worker", task="t")], "done"]))
+    db = tmp_path / "runs.db"
+    with pytest.raises(KeyboardInterrupt):
+        lead.run_sync("go", runtime=shoal.Runtime(store=f"sqlite:///{db}"), run_id="r1")
+    store = SQLiteStore(str(db))
+    try:
+        statuses = {r.run_id: r.status for r in store.list_runs()}
+    finally:
+        store.close()
+    assert statuses == {"r1/lead/steps": "cancelled", "r1/lead/worker#1/steps": "cancelled"}
+
+
+def test_a_tree_cancelled_through_its_handle_journals_its_steps_runs_cancelled() -> None:
+    # handle.cancel() (what the CLI's Ctrl-C calls) left both steps runs 'finished'; one
+    # agent cancelled alone still leaves its steps run 'finished' (the tree goes on)
+    from shoal.testing import pause
+
+    worker = shoal.Agent(name="worker", model=ScriptedModel([[pause(30.0), "found"]]))
+    lead = shoal.Agent(name="lead", subagents=[worker], model=ScriptedModel(
+        [[scripted_call("worker", task="t")], "done"]))
+    runtime = shoal.Runtime()
+
+    async def main() -> None:
+        handle = lead.start("go", runtime=runtime, run_id="r1")
+        await asyncio.sleep(1.0)  # the worker's reply takes 30 s
+        handle.cancel(reason="enough")
+        with pytest.raises(shoal.AgentError):
+            await handle
+
+    arun(main(), virtual=True)
+    store = runtime.store
+    assert store is not None
+    for run_id in ("r1/lead/steps", "r1/lead/worker#1/steps"):
+        record = store.get_run(run_id)
+        assert record is not None and record.status == "cancelled", (run_id, record)
+
+
+@shoal.tool
+def square(x: int) -> int:
+    """The square of ``x``."""
+    return x * x
+
+
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_a_tool_call_with_a_number_too_long_tells_the_model_what_to_send(sign: str) -> None:
+    # 5,000 digits were refused with Python's own advice to the programmer ("use
+    # sys.set_int_max_str_digits() to increase the limit"), which the model cannot act on
+    digits = "9" * 5000
+    agent = shoal.Agent(name="lead", tools=[square], model=ScriptedModel([
+        [scripted_call("square", raw_arguments=f'{{"x": {sign}{digits}}}')], "done"]))
+    result = agent.run_sync("go")
+    [record] = result.calls
+    said = record.message.content
+    assert record.message.is_error and result.output == "done"
+    assert "a number 5,000 digits long" in said and "at most 4,300 digits" in said, said
+    assert "send a shorter number" in said and "set_int_max_str_digits" not in said, said
+
+
+def _answer_with_events(agent: shoal.Agent[Any], model: Model | None = None,
+                        ) -> tuple[Any, list[shoal.events.AgentFinished]]:
+    """Run ``agent`` on "go" (its ``model`` closed after); its result and AgentFinished events."""
+    ended: list[shoal.events.AgentFinished] = []
+
+    def sink(event: Any) -> None:
+        if isinstance(event, shoal.events.AgentFinished):
+            ended.append(event)
+
+    async def main() -> Any:
+        try:
+            return await agent.run("go", on_event=sink)
+        finally:
+            if model is not None:
+                await model.aclose()
+
+    return arun(main(), timeout=60), ended
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "scripted"])
+def test_a_text_answer_cut_off_at_the_output_cap_says_so_and_how_to_raise_it(
+        provider: str) -> None:
+    # the cut answer was accepted 'ok' and nothing said it stopped at max_tokens
+    stop = "max_tokens" if provider == "anthropic" else "length"
+    cut = "The three causes are: first, the"
+    if provider == "scripted":
+        scripted = ScriptedModel([ModelResponse(text=cut, stop_reason=stop,
+                                                usage=Usage(10, 16, 1))])
+        result, ended = _answer_with_events(shoal.Agent(name="a", model=scripted))
+    else:
+        server_type = OpenAIWireServer if provider == "openai" else AnthropicWireServer
+        with server_type(text_reply(cut, stop_reason=stop, output_tokens=16)) as server:
+            model = server.model()
+            result, ended = _answer_with_events(shoal.Agent(name="a", model=model), model)
+    assert result.ok and result.output == cut  # kept: a text cut short is still text
+    said = result.cut_off
+    assert f"stop reason {stop!r}, after 16 tokens" in said, said
+    assert "ModelSettings(max_tokens=...)" in said and "4,096" in said, said
+    assert [e.cut_off for e in ended] == [said]
+    assert result.to_dict()["cut_off"] == said
+
+
+def test_a_whole_answer_says_nothing_of_a_cut() -> None:
+    result, ended = _answer_with_events(shoal.Agent(name="a", model=ScriptedModel(
+        [ModelResponse(text="done", stop_reason="stop")])))
+    assert result.cut_off == "" and [e.cut_off for e in ended] == [""]
+    assert "cut_off" not in result.to_dict()
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_structured_output_cut_mid_json_is_a_typed_error_at_once(provider: str) -> None:
+    # cut mid-JSON, the answer was asked for again (output_retries) with the same cap, and
+    # ended an OutputValidationError about bad JSON that never named the cap
+    from pydantic import BaseModel
+
+    class Report(BaseModel):
+        title: str
+        body: str
+
+    stop = "max_tokens" if provider == "anthropic" else "length"
+    server_type = OpenAIWireServer if provider == "openai" else AnthropicWireServer
+    with server_type(text_reply('{"title": "Q3", "body": "Revenue rose by',
+                                stop_reason=stop, output_tokens=12)) as server:
+        model = server.model()
+        agent = shoal.Agent(name="a", model=model, output_type=Report)
+        with pytest.raises(shoal.OutputCutOffError) as caught:
+            _answer_with_events(agent, model)
+        asked = len(server.requests)
+    assert isinstance(caught.value, shoal.OutputValidationError)  # caught as before
+    message = str(caught.value)
+    assert f"stop reason {stop!r}" in message and "ModelSettings(max_tokens=...)" in message
+    assert asked == 1  # not asked again with the same cap
+
+
+def test_shoal_run_says_beside_the_answer_that_it_was_cut_off() -> None:
+    # the CLI printed the cut answer in its panel and exited 0, saying nothing of the cap
+    from tests.cli_process import run_cli
+
+    root = Path(__file__).resolve().parent.parent
+    done = run_cli(("run", "tests/agent_models.py:cut_off_agent", "go", "--no-store"),
+                   cwd=root, env={**os.environ, "COLUMNS": "160"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())  # (rich wraps long lines)
+    assert "The causes are: first, the" in out
+    assert "answer was cut off at the model's limit of output tokens" in out, out
+    assert "ModelSettings(max_tokens=...)" in out, out
+
+
+def test_an_answer_with_no_text_before_the_cap_is_a_typed_error_at_once() -> None:
+    # a reasoning model that spent its whole cap thinking answered nothing: it was asked
+    # again (output_retries) with the same cap, then ended "did not fit an answer"
+    model = ScriptedModel([ModelResponse(text="", stop_reason="length", usage=HUNDRED),
+                           "unused", "unused"])
+    with pytest.raises(shoal.OutputCutOffError, match="stop reason 'length', after 40 tokens"):
+        shoal.Agent(name="a", model=model).run_sync("go")
+    assert len(model.requests) == 1

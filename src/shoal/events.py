@@ -355,6 +355,8 @@ class AgentFinished(Event):
     """An agent ended, with a ``status`` and a short preview of its ``output``.
 
     ``status`` is ``ok``, ``failed``, ``cancelled``, ``max_turns`` or ``budget_exceeded``.
+    ``cut_off`` (as :attr:`AgentResult.cut_off <shoal.agents.result.AgentResult.cut_off>`)
+    says an ``ok`` answer was cut short at the model's output cap, and how to raise it.
     """
 
     agent: str
@@ -364,6 +366,7 @@ class AgentFinished(Event):
     total_tokens: int
     duration: float
     error: str = ""
+    cut_off: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -57,6 +57,7 @@
     │   ├── MaxReplansExceeded      a planner's joiner asked for more new plans than
     │   │                           ``max_replans`` allows
     │   └── OutputValidationError   the final answer did not fit ``output_type``, after retries
+    │       └── OutputCutOffError   cut off at the model's output cap, it could not be read
     ├── MCPServerError              an MCP server could not be reached or started, crashed, or
     │                               broke the protocol; ``.server`` names it, ``.cause`` says how
     └── MCPToolError                an MCP server's tool answered with an error (``isError``);
@@ -108,6 +109,7 @@ __all__ = [
     "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
+    "OutputCutOffError",
     "OutputValidationError",
     "PlanChangedError",
     "PlanError",
@@ -734,6 +736,14 @@ class MaxReplansExceeded(AgentError):
 
 class OutputValidationError(AgentError):
     """The model's final answer did not fit the agent's ``output_type`` after every retry."""
+
+
+class OutputCutOffError(OutputValidationError):
+    """The final answer was cut off at the model's output cap and could not be read.
+
+    Structured output cut mid-JSON (or an answer with no text before the cap): asking again
+    with the same cap would be cut again, so it is raised at once, saying how to raise it.
+    """
 
 
 MCP_ERROR_CHARS = 20_000  # of an MCP server's error text kept in a message

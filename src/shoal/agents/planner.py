@@ -121,8 +121,6 @@ log = logging.getLogger("shoal")
 MAX_OBSERVATION_CHARS = 4 * MAX_RESULT_CHARS
 
 _FENCE = re.compile(r"\s*```")
-#: Stop reasons of a reply cut off at the output token limit (OpenAI's, Anthropic's).
-_CUT_OFF = frozenset({"length", "max_tokens"})
 
 
 # ---- one round's calls ------------------------------------------------------------------------
@@ -748,7 +746,7 @@ class _PlanReader:
                 lines = self._native(response.tool_calls)
                 self.text = f"{text.rstrip()}\n{lines}" if text.strip() else lines
         self._close()
-        if response.stop_reason in _CUT_OFF and not self._parser.done:
+        if response.cut_off and not self._parser.done:
             # else the joiner only read that the last line's brackets never close, say
             self.round.notes.append(
                 f"the plan was cut off at the model's limit of output tokens (stop reason "

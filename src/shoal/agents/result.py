@@ -59,6 +59,10 @@ class AgentResult(Generic[T]):
     turn loop ran (``"inline"``, ``"process"``, ``"ray"``) and ``pid`` the id of the process
     that ran it (on that machine; 0 until it starts), as its
     :class:`~shoal.events.AgentStarted` event says.
+    ``cut_off`` is empty unless the final answer stopped at the model's output cap (stop
+    reason ``length`` / ``max_tokens``): a text answer is kept, cut short, and this says so
+    and how to raise the cap (structured output cut so raises
+    :class:`~shoal.exceptions.OutputCutOffError`).
     """
 
     agent: str
@@ -82,6 +86,7 @@ class AgentResult(Generic[T]):
     where: str = ""
     pid: int = 0
     isolation: str = ""
+    cut_off: str = ""
 
     @property
     def ok(self) -> bool:
@@ -117,6 +122,7 @@ class AgentResult(Generic[T]):
                       for c in self.calls],
             "children": [c.to_dict() for c in self.children],
             **({"plans": list(self.plans)} if self.plans else {}),
+            **({"cut_off": self.cut_off} if self.cut_off else {}),
             **({} if self.board is None else {
                 "board": jsonable(self.board),
                 "conflicts": [jsonable(c.to_dict()) for c in self.conflicts]}),

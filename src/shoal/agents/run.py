@@ -53,6 +53,7 @@ from shoal.exceptions import (
     BudgetExceeded,
     MaxTurnsExceeded,
     ModelError,
+    OutputCutOffError,
     OutputValidationError,
     PlanChangedError,
     exception_message,
@@ -363,10 +364,14 @@ class AgentRun:
         self.ctx.results[self.lineage] = self.result
         self._emit_started()
         try:
+            stopped: str | None = None
             try:
                 output = await self._turns()
+            except asyncio.CancelledError:  # (Ctrl-C in run_sync, a cancel of the awaiter)
+                stopped = self._run_stopped()
+                raise
             finally:
-                await self._end_steps()
+                await self._end_steps(stopped)
             self.result.output = output
             self._end("ok")
         except BudgetExceeded as exc:
@@ -446,8 +451,11 @@ class AgentRun:
             try:
                 if not response.text.strip():
                     raise ValueError(_EMPTY)
-                return response.text if spec is None else spec.parse(response.text)
+                output = response.text if spec is None else spec.parse(response.text)
             except ValueError as exc:
+                if response.cut_off:  # asked again with the same cap, it would be cut again
+                    raise OutputCutOffError(f"{_cut_off(self.lineage, response)}; what came "
+                                            f"could not be read: {exc}") from None
                 output_retries += 1
                 if output_retries > agent.output_retries:
                     wanted = "an answer" if spec is None else repr(agent.output_type)
@@ -456,6 +464,10 @@ class AgentRun:
                         f"{agent.output_retries} retries: {exc}") from None
                 messages.append(UserMessage(_EMPTY_AGAIN if spec is None
                                             else spec.retry_prompt(str(exc))))
+                continue
+            if response.cut_off:  # kept, but nothing else would tell it is cut short
+                self.result.cut_off = _cut_off(self.lineage, response)
+            return output
 
     def _next_request(self) -> ModelRequest:
         """Start the next turn (charged to the budget) and make its request.
@@ -793,14 +805,36 @@ class AgentRun:
                 "journal's (its instructions, tools, settings, output type, prompt or an "
                 "earlier turn changed)")
 
-    async def _end_steps(self) -> None:
-        """End the steps run: every step has ended, so it ends at once (journaled so)."""
+    def _run_stopped(self) -> str | None:
+        """Why the whole tree was stopped, if this agent's cancel is that (``None``: not).
+
+        A cancel from outside shoal (Ctrl-C in ``run_sync``, a cancel of the awaiting task)
+        records no reason: it stops the tree, as the CLI's Ctrl-C (the root's cancel) does.
+        An agent cancelled alone (its node's cancel) leaves a tree that goes on.
+        """
+        ctx = self.ctx
+        if ctx.tracker.breach is not None:  # the budget's stop says so on its own
+            return None
+        if ctx.cancelled_reason(self.lineage) is None:
+            return "the run was cancelled"
+        return ctx.cancelled_reason(self.lineage.split("/", 1)[0])
+
+    async def _end_steps(self, stopped: str | None = None) -> None:
+        """End the steps run: every step has ended, so it ends at once (journaled so).
+
+        ``stopped``: why the agent was cancelled, if it was. The steps run is then cancelled
+        as a whole with that reason before it closes, so that its journal records it stopped
+        (``shoal runs`` / ``shoal show``), not ``finished``, however the cancel came (the
+        CLI's Ctrl-C cancels the run itself; ``run_sync``'s cancels only the awaiting task).
+        """
         run = self._steps
         if run is None:
             return
         # its nodes' tools call back into this run: dropped, so that neither is left in a
         # cycle for the collector's next full pass
         self._steps = self._model_tool = None
+        if stopped is not None:
+            run.cancel(reason=stopped)
         run.close()
         ended = run.handle.as_future()
         if ended.done():  # ended as it closed (a memory journal's, most runs): nothing to await
@@ -923,7 +957,8 @@ class AgentRun:
                 run_id=self.ctx.run_id, time=self.ctx.now(), lineage=self.lineage,
                 agent=self.agent.name, status=status, output=str(result.output)[:200],
                 turns=result.turns, total_tokens=total.total_tokens, duration=result.duration,
-                error="" if error is None else exception_message(error)))
+                error="" if error is None else exception_message(error),
+                cut_off=result.cut_off))
 
 
 def _refuse_steps_per_run(store: Store, where: str) -> None:
@@ -952,6 +987,16 @@ def _journaled_turns(store: Store, run_id: str) -> dict[int, str]:
         if match is not None:
             found[int(match[1])] = match[2]
     return found
+
+
+def _cut_off(lineage: str, response: ModelResponse) -> str:
+    """What to say of a final answer cut off at the model's output cap, and how to raise it."""
+    wrote = response.usage.output_tokens
+    after = f", after {wrote:,} token{'' if wrote == 1 else 's'}" if wrote else ""
+    return (f"agent {lineage}'s answer was cut off at the model's limit of output tokens "
+            f"(stop reason {response.stop_reason!r}{after}): raise it with "
+            "ModelSettings(max_tokens=...) on the agent or its model (under Budget(tokens=...) "
+            f"a request that sets none holds {HELD_BY_DEFAULT:,}), or ask for a shorter answer")
 
 
 def _why_abandoned(exc: BaseException) -> str:

@@ -496,6 +496,8 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
     if result is not None and result.status == "ok":
         answer = safe_str(result.output, ANSWER_WIDTH)
         parts.append(Panel(Text(answer), title="answer", title_align="left"))
+        if result.cut_off:  # the answer above is cut short: say so beside it
+            parts.append(Text(safe_str(result.cut_off, ANSWER_WIDTH), style="yellow"))
     if result is not None:
         line = _composed_line(result) if composed else _summary_line(result)
         parts.append(Text(line, style="dim"))

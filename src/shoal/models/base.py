@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -103,15 +104,36 @@ class ToolCall:
                 return value
             raise ValueError(f"the arguments must be a JSON object, got {text[:200]!r}")
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_int=_json_int)
         except json.JSONDecodeError as exc:
             raise ValueError(f"the arguments are not valid JSON ({exc.msg} at position "
                              f"{exc.pos}): {text[:200]!r}") from None
+        except _NumberTooLong as exc:  # int()'s own words advise a programmer, not a model
+            raise ValueError(str(exc)) from None
         except RecursionError:
             raise ValueError("the arguments are nested too deeply to read") from None
         if not isinstance(value, dict):
             raise ValueError(f"the arguments must be a JSON object, got {text[:200]!r}")
         return value
+
+
+class _NumberTooLong(ValueError):
+    """A JSON integer with more digits than ``int()`` reads (``sys.set_int_max_str_digits``)."""
+
+
+def _json_int(digits: str) -> int:
+    """A JSON integer (``parse_int``); one too long for ``int()`` says so in a model's terms.
+
+    Only the slow path of :meth:`ToolCall.parsed_arguments` uses it (the fast one has failed).
+    """
+    try:
+        return int(digits)
+    except ValueError:
+        count = len(digits.lstrip("-"))
+        raise _NumberTooLong(
+            f"the arguments hold a number {count:,} digits long, and a number may have at "
+            f"most {sys.get_int_max_str_digits():,} digits: send a shorter number (or, if "
+            "the tool takes text, the digits as a JSON string)") from None
 
 
 #: Reads one JSON value at a position: ``json.loads`` is this, plus whitespace and checks.
@@ -323,6 +345,10 @@ def _specs_copy(specs: Sequence[ToolSpec], memo: dict[int, Any]) -> tuple[ToolSp
                  else copy.deepcopy(spec, memo) for spec in specs)
 
 
+#: The stop reasons that say a reply reached its output cap (see :attr:`ModelResponse.cut_off`).
+CUT_OFF_REASONS = frozenset({"length", "max_tokens"})
+
+
 @slot_init
 @dataclass(frozen=True, slots=True)
 class ModelResponse:
@@ -341,6 +367,15 @@ class ModelResponse:
     def as_message(self) -> AssistantMessage:
         """The response as the assistant message that goes into the conversation."""
         return AssistantMessage(self.text, self.tool_calls)
+
+    @property
+    def cut_off(self) -> bool:
+        """Whether the model stopped at its output cap (``max_tokens``), its text cut short.
+
+        OpenAI's (and OpenAI-compatible local servers') ``"length"``, Anthropic's
+        ``"max_tokens"``.
+        """
+        return self.stop_reason in CUT_OFF_REASONS
 
 
 @slot_init
