@@ -13,7 +13,8 @@ mcp_hostile_s37_server.py [MODE ...]``. Its tools (each takes ``text`` and ``n``
   naming no request (``id: null``), each once an ``echo`` call has come (or after 30 s);
 - ``media`` answers an image whose data is not base64, audio whose base64 is, a resource
   link whose name holds a line break, a bracket and an escape sequence, and a file whose data
-  is not base64 and whose media type holds an escape sequence.
+  is not base64 and whose media type holds an escape sequence;
+- ``big`` answers a text of ``n`` characters (``x``), on one line.
 
 MODEs: ``ref_loop`` lists a tool ``looped`` whose input schema loops through ``$ref``
 (``$defs`` ``a`` -> ``b`` -> ``a`` through ``allOf``), ``output_loop`` a tool ``looped_out``
@@ -45,7 +46,7 @@ def listed() -> list[dict[str, Any]]:
     """What ``tools/list`` answers."""
     tools = [{"name": name, "inputSchema": ARGS, "annotations": READ_ONLY}
              for name in ("echo", "batched", "batched_bad", "misnumbered", "unnamed", "media",
-                           "batched_stray")]
+                           "batched_stray", "big")]
     if "ref_loop" in MODES:
         tools.append({"name": "looped", "annotations": READ_ONLY, "inputSchema": {
             "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}},
@@ -94,6 +95,8 @@ def call(request: Any, name: str, arguments: dict[str, Any]) -> None:
                       "code": -32700, "message": "Parse error\x1b[2J: bad request"}}}[name])
 
         threading.Thread(target=stray, daemon=True).start()
+    elif name == "big":  # one answer of n characters, in one write (a line of n bytes)
+        send(answer(request, "x" * int(arguments.get("n") or 0)))
     elif name == "batched_bad":
         send([{"jsonrpc": "2.0", "id": request, "result": {"content": "not a list"}}])
     else:

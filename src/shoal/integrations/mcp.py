@@ -305,9 +305,9 @@ class MCPServer:
         params = StdioServerParameters(command=self.command[0], args=list(self.command[1:]),
                                        env=dict(self.env) if self.env else None, cwd=self.cwd,
                                        encoding_error_handler="replace")
-        from mcp.client.stdio import stdio_client
+        from shoal.integrations._mcp_transports import stdio_transport
 
-        return Client(_watched(stdio_client(params, errlog=errlog), session), cache=None)
+        return Client(_watched(stdio_transport(params, errlog=errlog), session), cache=None)
 
     def _http_transport(self, http_client: Any) -> Any:
         from mcp.client.streamable_http import streamable_http_client
@@ -315,10 +315,13 @@ class MCPServer:
         return streamable_http_client(str(self.url), http_client=http_client)
 
     def _http_client(self) -> Any:
-        """The HTTP client of a session: the MCP SDK's timeouts, no redirects, the headers."""
-        from mcp.shared._httpx_utils import create_mcp_http_client
+        """The HTTP client of a session: the MCP SDK's timeouts, no redirects, the headers.
 
-        return create_mcp_http_client(headers=dict(self.headers) if self.headers else None)
+        A JSON-RPC batch in an answer is read one message at a time, as over stdio.
+        """
+        from shoal.integrations._mcp_transports import unbatching_client
+
+        return unbatching_client(dict(self.headers) if self.headers else None)
 
     def _session_for(self, scope: RunScope | None) -> tuple[_Session, bool]:
         """The session a call uses, and whether the call must close it itself.
