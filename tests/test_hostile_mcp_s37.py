@@ -361,7 +361,8 @@ class _BatchingHTTP(_OffProtocolHTTP):
 
     ``/json``: a JSON body (a log notification, then the answer); ``/sse``: an event stream
     whose one event is that batch. ``/bad``: a JSON batch whose answer is no MCP result
-    (still off-protocol, as over stdio).
+    (still off-protocol, as over stdio); ``/stray``: a JSON batch whose answer names
+    another request (its id plus 1000).
     """
 
     def do_POST(self) -> None:
@@ -376,6 +377,8 @@ class _BatchingHTTP(_OffProtocolHTTP):
         answer["result"] = {"content": [{"type": "text", "text": "batched"}]}
         if self.path == "/bad":
             answer["result"] = {"content": "not a list"}
+        if self.path == "/stray":
+            answer["id"] += 1000
         batch = json.dumps([{"jsonrpc": "2.0", "method": "notifications/message",
                              "params": {"level": "info", "data": "about to answer"}}, answer])
         if self.path == "/sse":
@@ -384,10 +387,12 @@ class _BatchingHTTP(_OffProtocolHTTP):
             self._send(batch.encode())
 
 
-@pytest.mark.parametrize("path", ["json", "bad"])  # "sse": not yet (see _mcp_transports)
+@pytest.mark.parametrize("path", ["json", "bad", "stray"])  # "sse": not yet (see _mcp_transports)
 def test_an_answer_in_a_json_rpc_batch_over_http_reaches_its_call(path: str) -> None:
     # over stdio a batch was read one message at a time; over HTTP the MCP SDK failed the
-    # call as a parse error ("answered off-protocol"), though its answer was there
+    # call as a parse error ("answered off-protocol"), though its answer was there. A batch
+    # whose answer names another request stays off-protocol: unpacked, the SDK would have
+    # given that answer to the call unseen.
     web = ThreadingHTTPServer(("127.0.0.1", 0), _BatchingHTTP)
     threading.Thread(target=web.serve_forever, daemon=True).start()
 
@@ -397,7 +402,7 @@ def test_an_answer_in_a_json_rpc_batch_over_http_reaches_its_call(path: str) -> 
         plan = shoal.Plan()
         ref = plan.call(tool)
         result = (await shoal.run(plan))[ref]
-        if path != "bad":
+        if path == "json":
             assert (result.status, result.value) == ("ok", "batched")
             return
         assert result.error is not None and result.error.type == "shoal.exceptions.MCPServerError"

@@ -194,18 +194,30 @@ class _Unbatching(httpx2.AsyncBaseTransport):
             body = await response.aread()  # read whole by the SDK anyway
         finally:
             await response.aclose()
-        return _unbatched(response, body)
+        return _unbatched(response, body, _request_id(request))
 
     async def aclose(self) -> None:
         """Close the transport."""
         await self._inner.aclose()
 
 
-def _unbatched(response: httpx2.Response, body: bytes) -> httpx2.Response:
-    """``response`` with its (decoded) ``body``: a batch as an event stream, one event each."""
+def _request_id(request: httpx2.Request) -> Any:
+    """The id of the JSON-RPC request ``request`` posts (None: it names none)."""
+    try:
+        sent = json.loads(request.content)
+    except (ValueError, RecursionError):
+        return None
+    return sent.get("id") if isinstance(sent, dict) else None
+
+
+def _unbatched(response: httpx2.Response, body: bytes, request: Any) -> httpx2.Response:
+    """``response`` with its (decoded) ``body``: a batch as an event stream, one event each.
+
+    ``request``: the id of the request answered.
+    """
     headers = [(k, v) for k, v in response.headers.multi_items()
                if k.lower() not in ("content-length", "content-encoding", "content-type")]
-    messages = _batch(body)
+    messages = _batch(body, request)
     if messages is None:
         return httpx2.Response(response.status_code, extensions=response.extensions,
                                headers=[*headers, ("content-type", "application/json")],
@@ -221,12 +233,22 @@ def _unbatched(response: httpx2.Response, body: bytes) -> httpx2.Response:
 _ARRAY_START = re.compile(rb"[ \t\r\n]*\[")
 
 
-def _batch(body: bytes) -> list[Any] | None:
-    """The messages of ``body`` if it is a JSON-RPC batch (a non-empty array), else None."""
+def _batch(body: bytes, request: Any) -> list[Any] | None:
+    """The messages of ``body`` if it is a JSON-RPC batch (a non-empty array), else None.
+
+    None too if an answer in it names another request than ``request``: the SDK gives an
+    event stream's answer the id of the request posted, so such an answer would reach that
+    call unseen; left a batch, it fails the call as off-protocol.
+    """
     if not _ARRAY_START.match(body):  # a single message: not parsed here, the SDK parses it
         return None
     try:
         messages = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    return messages if isinstance(messages, list) and messages else None
+    if not (isinstance(messages, list) and messages):
+        return None
+    answers = [m for m in messages if isinstance(m, dict) and ("result" in m or "error" in m)]
+    if any(m.get("id") != request for m in answers):
+        return None
+    return messages
