@@ -698,3 +698,21 @@ def test_an_edits_arguments_reach_opentelemetry_only_when_content_is_captured() 
                           for e in span.events if e.name == "shoal.approval.decided"]
     assert [a.get("shoal.approval.edited_args") for a in found[True]] == ['{"to": "zed"}']
     assert [a.get("shoal.approval.edited_args") for a in found[False]] == [None]
+
+
+# ---- round 3: structured output with a number too long to read --------------------------------
+
+
+@pytest.mark.parametrize("shape", ["bare", "in an object"])
+def test_an_answers_number_too_long_tells_the_model_what_to_send(shape: str) -> None:
+    # the model was sent pydantic's "Invalid JSON: number out of range at line 1 column 4302"
+    digits = "9" * 5000
+    first = digits if shape == "bare" else f'{{"note": "{"1" * 6000}",\n "n": -{digits}}}'
+    output_type: Any = int if shape == "bare" else dict[str, Any]
+    model = ScriptedModel([first, "42" if shape == "bare" else '{"n": 42}'])
+    result = shoal.Agent(name="a", model=model, output_type=output_type).run_sync("go")
+    assert result.output in (42, {"n": 42})
+    told = model.requests[1].messages[-1].content
+    assert "the answer holds a number 5,000 digits long" in told, told[:300]
+    assert "at most 4,300 digits: send a shorter number" in told, told[:300]
+    assert "out of range" not in told, told[:300]
