@@ -564,3 +564,155 @@ def test_an_answer_with_no_text_before_the_cap_is_a_typed_error_at_once() -> Non
     with pytest.raises(shoal.OutputCutOffError, match="stop reason 'length', after 40 tokens"):
         shoal.Agent(name="a", model=model).run_sync("go")
     assert len(model.requests) == 1
+
+
+# ---- round 3: plan mode's cut answer, a subagent's cut answer read by its parent ------------
+
+
+def test_a_planners_answer_cut_off_at_the_output_cap_says_so() -> None:
+    # tools mode set result.cut_off; a planner's Finish(...) cut at the cap said nothing
+    cut = "Thought: done.\nAction: Finish(The causes are: first, the"
+    model = ScriptedModel(['1. square(x=3)', ModelResponse(text=cut, stop_reason="length",
+                                                            usage=Usage(10, 16, 1))])
+    result, ended = _answer_with_events(shoal.Agent(name="p", model=model, tools=[square],
+                                                    mode="plan"))
+    assert result.ok and result.output == "The causes are: first, the"
+    said = result.cut_off
+    assert "stop reason 'length', after 16 tokens" in said, said
+    assert "ModelSettings(max_tokens=...)" in said, said
+    assert [e.cut_off for e in ended] == [said]
+
+
+def test_a_planners_structured_answer_cut_off_is_a_typed_error_at_once() -> None:
+    # it was asked again (output_retries) with the same cap, to be cut again
+    cut = 'Thought: done.\nAction: Finish({"title": "Q3", "body": "Revenue rose by'
+    model = ScriptedModel(['1. square(x=3)',
+                           ModelResponse(text=cut, stop_reason="max_tokens",
+                                         usage=Usage(10, 12, 1)), "unused", "unused"])
+    agent = shoal.Agent(name="p", model=model, tools=[square], mode="plan",
+                        output_type=dict[str, str])
+    with pytest.raises(shoal.OutputCutOffError, match="stop reason 'max_tokens'"):
+        agent.run_sync("go")
+    assert len(model.requests) == 2  # the plan and the one answer, not asked again
+
+
+@pytest.mark.parametrize("mode", ["tools", "plan"])
+def test_a_subagents_cut_off_answer_says_so_to_its_parents_model(mode: str) -> None:
+    # the child's result said it was cut short; its parent's model read the text as whole
+    cut = "The causes are: first, the"
+    child = shoal.Agent(name="worker", model=ScriptedModel(
+        [ModelResponse(text=cut, stop_reason="length", usage=Usage(10, 16, 1))]))
+    script: list[Any] = ([[scripted_call("worker", task="why")], "done"] if mode == "tools"
+                         else ['1. worker(task="why")', "Thought: ok.\nAction: Finish(done)"])
+    lead = shoal.Agent(name="lead", model=ScriptedModel(script), subagents=[child],
+                       mode=mode)  # type: ignore[arg-type]
+    result = lead.run_sync("go")
+    [record] = result.calls
+    read = record.message.content
+    assert read.startswith(cut) and not record.message.is_error, read
+    assert "[note: this answer was cut off at the subagent's limit of output tokens" in read
+    assert result.children[0].output == cut and result.children[0].cut_off  # its own: whole
+    assert result.cut_off == ""  # the parent's own answer was not cut
+
+
+def test_a_subagents_whole_answer_reads_as_it_is() -> None:
+    child = shoal.Agent(name="worker", model=ScriptedModel(["all of it"]))
+    lead = shoal.Agent(name="lead", model=ScriptedModel(
+        [[scripted_call("worker", task="why")], "done"]), subagents=[child])
+    [record] = lead.run_sync("go").calls
+    assert record.message.content == "all of it"
+
+
+def test_a_subagents_cut_answer_too_long_to_read_whole_keeps_the_note() -> None:
+    from shoal.agents.toolcalls import CUT_OFF_NOTE, MAX_RESULT_CHARS
+
+    long = "x" * (MAX_RESULT_CHARS + 10)
+    child = shoal.Agent(name="worker", model=ScriptedModel(
+        [ModelResponse(text=long, stop_reason="length")]))
+    lead = shoal.Agent(name="lead", model=ScriptedModel(
+        [[scripted_call("worker", task="why")], "done"]), subagents=[child])
+    [record] = lead.run_sync("go").calls
+    read = record.message.content
+    assert len(read) <= MAX_RESULT_CHARS and read.endswith(CUT_OFF_NOTE)
+    assert "more characters cut: the result is too long" in read
+
+
+# ---- round 3: an approver's edit says what will run, in its event -----------------------------
+
+
+@shoal.tool(approval=True)
+async def _send(to: str) -> str:
+    """Send to someone."""
+    return f"sent to {to}"
+
+
+def _decided_events(to: str, edit: dict[str, Any] | None) -> list[Any]:
+    """Run one approved ``_send(to)`` call, edited to ``edit`` if given; its ApprovalDecided."""
+    plan = shoal.Plan()
+    plan.call(_send, to=to)
+    seen: list[Any] = []
+
+    def decide(request: shoal.ApprovalRequest) -> shoal.Decision:
+        return shoal.Decision.approve() if edit is None else shoal.Decision.edit(edit, "no")
+
+    shoal.run_sync(plan, approver=decide, on_event=seen.append)
+    return [e for e in seen if isinstance(e, shoal.events.ApprovalDecided)]
+
+
+def test_an_edits_event_carries_the_arguments_that_will_run() -> None:
+    # was: ApprovalDecided(verdict="edit") said nothing of what the node would now run
+    [event] = _decided_events("ann", {"to": 'zed "<x>"'})
+    assert event.verdict == "edit" and event.edited_args == '{"to": "zed \\"<x>\\""}'
+    assert event.to_dict()["edited_args"] == event.edited_args  # --events / --json write it
+    [plain] = _decided_events("ann", None)
+    assert plain.verdict == "approve" and plain.edited_args == ""
+
+
+def test_an_edits_event_bounds_the_arguments_it_carries() -> None:
+    from shoal.events import MAX_EDIT_CHARS
+
+    [event] = _decided_events("ann", {"to": "z" * 50_000})
+    said = event.edited_args
+    assert len(said) <= MAX_EDIT_CHARS and said.startswith('{"to": "zzz'), len(said)
+    assert said.endswith('zz"}') and "characters left out" in said  # says that some were
+
+
+def test_an_edits_arguments_reach_opentelemetry_only_when_content_is_captured() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    found: dict[bool, list[Any]] = {}
+    for capture in (False, True):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        shoal.otel.instrument(provider, capture_content=capture)
+        try:
+            _decided_events("ann", {"to": "zed"})
+        finally:
+            shoal.otel.uninstrument()
+            provider.shutdown()
+        found[capture] = [dict(e.attributes or {}) for span in exporter.get_finished_spans()
+                          for e in span.events if e.name == "shoal.approval.decided"]
+    assert [a.get("shoal.approval.edited_args") for a in found[True]] == ['{"to": "zed"}']
+    assert [a.get("shoal.approval.edited_args") for a in found[False]] == [None]
+
+
+# ---- round 3: structured output with a number too long to read --------------------------------
+
+
+@pytest.mark.parametrize("shape", ["bare", "in an object"])
+def test_an_answers_number_too_long_tells_the_model_what_to_send(shape: str) -> None:
+    # the model was sent pydantic's "Invalid JSON: number out of range at line 1 column 4302"
+    digits = "9" * 5000
+    first = digits if shape == "bare" else f'{{"note": "{"1" * 6000}",\n "n": -{digits}}}'
+    output_type: Any = int if shape == "bare" else dict[str, Any]
+    model = ScriptedModel([first, "42" if shape == "bare" else '{"n": 42}'])
+    result = shoal.Agent(name="a", model=model, output_type=output_type).run_sync("go")
+    assert result.output in (42, {"n": 42})
+    told = model.requests[1].messages[-1].content
+    assert "the answer holds a number 5,000 digits long" in told, told[:300]
+    assert "at most 4,300 digits: send a shorter number" in told, told[:300]
+    assert "out of range" not in told, told[:300]

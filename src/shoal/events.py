@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import inspect
+import json
 import logging
 import os
 import shlex
@@ -30,9 +31,9 @@ from typing import IO, Any
 
 from pydantic_core import to_jsonable_python
 
-from shoal.exceptions import ConfigError
+from shoal.exceptions import ConfigError, bounded_text
 from shoal.merge import error_text, shown
-from shoal.outcome import _strict, json_text
+from shoal.outcome import _strict, json_text, jsonable
 
 __all__ = [
     "ApprovalDecided",
@@ -58,6 +59,8 @@ __all__ = [
     "RunStarted",
     "TextDelta",
     "ToolCallRejected",
+    "MAX_EDIT_CHARS",
+    "edited_args_text",
     "placement",
     "wants_text",
 ]
@@ -384,7 +387,9 @@ class ApprovalDecided(Event):
     """A decision on a node's request.
 
     ``verdict`` is ``approve``, ``deny`` or ``edit``; ``by`` says who decided (an approver's
-    name, ``timeout``, ``budget``, ``no approver``, ``journal``).
+    name, ``timeout``, ``budget``, ``no approver``, ``journal``). ``edited_args`` is, for an
+    edit, the arguments the node was approved to run with as JSON text (at most
+    :data:`MAX_EDIT_CHARS` characters, see :func:`edited_args_text`); else empty.
     """
 
     node_id: str
@@ -392,6 +397,20 @@ class ApprovalDecided(Event):
     verdict: str
     reason: str
     by: str
+    edited_args: str = ""
+
+
+#: The most characters of an approver's edited arguments an event or a model's note shows.
+MAX_EDIT_CHARS = 2_000
+
+
+def edited_args_text(args: Any) -> str:
+    """Arguments an approver's edit made a call run with, as JSON text a person can read.
+
+    Quotes and control characters escaped, cut to :data:`MAX_EDIT_CHARS` (saying how much
+    was left out): what :class:`ApprovalDecided` carries and an edited call's model reads.
+    """
+    return bounded_text(json.dumps(jsonable(args)), MAX_EDIT_CHARS)
 
 
 EventSink = Callable[[Event], None]

@@ -9,9 +9,15 @@ from typing import Any
 
 import pydantic
 
+from shoal.models.base import number_too_long
+
 __all__ = ["OutputSpec"]
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+#: pydantic's JSON reader's (jiter's) words for an integer with too many digits, and where.
+_OUT_OF_RANGE = re.compile(r"number out of range at line (\d+) column (\d+)")
+#: The most digits pydantic's JSON reader takes in an integer (whatever Python's own limit).
+JSON_MAX_DIGITS = 4_300
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +55,42 @@ class OutputSpec:
         try:
             return self.adapter.validate_json(body, strict=True)
         except pydantic.ValidationError as exc:
+            errors = exc.errors()
+            too_long = _number_too_long(errors[0], body) if len(errors) == 1 else None
+            if too_long is not None:  # "Invalid JSON: number out of range" tells it nothing
+                raise ValueError(too_long) from None
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
-                                 for e in exc.errors()[:5])
+                                 for e in errors[:5])
             raise ValueError(problems) from None
 
     def retry_prompt(self, problem: str) -> str:
         """The message asking the model to answer again after an answer did not fit."""
         return (f"Your answer did not fit the required format ({problem}). Reply again with "
                 f"only a JSON value that fits this JSON schema: {json.dumps(self.schema)}")
+
+
+def _number_too_long(error: Any, body: str) -> str | None:
+    """For pydantic's "number out of range" in ``body``, what to tell the model; else None.
+
+    The digits are counted around the line and column the error names (the number a string
+    elsewhere may hold is not it).
+    """
+    if error.get("type") != "json_invalid":
+        return None
+    found = _OUT_OF_RANGE.search(str(error.get("msg", "")))
+    if found is None:
+        return None
+    lines = body.split("\n")
+    line = int(found.group(1))
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    at = min(int(found.group(2)) - 1, len(text) - 1)
+    if at > 0 and not text[at].isdigit():  # the column may be just past the number
+        at -= 1
+    start = end = at
+    while start > 0 and text[start - 1].isdigit():
+        start -= 1
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    # (past the limit however the column falls: the error says it is)
+    return number_too_long("the answer holds", max(end - start, JSON_MAX_DIGITS + 1),
+                           JSON_MAX_DIGITS, "the schema")

@@ -70,6 +70,7 @@ from shoal.agents.planprompts import (
     reply_action,
     tool_signature,
 )
+from shoal.agents.run import cut_off_error, cut_off_note
 from shoal.agents.toolcalls import (
     MAX_RESULT_CHARS,
     CallRecord,
@@ -631,8 +632,10 @@ class Planner:
             try:
                 if not text.strip():
                     raise ValueError("the answer was empty")
-                return action, text if spec is None else spec.parse(text)
+                output = text if spec is None else spec.parse(text)
             except ValueError as exc:
+                if response.cut_off:  # asked again with the same cap, it would be cut again
+                    raise cut_off_error(self.lineage, response, exc) from None
                 retries += 1
                 if retries > agent.output_retries:
                     wanted = "an answer" if spec is None else repr(agent.output_type)
@@ -646,6 +649,10 @@ class Planner:
                     again = f"No tools can be called here (you called {called}). {again}"
                 round_.joined.append(  # the error may quote the reply, surrogates and all
                     UserMessage(_sendable(f"{again} Reply with Action: Finish(<the answer>).")))
+                continue
+            if response.cut_off:  # kept, but nothing else would tell it is cut short
+                agent_run.result.cut_off = cut_off_note(self.lineage, response)
+            return action, output
 
 
 class _PlanReader:

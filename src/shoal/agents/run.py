@@ -37,6 +37,7 @@ from shoal.agents.toolcalls import (
     CallStream,
     _node_settled,
     _settled,
+    cut_answer_text,
     with_distinct_ids,
 )
 from shoal.events import (
@@ -89,7 +90,7 @@ if TYPE_CHECKING:
     from shoal.models.retry import ModelGate
     from shoal.store.base import Store
 
-__all__ = ["AgentRun"]
+__all__ = ["AgentRun", "cut_off_error", "cut_off_note"]
 
 
 async def _model_turn(request_digest: str) -> Any:
@@ -454,8 +455,7 @@ class AgentRun:
                 output = response.text if spec is None else spec.parse(response.text)
             except ValueError as exc:
                 if response.cut_off:  # asked again with the same cap, it would be cut again
-                    raise OutputCutOffError(f"{_cut_off(self.lineage, response)}; what came "
-                                            f"could not be read: {exc}") from None
+                    raise cut_off_error(self.lineage, response, exc) from None
                 output_retries += 1
                 if output_retries > agent.output_retries:
                     wanted = "an answer" if spec is None else repr(agent.output_type)
@@ -466,7 +466,7 @@ class AgentRun:
                                             else spec.retry_prompt(str(exc))))
                 continue
             if response.cut_off:  # kept, but nothing else would tell it is cut short
-                self.result.cut_off = _cut_off(self.lineage, response)
+                self.result.cut_off = cut_off_note(self.lineage, response)
             return output
 
     def _next_request(self) -> ModelRequest:
@@ -915,7 +915,9 @@ class AgentRun:
             assert result.error is not None
             raise result.error
         output = result.output
-        return output if isinstance(output, str) else json.dumps(jsonable(output))
+        text = output if isinstance(output, str) else json.dumps(jsonable(output))
+        # its result says it is cut short; its parent's model must read that too
+        return cut_answer_text(text) if result.cut_off else text
 
     def _model_event(self, event: Event) -> None:
         """A retry or a starting server, from the gate or the model: on the tree's sinks."""
@@ -989,14 +991,27 @@ def _journaled_turns(store: Store, run_id: str) -> dict[int, str]:
     return found
 
 
-def _cut_off(lineage: str, response: ModelResponse) -> str:
-    """What to say of a final answer cut off at the model's output cap, and how to raise it."""
+def cut_off_note(lineage: str, response: ModelResponse) -> str:
+    """What to say of a final answer cut off at the model's output cap, and how to raise it.
+
+    Tools and plan mode both set :attr:`AgentResult.cut_off` to it.
+    """
     wrote = response.usage.output_tokens
     after = f", after {wrote:,} token{'' if wrote == 1 else 's'}" if wrote else ""
     return (f"agent {lineage}'s answer was cut off at the model's limit of output tokens "
             f"(stop reason {response.stop_reason!r}{after}): raise it with "
             "ModelSettings(max_tokens=...) on the agent or its model (under Budget(tokens=...) "
             f"a request that sets none holds {HELD_BY_DEFAULT:,}), or ask for a shorter answer")
+
+
+def cut_off_error(lineage: str, response: ModelResponse, exc: Exception,
+                  ) -> OutputCutOffError:
+    """The error of a final answer cut off at the output cap that could not be read.
+
+    Raised at once: asked again with the same cap, the answer would be cut again.
+    """
+    return OutputCutOffError(f"{cut_off_note(lineage, response)}; what came could not be "
+                             f"read: {exc}")
 
 
 def _why_abandoned(exc: BaseException) -> str:

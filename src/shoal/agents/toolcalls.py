@@ -26,7 +26,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from shoal._slots import slot_init
-from shoal.events import Event, EventSink
+from shoal.events import Event, EventSink, edited_args_text
 from shoal.exceptions import ConfigError, ToolArgumentError, bounded_text
 from shoal.models.base import ModelResponse, ToolCall, ToolResultMessage
 from shoal.outcome import Outcome, RunResult, jsonable
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from shoal.runtime import RunHandle, Runtime
 
 __all__ = ["CallRecord", "CallStream", "Opener", "Preparer", "SharedRun", "Starter",
-           "ToolErrorFormat", "check_run_options", "edit_note", "error_text", "execute_calls",
-           "result_text", "settle", "tool_map"]
+           "ToolErrorFormat", "check_run_options", "cut_answer_text", "edit_note", "error_text",
+           "execute_calls", "note_line", "result_text", "settle", "tool_map"]
 
 log = logging.getLogger("shoal")
 
@@ -128,20 +128,44 @@ def result_text(outcome: Outcome, name: str | None = None) -> tuple[str, bool]:
     return bounded(error_text(name or outcome.tool, outcome)) + edit_note(outcome), True
 
 
-#: The most characters of the edited arguments an :func:`edit_note` shows.
-MAX_EDIT_CHARS = 2_000
-
-
 def edit_note(outcome: Outcome) -> str:
     """For a call run with arguments its approver changed, a line saying so and what ran.
 
-    The arguments are written as JSON (quotes and control characters escaped), bounded to
-    :data:`MAX_EDIT_CHARS`; ``""`` for a call that ran with the arguments it was given.
+    The arguments as :func:`~shoal.events.edited_args_text` writes them (JSON, bounded);
+    ``""`` for a call that ran with the arguments it was given.
     """
     if outcome.edited_args is None:
         return ""
-    shown = bounded_text(json.dumps(jsonable(outcome.edited_args)), MAX_EDIT_CHARS)
-    return f"\n[note: a reviewer changed its arguments before it ran; it ran with {shown}]"
+    shown = edited_args_text(outcome.edited_args)
+    return note_line(f"a reviewer changed its arguments before it ran; it ran with {shown}")
+
+
+def note_line(text: str) -> str:
+    """A note shoal adds after a result a model reads: a line of its own, in brackets.
+
+    So it reads as shoal's, not the tool's: an edited call's (:func:`edit_note`), a
+    subagent's answer cut off at its output cap (:func:`cut_answer_text`).
+    """
+    return f"\n[note: {text}]"
+
+
+#: What the parent's model reads after a subagent's answer that was cut off at its output cap.
+CUT_OFF_NOTE = note_line(
+    "this answer was cut off at the subagent's limit of output tokens: it ends mid-way; "
+    "ask it for a shorter answer if the rest is needed")
+
+
+def cut_answer_text(text: str) -> str:
+    """A subagent's answer cut off at its model's output cap, as its parent's model reads it.
+
+    The answer, then :data:`CUT_OFF_NOTE`: the cut text alone reads as whole. Within
+    :data:`MAX_RESULT_CHARS` (the note kept last): the subagent's own result keeps it all.
+    """
+    if len(text) + len(CUT_OFF_NOTE) <= MAX_RESULT_CHARS:
+        return text + CUT_OFF_NOTE
+    keep = MAX_RESULT_CHARS - len(CUT_OFF_NOTE) - 80  # (the line below is under 80)
+    return (f"{text[:keep]}\n[... {len(text) - keep} more characters cut: the result is too "
+            f"long]{CUT_OFF_NOTE}")
 
 
 #: The most characters of one call's result (or error) a model is sent; the outcome keeps all.

@@ -402,7 +402,10 @@ class RunSpans:
         self.t.set(span, {"shoal.approval.verdict": event.verdict, "shoal.approval.by": event.by})
         self.t.event(span, "shoal.approval.decided", at, {
             "shoal.approval.verdict": event.verdict, "shoal.approval.by": event.by,
-            "shoal.approval.reason": event.reason or None})
+            "shoal.approval.reason": event.reason or None,
+            # arguments are content, as the call's own are: only when content is captured
+            "shoal.approval.edited_args": (event.edited_args or None) if self.t.capture
+            else None})
 
     @_handles(_RUN, NodeFinished)
     def _node_finished(self, event: NodeFinished) -> None:

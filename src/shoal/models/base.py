@@ -129,11 +129,22 @@ def _json_int(digits: str) -> int:
     try:
         return int(digits)
     except ValueError:
-        count = len(digits.lstrip("-"))
-        raise _NumberTooLong(
-            f"the arguments hold a number {count:,} digits long, and a number may have at "
-            f"most {sys.get_int_max_str_digits():,} digits: send a shorter number (or, if "
-            "the tool takes text, the digits as a JSON string)") from None
+        raise _NumberTooLong(number_too_long(
+            "the arguments hold", len(digits.lstrip("-")), sys.get_int_max_str_digits(),
+            "the tool")) from None
+
+
+def number_too_long(holder: str, digits: int, limit: int, taker: str) -> str:
+    """What to tell a model that sent a JSON number too long to read, in its own terms.
+
+    Not Python's advice to a programmer (``sys.set_int_max_str_digits``) nor pydantic's
+    "number out of range": how long it was, the most allowed, and what to send instead.
+    ``holder`` starts the sentence (``"the arguments hold"``); ``taker`` is what might take
+    the digits as text (``"the tool"``).
+    """
+    return (f"{holder} a number {digits:,} digits long, and a number may have at most "
+            f"{limit:,} digits: send a shorter number (or, if {taker} takes text, the digits "
+            "as a JSON string)")
 
 
 #: Reads one JSON value at a position: ``json.loads`` is this, plus whitespace and checks.

@@ -56,6 +56,7 @@ from shoal.events import (
     NodeRetrying,
     NodeSkipped,
     NodeStarted,
+    edited_args_text,
 )
 from shoal.executors.base import Call, new_call
 from shoal.limits import ConcurrencyLimit, RateLimiter
@@ -974,7 +975,8 @@ class SchedulerState:
         if (args_hash != asked if args is None
                 else approval_hash(slot.node.tool.name, slot.args) != args_hash):
             return self.deny(pos, "the approval was given for other arguments", now, by=by)
-        self._decided(slot, verdict, reason, by, now, d)
+        self._decided(slot, verdict, reason, by, now, d,
+                      edited=args if verdict == "edit" else None)
         slot.approval.edited = args_hash != asked  # its outcome says so (and its model reads it)
         slot.approval.args_hash = args_hash
         slot.approval.args = isolate_all(slot.args)  # what retries run: pristine, approved
@@ -1597,11 +1599,12 @@ class SchedulerState:
         return False
 
     def _decided(self, slot: _Slot, verdict: str, reason: str, by: str, now: float,
-                 d: Decisions) -> None:
-        if self.record_events:
+                 d: Decisions, edited: dict[str, Any] | None = None) -> None:
+        if self.record_events:  # an edit says what will run (only an edit pays for the JSON)
             d.event(ApprovalDecided(
                 run_id=self.run_id, time=now, node_id=slot.node.id, tool=slot.node.tool.name,
-                verdict=verdict, reason=reason, by=by))
+                verdict=verdict, reason=reason, by=by,
+                edited_args="" if edited is None else edited_args_text(edited)))
 
     def _prepare(self, slot: _Slot, now: float, d: Decisions) -> bool:
         """Resolve and validate the node's arguments; a node whose inputs do not fit fails here."""
