@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -357,7 +358,8 @@ def test_scripted_answers_reach_every_batch_not_only_the_first() -> None:
         (first,) = await approver.review([asked(1)])
         reader = approver._lines._thread  # every line read ahead, the end too: as the race
         assert reader is not None        # goes when a person is slow to answer the first
-        await asyncio.to_thread(reader.join, 10)
+        # (the reader now reads a line only when one is asked for: it waits, it does not end)
+        await asyncio.to_thread(reader.join, 0.5)
         (second,) = await approver.review([asked(2)])
         return [first.verdict, second.verdict]
 
@@ -389,3 +391,68 @@ def test_rules_make_a_values_json_once_per_request_not_once_per_rule(
     data.append({"name": "secret7 inside"})  # a value changed is matched as it is now
     denied = rules.decide(request)
     assert denied is not None and denied.verdict == "deny"
+
+
+# ---- the console approver leaves standard input to the program once its question ends --------
+
+
+AFTER_THE_RUN = textwrap.dedent('''
+    import sys
+    from shoal import ConsoleApprover, Plan, Runtime, tool
+    from shoal.testing import run_virtual
+
+    @tool(approval=True)
+    def launch(target: str) -> str:
+        """Needs a person's yes."""
+        return target
+
+    async def main() -> None:
+        plan = Plan()
+        plan.call(launch, target="a")
+        timeout = float(sys.argv[1]) if len(sys.argv) > 1 else None
+        async with Runtime(approver=ConsoleApprover(), approval_timeout=timeout) as runtime:
+            result = await runtime.run(plan)
+        print("outcome", *(o.status for o in result.outcomes.values()), flush=True)
+
+    run_virtual(main())  # the virtual clock: a timeout comes as soon as the loop idles
+    print("read", input(), flush=True)
+''')
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pty, and select on a pipe: POSIX")
+@pytest.mark.parametrize(("terminal", "answers", "outcome"), [
+    (False, "", "outcome denied"),           # nobody answered: the approval timed out
+    (True, "", "outcome denied"),
+    (False, "y\nhello\n", "outcome ok"),  # answered, the program's line sent with it
+], ids=["timed-out-pipe", "timed-out-terminal", "answered-pipe"])
+def test_the_programs_next_line_after_a_run_is_the_programs(
+        terminal: bool, answers: str, outcome: str) -> None:
+    # the approver's reading thread went on reading standard input after its question ended
+    # (timed out, or answered with more lines behind the answer): the program's next
+    # input() lost its line to it (EOFError, or waiting for a line already typed)
+    import pty
+
+    main, other = pty.openpty() if terminal else os.pipe()[::-1]  # ours, the child's
+    timeout = [] if answers else ["60"]  # an answer races no timeout
+    with subprocess.Popen([sys.executable, "-c", AFTER_THE_RUN, *timeout], stdin=other,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          cwd=ROOT) as child:
+        os.close(other)
+        assert child.stdout is not None
+        hang = threading.Timer(60, child.kill)  # a line never given back fails, not hangs
+        hang.start()
+        try:
+            if answers:
+                os.write(main, answers.encode())
+            assert child.stdout.readline().strip() == outcome
+            if not answers:
+                os.write(main, b"hello\n")
+            if not terminal:
+                os.close(main)  # the end of input: a thread still reading takes the line
+            assert child.stdout.readline().strip() == "read hello"
+        finally:
+            hang.cancel()
+            if terminal:
+                os.close(main)
+            child.kill()
+
