@@ -8,6 +8,7 @@ import asyncio
 import fnmatch
 import gc
 import io
+import itertools
 import json
 import os
 import sqlite3
@@ -42,6 +43,8 @@ from shoal.cli.approver import GONE_SHOWN
 from shoal.outcome import RunResult
 from shoal.store.base import canonical_json
 from shoal.store.sqlite import SQLiteStore
+from shoal.timeline.critical import longest_chain
+from shoal.timeline.model import Bar, pack_rows
 from tests.conftest import arun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -490,3 +493,50 @@ def test_star_argument_patterns_over_a_large_value_are_not_scanned_by_a_regex(
                                   "aaa", "ba"])
 def test_rule_globs_match_as_fnmatch_does(pattern: str, text: str) -> None:
     assert policy._glob(text, pattern) is fnmatch.fnmatchcase(text, pattern)
+
+
+# ---- a timeline of many calls: objects that set off the collector ----------------------------
+
+
+def collections_during(work: Any) -> int:
+    """How many times the collector ran during ``work()``, with a threshold of 1,000 objects.
+
+    A count, not a time: the same objects made give the same count on any machine.
+    """
+    runs = [0]
+
+    def counted(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            runs[0] += 1
+
+    previous = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(1000, 10, 10)
+    gc.callbacks.append(counted)
+    try:
+        work()
+    finally:
+        gc.callbacks.remove(counted)
+        gc.set_threshold(*previous)
+    return runs[0]
+
+
+def test_a_timeline_of_many_calls_keeps_few_objects_alive_while_it_is_built() -> None:
+    # the critical path made a list per call (20,000 calls: 20,000 lists, nearly all empty)
+    # and packing rows sorted by a (start, key) tuple per bar: each set off the collector's
+    # passes over everything alive, so a 100,000-call timeline spent seconds in it
+    count = 20_000
+    keys = [f"n{i}" for i in range(count)]
+    weights = dict.fromkeys(keys, 1.0)
+    edges = [("n0", key) for key in keys[1:]]
+    assert collections_during(lambda: longest_chain(keys, weights, edges)) <= 2  # was 20+
+    chain, total = longest_chain(keys, weights, edges)  # (which of equal chains: not fixed)
+    assert (chain[0], len(chain), total) == ("n0", 2, 2.0)
+    bars = [Bar(key, key, "t", 0, "ok", 0.0, float(i % 7), float(i % 7) + 1.0)
+            for i, key in enumerate(keys)]
+    assert collections_during(lambda: pack_rows(bars, 1)) <= 2  # was 20+
+    by_row: dict[int, list[Bar]] = {}
+    for bar in sorted(bars, key=lambda b: (b.start, b.key)):
+        by_row.setdefault(bar.row, []).append(bar)
+    assert all(a.end is not None and b.start is not None and a.end <= b.start
+               for row in by_row.values() for a, b in itertools.pairwise(row))
