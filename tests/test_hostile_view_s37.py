@@ -5,14 +5,17 @@ standard input, review answers of the wrong shape, and more.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import gc
 import io
+import itertools
 import json
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from shoal.cli.approver import GONE_SHOWN
 from shoal.outcome import RunResult
 from shoal.store.base import canonical_json
 from shoal.store.sqlite import SQLiteStore
+from shoal.timeline.critical import longest_chain
+from shoal.timeline.model import Bar, pack_rows
 from tests.conftest import arun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -357,7 +362,8 @@ def test_scripted_answers_reach_every_batch_not_only_the_first() -> None:
         (first,) = await approver.review([asked(1)])
         reader = approver._lines._thread  # every line read ahead, the end too: as the race
         assert reader is not None        # goes when a person is slow to answer the first
-        await asyncio.to_thread(reader.join, 10)
+        # (the reader now reads a line only when one is asked for: it waits, it does not end)
+        await asyncio.to_thread(reader.join, 0.5)
         (second,) = await approver.review([asked(2)])
         return [first.verdict, second.verdict]
 
@@ -389,3 +395,148 @@ def test_rules_make_a_values_json_once_per_request_not_once_per_rule(
     data.append({"name": "secret7 inside"})  # a value changed is matched as it is now
     denied = rules.decide(request)
     assert denied is not None and denied.verdict == "deny"
+
+
+# ---- the console approver leaves standard input to the program once its question ends --------
+
+
+AFTER_THE_RUN = textwrap.dedent('''
+    import sys
+    from shoal import ConsoleApprover, Plan, Runtime, tool
+    from shoal.testing import run_virtual
+
+    @tool(approval=True)
+    def launch(target: str) -> str:
+        """Needs a person's yes."""
+        return target
+
+    async def main() -> None:
+        plan = Plan()
+        plan.call(launch, target="a")
+        timeout = float(sys.argv[1]) if len(sys.argv) > 1 else None
+        async with Runtime(approver=ConsoleApprover(), approval_timeout=timeout) as runtime:
+            result = await runtime.run(plan)
+        print("outcome", *(o.status for o in result.outcomes.values()), flush=True)
+
+    run_virtual(main())  # the virtual clock: a timeout comes as soon as the loop idles
+    print("read", input(), flush=True)
+''')
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pty, and select on a pipe: POSIX")
+@pytest.mark.parametrize(("terminal", "answers", "outcome"), [
+    (False, "", "outcome denied"),           # nobody answered: the approval timed out
+    (True, "", "outcome denied"),
+    (False, "y\nhello\n", "outcome ok"),  # answered, the program's line sent with it
+], ids=["timed-out-pipe", "timed-out-terminal", "answered-pipe"])
+def test_the_programs_next_line_after_a_run_is_the_programs(
+        terminal: bool, answers: str, outcome: str) -> None:
+    # the approver's reading thread went on reading standard input after its question ended
+    # (timed out, or answered with more lines behind the answer): the program's next
+    # input() lost its line to it (EOFError, or waiting for a line already typed)
+    import pty
+
+    main, other = pty.openpty() if terminal else os.pipe()[::-1]  # ours, the child's
+    timeout = [] if answers else ["60"]  # an answer races no timeout
+    with subprocess.Popen([sys.executable, "-c", AFTER_THE_RUN, *timeout], stdin=other,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          cwd=ROOT) as child:
+        os.close(other)
+        assert child.stdout is not None
+        hang = threading.Timer(60, child.kill)  # a line never given back fails, not hangs
+        hang.start()
+        try:
+            if answers:
+                os.write(main, answers.encode())
+            assert child.stdout.readline().strip() == outcome
+            if not answers:
+                os.write(main, b"hello\n")
+            if not terminal:
+                os.close(main)  # the end of input: a thread still reading takes the line
+            assert child.stdout.readline().strip() == "read hello"
+        finally:
+            hang.cancel()
+            if terminal:
+                os.close(main)
+            child.kill()
+
+
+def test_star_argument_patterns_over_a_large_value_are_not_scanned_by_a_regex(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # fnmatch's regular expression for "*secret7*" scans the value a character at a time
+    # in the regex engine: 50 such deny rules over a 1.4 MB value took 1.7 s a call, six
+    # times the JSON of the value; a glob of text and stars is matched by str.find now
+    scanned: list[str] = []
+    real = fnmatch.fnmatchcase
+
+    def counted(name: str, pattern: str) -> bool:  # the real match, counted
+        scanned.append(pattern)
+        return real(name, pattern)
+
+    monkeypatch.setattr(policy, "fnmatchcase", counted)
+    rules = RulesApprover([*(Rule("deny", "put", args={"data": f"*secret{i}*"})
+                             for i in range(50)),
+                           Rule("allow", "put", args={"data": "[[]*row 99*]"})])
+    data = [{"name": f"row {i}"} for i in range(1000)]
+    request = ApprovalRequest("r1", "run", "n1", "put", {"data": data}, "h", "n1", "why")
+    decision = rules.decide(request)
+    assert decision is not None and decision.verdict == "approve"  # by the "[" one: fnmatch
+    assert [p for p in scanned if "secret" in p] == []
+    data.append({"name": "secret49 a-secret7-b"})
+    denied = rules.decide(request)
+    assert denied is not None and denied.reason == "denied by rule 'put'"
+
+
+@pytest.mark.parametrize("pattern", ["", "*", "**", "a*", "*a", "a*b", "*a*b*", "ab*ba",
+                                     "a*a*a", "*\n*", "a?b", "[ab]*", "[*", "x**y"])
+@pytest.mark.parametrize("text", ["", "a", "ab", "aba", "abba", "aXbYa", "a\nb", "[x", "xy",
+                                  "aaa", "ba"])
+def test_rule_globs_match_as_fnmatch_does(pattern: str, text: str) -> None:
+    assert policy._glob(text, pattern) is fnmatch.fnmatchcase(text, pattern)
+
+
+# ---- a timeline of many calls: objects that set off the collector ----------------------------
+
+
+def collections_during(work: Any) -> int:
+    """How many times the collector ran during ``work()``, with a threshold of 1,000 objects.
+
+    A count, not a time: the same objects made give the same count on any machine.
+    """
+    runs = [0]
+
+    def counted(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            runs[0] += 1
+
+    previous = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(1000, 10, 10)
+    gc.callbacks.append(counted)
+    try:
+        work()
+    finally:
+        gc.callbacks.remove(counted)
+        gc.set_threshold(*previous)
+    return runs[0]
+
+
+def test_a_timeline_of_many_calls_keeps_few_objects_alive_while_it_is_built() -> None:
+    # the critical path made a list per call (20,000 calls: 20,000 lists, nearly all empty)
+    # and packing rows sorted by a (start, key) tuple per bar: each set off the collector's
+    # passes over everything alive, so a 100,000-call timeline spent seconds in it
+    count = 20_000
+    keys = [f"n{i}" for i in range(count)]
+    weights = dict.fromkeys(keys, 1.0)
+    edges = [("n0", key) for key in keys[1:]]
+    assert collections_during(lambda: longest_chain(keys, weights, edges)) <= 2  # was 20+
+    chain, total = longest_chain(keys, weights, edges)  # (which of equal chains: not fixed)
+    assert (chain[0], len(chain), total) == ("n0", 2, 2.0)
+    bars = [Bar(key, key, "t", 0, "ok", 0.0, float(i % 7), float(i % 7) + 1.0)
+            for i, key in enumerate(keys)]
+    assert collections_during(lambda: pack_rows(bars, 1)) <= 2  # was 20+
+    by_row: dict[int, list[Bar]] = {}
+    for bar in sorted(bars, key=lambda b: (b.start, b.key)):
+        by_row.setdefault(bar.row, []).append(bar)
+    assert all(a.end is not None and b.start is not None and a.end <= b.start
+               for row in by_row.values() for a, b in itertools.pairwise(row))

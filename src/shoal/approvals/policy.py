@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import itertools
 import json
@@ -406,6 +407,40 @@ _TEXTS: contextvars.ContextVar[dict[int, tuple[Any, str]] | None] = contextvars.
     "shoal_rule_texts", default=None)
 
 
+def _glob(text: str, pattern: str) -> bool:
+    """Whether ``text`` matches the glob ``pattern``, as :func:`fnmatch.fnmatchcase` says.
+
+    A pattern of text and ``*`` only (the usual argument pattern, ``"*secret*"``) is matched
+    by ``str.find`` for each piece between stars: the regular expression fnmatch makes
+    scans a long value one character at a time per star, so 50 such rules over a 1.4 MB
+    value took 1.7 s a call. Patterns with ``?`` or ``[`` go to fnmatch.
+    """
+    pieces = _star_pieces(pattern)
+    if pieces is None:
+        return fnmatchcase(text, pattern)
+    if len(pieces) == 1:
+        return text == pieces[0]
+    first, *middle, last = pieces
+    end = len(text) - len(last)
+    if end < len(first) or not text.startswith(first) or not text.endswith(last):
+        return False
+    at = len(first)
+    for piece in middle:  # the leftmost place of each leaves the most room for the rest
+        at = text.find(piece, at, end)
+        if at < 0:
+            return False
+        at += len(piece)
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _star_pieces(pattern: str) -> tuple[str, ...] | None:
+    """The text between the stars of ``pattern``; ``None`` if it has ``?`` or ``[`` too."""
+    if "?" in pattern or "[" in pattern:
+        return None
+    return tuple(pattern.split("*"))
+
+
 _SEGMENTS = re.compile(r"[/\\]")
 
 
@@ -441,7 +476,7 @@ def _allow_glob(value: Any, pattern: str) -> bool:
     segment or character itself. Text is matched as written (``%2e%2e`` is not decoded);
     deny rules match plain globs (matching more).
     """
-    if not fnmatchcase(_value_text(value), pattern):
+    if not _glob(_value_text(value), pattern):
         return False
     parent_ok = _has_parent_segment(pattern)
     for text in _strings(value):
@@ -517,7 +552,7 @@ class Rule:
             if self.action == "allow":
                 if not _allow_glob(value, pattern):
                     return False
-            elif not fnmatchcase(_value_text(value), pattern):
+            elif not _glob(_value_text(value), pattern):
                 return False
         if self.when is None:
             return True

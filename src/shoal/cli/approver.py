@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
+import select
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,8 +49,10 @@ __all__ = ["GONE_SHOWN", "TOOL_SHOWN", "ConsoleApprover"]
 class _Lines:
     """Lines of a text stream, read on a daemon thread so that waiting never blocks the loop.
 
-    One thread per stream, started on first use and kept: a thread blocked in ``readline``
-    cannot be stopped, and a daemon one does not keep the process alive at exit.
+    A line is read only while a question waits for it (:meth:`readline`), and no further than
+    its end: the thread reading ahead, or on after a question ended (an approval timed out,
+    the run ended), took the program's own next line from standard input. One thread per
+    stream, started on first use and kept: idle, it waits to be asked, not on the stream.
     """
 
     def __init__(self, stream: TextIO | None) -> None:
@@ -61,14 +65,38 @@ class _Lines:
         self._thread: threading.Thread | None = None
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self._lock = threading.Lock()
+        self._asked = threading.Event()  # set while a question waits for a line
+        self._fd = _waitable_fd(stream)
+        # written to when a question ends unanswered: the thread stops waiting for input
+        self._bell: tuple[int, int] | None = None
 
     def _read(self) -> None:
         while True:
+            self._asked.wait()
+            if not self._input_ready():
+                continue  # the question ended first: the line typed next is not ours
+            self._asked.clear()  # one line per question: none read ahead
             line = self._read_one()
             self._lines.put(line)
             self._wake()
             if line is None:
                 return
+
+    def _input_ready(self) -> bool:
+        """Wait until the input can be read, or the question ends (``False``).
+
+        A stream with no file descriptor to wait on (a ``StringIO``) is always ready.
+        """
+        if self._fd is None or self._bell is None:
+            return True
+        try:
+            ready, _, _ = select.select([self._fd, self._bell[0]], [], [])
+        except (OSError, ValueError):  # closed underneath us: reading says why
+            return True
+        if self._bell[0] in ready:
+            with contextlib.suppress(OSError):
+                os.read(self._bell[0], 4096)
+        return self._fd in ready and self._asked.is_set()
 
     def _read_one(self) -> str | None:
         """The next line; ``None`` at the end of input, or when no more can be read.
@@ -80,7 +108,8 @@ class _Lines:
         if self._stream is None:
             return None
         try:
-            line: object = self._stream.readline()
+            with _one_line_at_a_time(self._stream):
+                line: object = self._stream.readline()
         except Exception as exc:  # closed underneath us, undecodable, a stream's own bug
             why = one_line(describe_exception(exc), 200)  # a stream's message may be huge
             self.ended = f"no answer: reading the input failed ({why})"
@@ -104,11 +133,15 @@ class _Lines:
         """Drop lines typed at a terminal before the prompt: they answered a question now gone.
 
         Lines from a file or a pipe are kept: they are the answers of a script, and the
-        second batch's were read ahead while the first was answered, then dropped (its calls
-        denied: ``the input ended``).
+        second batch's were dropped (its calls denied: ``the input ended``).
         """
         if not self._typed:
             return
+        if self._fd is not None:  # not read until asked: they wait in the terminal
+            import termios  # POSIX only, as a waitable descriptor is
+
+            with contextlib.suppress(OSError, termios.error):
+                termios.tcflush(self._fd, termios.TCIFLUSH)
         while True:
             try:
                 line = self._lines.get_nowait()
@@ -121,9 +154,7 @@ class _Lines:
     async def readline(self) -> str | None:
         """The next line without its newline, or ``None`` at end of input."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._read, name="shoal-approval-input",
-                                            daemon=True)
-            self._thread.start()
+            self._start()
         while True:
             try:
                 line = self._lines.get_nowait()
@@ -132,12 +163,69 @@ class _Lines:
                 with self._lock:
                     self._waiter = (asyncio.get_running_loop(), future)
                 if self._lines.empty():
-                    await future
+                    self._asked.set()
+                    try:
+                        await future
+                    except BaseException:  # the question ended unanswered: stop reading
+                        self._stop_asking()
+                        raise
                 continue
             if line is None:
                 self._lines.put(None)  # every later read sees the end too
                 return None
             return line.rstrip("\r\n")
+
+    def _start(self) -> None:
+        if self._fd is not None:
+            read_end, write_end = os.pipe()
+            os.set_blocking(write_end, False)  # rung often while nobody listens: never blocks
+            self._bell = (read_end, write_end)
+        self._thread = threading.Thread(target=self._read, name="shoal-approval-input",
+                                        daemon=True)
+        self._thread.start()
+
+    def _stop_asking(self) -> None:
+        self._asked.clear()
+        if self._bell is not None:
+            with contextlib.suppress(OSError):  # full: the thread has a wake-up waiting
+                os.write(self._bell[1], b".")
+
+
+def _waitable_fd(stream: TextIO | None) -> int | None:
+    """The file descriptor ``select`` can wait on for ``stream``; ``None`` if there is none.
+
+    Windows' ``select`` takes sockets only: there a line is read as soon as one is asked for.
+    """
+    if stream is None or sys.platform == "win32":
+        return None
+    try:
+        return stream.fileno()
+    except (OSError, ValueError, AttributeError):  # a StringIO, a closed or fake stream
+        return None
+
+
+@contextmanager
+def _one_line_at_a_time(stream: TextIO) -> Iterator[None]:
+    """Read ``stream`` in chunks of one byte: a line's read stops at its end.
+
+    A text stream reads 8 KiB chunks from a pipe: the lines after the answer stayed in its
+    buffer, where ``select`` cannot see them, so a later question waited for input that had
+    come. Streams without the knob read as they do.
+    """
+    chunk = getattr(stream, "_CHUNK_SIZE", None)
+    if not isinstance(chunk, int):
+        yield
+        return
+    try:
+        stream._CHUNK_SIZE = 1  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, TypeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(AttributeError, ValueError, TypeError):
+            stream._CHUNK_SIZE = chunk  # type: ignore[attr-defined]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

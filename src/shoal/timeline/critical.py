@@ -16,11 +16,13 @@ def longest_chain(keys: Sequence[str], weights: Mapping[str, float],
     journal edited by hand could describe) are left out rather than looped over.
     """
     nodes = list(dict.fromkeys([*keys, *(k for e in edges for k in e)]))
-    succs: dict[str, list[str]] = {k: [] for k in nodes}
+    # lists for the nodes that have successors only: a list per node (100,000 of them for a
+    # run of that many calls, most of them empty) made the collector walk them again and again
+    succs: dict[str, list[str]] = {}
     indegree = dict.fromkeys(nodes, 0)
     for source, target in set(edges):
         if source != target:
-            succs[source].append(target)
+            succs.setdefault(source, []).append(target)
             indegree[target] += 1
     best = {k: weights.get(k, 0.0) for k in nodes}
     via: dict[str, str | None] = dict.fromkeys(nodes)
@@ -29,7 +31,7 @@ def longest_chain(keys: Sequence[str], weights: Mapping[str, float],
     while ready:
         key = ready.popleft()
         done.append(key)
-        for nxt in succs[key]:
+        for nxt in succs.get(key, ()):
             reach = best[key] + weights.get(nxt, 0.0)
             # a tie still links a node to a predecessor: chains of no time stay chains
             if reach > best[nxt] or (via[nxt] is None and reach >= best[nxt]):

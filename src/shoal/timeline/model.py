@@ -298,7 +298,11 @@ def pack_rows(bars: Iterable[Bar], lane_count: int) -> list[int]:
     """
     free: list[list[tuple[float, int]]] = [[] for _ in range(lane_count)]  # (ends at, row)
     rows = [0] * lane_count
-    for bar in sorted(bars, key=lambda b: (drawn_from(b), b.key)):
+    # two stable sorts by plain keys, not one by a (start, key) tuple per bar: 100,000 tuples
+    # alive at once set off the collector's full passes over the whole timeline
+    ordered = sorted(bars, key=_bar_key)
+    ordered.sort(key=drawn_from)
+    for bar in ordered:
         left = drawn_from(bar)
         right = max(left + 1e-9, bar.end if bar.end is not None else left)
         heap = free[bar.lane]
@@ -318,7 +322,15 @@ def drawn_from(bar: Bar) -> float:
             if value is not None:
                 return value
         return 0.0
-    return min([bar.start, *(w.start for w in bar.waits if w.kind in DRAWN_WAITS)])
+    start = bar.start
+    for wait in bar.waits:
+        if wait.kind in DRAWN_WAITS and wait.start < start:
+            start = wait.start
+    return start
+
+
+def _bar_key(bar: Bar) -> str:
+    return bar.key
 
 
 def mark_critical(bars: Sequence[Bar], lanes: Sequence[Lane],
