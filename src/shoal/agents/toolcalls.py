@@ -124,8 +124,18 @@ def result_text(outcome: Outcome, name: str | None = None) -> tuple[str, bool]:
     if outcome.status == "ok":
         value = outcome.value
         text = bounded(value if isinstance(value, str) else json.dumps(jsonable(value)))
-        return text + edit_note(outcome), False
-    return bounded(error_text(name or outcome.tool, outcome)) + edit_note(outcome), True
+        return _noted(text, outcome), False
+    return _noted(bounded(error_text(name or outcome.tool, outcome)), outcome), True
+
+
+def _noted(text: str, outcome: Outcome | None) -> str:
+    """``text`` with :func:`edit_note`'s line, or ``text`` itself when there is none.
+
+    Itself, not a copy: ``+ ""`` makes a plain ``str`` of a tool's ``str`` subclass, which
+    then would cross to a process agent's parent as text while its outcome could not.
+    """
+    note = "" if outcome is None else edit_note(outcome)
+    return text + note if note else text
 
 
 def edit_note(outcome: Outcome) -> str:
@@ -346,8 +356,7 @@ def _reword(records: list[CallRecord | None], error_format: ToolErrorFormat) -> 
             log.error("tool_error_format returned %s, not text, on %s; the model gets "
                       "shoal's wording", type(text).__name__, record.lineage)
             continue
-        note = "" if record.outcome is None else edit_note(record.outcome)  # theirs keeps it
-        message = replace(record.message, content=bounded(text) + note)
+        message = replace(record.message, content=_noted(bounded(text), record.outcome))
         records[index] = replace(record, message=message)
 
 
