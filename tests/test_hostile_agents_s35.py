@@ -330,29 +330,42 @@ class _NoUsage(OpenAIWireServer):
         return (event for event in super().render_events(body, reply) if '"usage"' not in event)
 
 
+#: each reply of :func:`stopped_by_the_token_budget`'s agent: 20,000 characters, so 1,250
+#: tokens at the least
+LONG_TEXT = "word " * 4_000
+
+
+def stopped_by_the_token_budget(server: Any, stream_dispatch: bool) -> Any:
+    """The result of an agent on ``server`` (every reply :data:`LONG_TEXT` and a call of
+    ``echo``) under ``Budget(tokens=5_000)``, checked to stop on tokens, not at max_turns.
+    """
+    model = server.model()
+    agent = shoal.Agent(name="a", model=model, tools=[echo], max_turns=50,
+                        stream_dispatch=stream_dispatch)
+
+    async def main() -> Any:
+        try:
+            return await agent.run("go", budget=shoal.Budget(tokens=5_000))
+        finally:
+            await model.aclose()
+
+    with pytest.raises(shoal.BudgetExceeded) as raised:
+        arun(main(), timeout=60)
+    assert raised.value.limit == "tokens"
+    assert 2 <= len(server.requests) <= 4  # not until max_turns
+    result = raised.value.result
+    assert result is not None and result.usage.output_tokens >= 1_250
+    return result
+
+
 @pytest.mark.parametrize("stream_dispatch", [True, False])
 def test_a_token_budget_holds_against_a_server_that_reports_no_usage(
         stream_dispatch: bool) -> None:
     # its replies counted no tokens: Budget(tokens=) never stopped anything, however much
     # the tree read and wrote
-    long_text = "word " * 4_000  # 20,000 characters a turn: 1,250 tokens at the least
-    with _NoUsage(lambda body: tool_call_reply(call("echo", {"x": 1}), text=long_text)) as server:
-        model = server.model()
-        agent = shoal.Agent(name="a", model=model, tools=[echo], max_turns=50,
-                            stream_dispatch=stream_dispatch)
-
-        async def main() -> Any:
-            try:
-                return await agent.run("go", budget=shoal.Budget(tokens=5_000))
-            finally:
-                await model.aclose()
-
-        with pytest.raises(shoal.BudgetExceeded) as raised:
-            arun(main(), timeout=60)
-    assert raised.value.limit == "tokens"
-    assert 2 <= len(server.requests) <= 4  # not until max_turns
-    result = raised.value.result
-    assert result is not None and result.usage.output_tokens >= 1_250
+    reply = tool_call_reply(call("echo", {"x": 1}), text=LONG_TEXT)
+    with _NoUsage(lambda body: reply) as server:
+        stopped_by_the_token_budget(server, stream_dispatch)
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), "30", True])

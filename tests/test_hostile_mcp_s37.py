@@ -9,14 +9,15 @@ never a wait without end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import sys
 import threading
 import time
-from collections.abc import Callable
-from http.server import ThreadingHTTPServer
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,18 @@ from tests.test_hostile_mcp_s35 import _OffProtocolHTTP
 
 SERVER = [sys.executable, str(Path(__file__).parent / "mcp_hostile_s37_server.py")]
 SLOW = 60.0  # seconds a test may take: only a bound for a hang (servers start in a second)
+
+
+@contextlib.contextmanager
+def http_serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server of ``handler`` on loopback while the block runs: its base URL."""
+    web = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{web.server_address[1]}"
+    finally:
+        web.shutdown()
+        web.server_close()
 
 
 def test_a_schema_whose_ref_loops_is_refused_when_listed_not_blamed_on_each_value() -> None:
@@ -302,12 +315,8 @@ class _MisnumberedHTTP(_OffProtocolHTTP):
 
 
 def test_an_http_answer_to_no_request_sent_fails_its_call_at_once() -> None:
-    web = ThreadingHTTPServer(("127.0.0.1", 0), _MisnumberedHTTP)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
-
-    async def main() -> None:
-        (tool,) = await shoal.mcp.tools(
-            url=f"http://127.0.0.1:{web.server_address[1]}/mcp", timeout=20)
+    async def main(base: str) -> None:
+        (tool,) = await shoal.mcp.tools(url=f"{base}/mcp", timeout=20)
         plan = shoal.Plan()
         ref = plan.call(tool)
         error = (await shoal.run(plan))[ref].error
@@ -316,11 +325,8 @@ def test_an_http_answer_to_no_request_sent_fails_its_call_at_once() -> None:
         assert error.message.endswith("): its answers cannot be matched with the calls they "
                                       "answer (while calling 't')")
 
-    try:
-        arun(main(), timeout=SLOW)
-    finally:
-        web.shutdown()
-        web.server_close()
+    with http_serving(_MisnumberedHTTP) as base:
+        arun(main(base), timeout=SLOW)
 
 
 def test_a_large_answer_over_stdio_is_read_in_time_in_proportion_to_its_size() -> None:
@@ -393,12 +399,8 @@ def test_an_answer_in_a_json_rpc_batch_over_http_reaches_its_call(path: str) -> 
     # call as a parse error ("answered off-protocol"), though its answer was there. A batch
     # whose answer names another request stays off-protocol: unpacked, the SDK would have
     # given that answer to the call unseen.
-    web = ThreadingHTTPServer(("127.0.0.1", 0), _BatchingHTTP)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
-
-    async def main() -> None:
-        (tool,) = await shoal.mcp.tools(
-            url=f"http://127.0.0.1:{web.server_address[1]}/{path}", timeout=20)
+    async def main(base: str) -> None:
+        (tool,) = await shoal.mcp.tools(url=f"{base}/{path}", timeout=20)
         plan = shoal.Plan()
         ref = plan.call(tool)
         result = (await shoal.run(plan))[ref]
@@ -408,8 +410,5 @@ def test_an_answer_in_a_json_rpc_batch_over_http_reaches_its_call(path: str) -> 
         assert result.error is not None and result.error.type == "shoal.exceptions.MCPServerError"
         assert "answered off-protocol while calling 't': " in result.error.message
 
-    try:
-        arun(main(), timeout=SLOW)
-    finally:
-        web.shutdown()
-        web.server_close()
+    with http_serving(_BatchingHTTP) as base:
+        arun(main(base), timeout=SLOW)

@@ -31,6 +31,7 @@ from shoal.models import (
 from shoal.testing import ScriptedModel
 from shoal.testing import call as scripted_call
 from tests.conftest import arun, until
+from tests.test_hostile_agents_s35 import LONG_TEXT, stopped_by_the_token_budget
 from tests.wire import (
     AnthropicWireServer,
     OpenAIWireServer,
@@ -184,12 +185,6 @@ def test_a_request_waiting_for_tokens_held_is_stopped_with_its_tree_and_recorded
     assert sorted(child.usage.requests for child in children) == [0, 1]
 
 
-@shoal.tool
-def echo(x: int) -> int:
-    """Return ``x``."""
-    return x
-
-
 
 def _odd_usage(event: str, usage: dict[str, Any]) -> str:
     """``event`` (an SSE event) with each ``usage`` object in its data replaced by ``usage``."""
@@ -238,26 +233,10 @@ def test_an_output_count_that_is_no_count_is_charged_at_least_what_the_reply_say
     # a server reporting its input tokens but an output count of the wrong kind (a string, a
     # negative, a fraction, a null, none) had the reply counted as no output at all: 20,000
     # characters a turn and Budget(tokens=5_000) never stopped the run until max_turns
-    long_text = "word " * 4_000  # 1,250 tokens at the least
     usage = {tokens_in: 10} if count == "missing" else {tokens_in: 10, tokens_out: count}
-    with server_class(tool_call_reply(call("echo", {"x": 1}), text=long_text)) as server:
+    with server_class(tool_call_reply(call("echo", {"x": 1}), text=LONG_TEXT)) as server:
         server.usage = usage
-        model = server.model()
-        agent = shoal.Agent(name="a", model=model, tools=[echo], max_turns=50,
-                            stream_dispatch=stream_dispatch)
-
-        async def main() -> Any:
-            try:
-                return await agent.run("go", budget=shoal.Budget(tokens=5_000))
-            finally:
-                await model.aclose()
-
-        with pytest.raises(shoal.BudgetExceeded) as raised:
-            arun(main(), timeout=60)
-    assert raised.value.limit == "tokens"
-    assert 2 <= len(server.requests) <= 4  # not until max_turns
-    result = raised.value.result
-    assert result is not None and result.usage.output_tokens >= 1_250
+        result = stopped_by_the_token_budget(server, stream_dispatch)
     assert result.usage.input_tokens >= 10  # what the server did report stands
 
 
