@@ -87,9 +87,9 @@ def test_a_schema_whose_ref_loops_is_refused_when_listed_not_blamed_on_each_valu
      "$defs": {"a": {"dependentSchemas": {"y": {"$ref": "#/$defs/a"}}}}},
 ])
 def test_each_kind_of_ref_loop_is_found(schema: dict[str, object]) -> None:
-    from shoal.integrations.mcp import _ref_loop
+    from shoal.integrations._mcp_schema import ref_loop
 
-    assert _ref_loop(schema) is not None
+    assert ref_loop(schema) is not None
 
 
 @pytest.mark.parametrize("schema", [
@@ -100,9 +100,9 @@ def test_each_kind_of_ref_loop_is_found(schema: dict[str, object]) -> None:
     {"type": "object", "properties": {"x": {"$id": "other", "$ref": "#"}}},  # another base
 ])
 def test_a_schema_that_only_looks_like_a_ref_loop_is_none(schema: dict[str, object]) -> None:
-    from shoal.integrations.mcp import _ref_loop
+    from shoal.integrations._mcp_schema import ref_loop
 
-    assert _ref_loop(schema) is None
+    assert ref_loop(schema) is None
 
 
 def test_an_answer_in_a_json_rpc_batch_reaches_its_call(caplog: pytest.LogCaptureFixture,
@@ -185,24 +185,24 @@ def test_the_quick_check_of_a_schema_finds_what_jsonschemas_own_check_finds() ->
     # jsonschema's check of a draft 2020-12 schema follows a reference into each of seven
     # meta-schemas for every object of the schema: 1.5 s for one of 2,400 properties, on
     # every listing. The quick one follows none, and must refuse exactly what it refuses
-    from shoal.integrations.mcp import _check_schema, _meta_checker
+    from shoal.integrations._mcp_schema import check_schema, meta_checker
 
     rng = random.Random(37)
     schemas = SCHEMAS + [_random_schema(rng) for _ in range(800)]
     valid = 0
     for schema in schemas:
         said = _schema_error(jsonschema.Draft202012Validator.check_schema, schema)
-        assert _meta_checker().is_valid(schema) == (said is None), schema
-        assert _schema_error(_check_schema, schema) == said  # its error, word for word
+        assert meta_checker().is_valid(schema) == (said is None), schema
+        assert _schema_error(check_schema, schema) == said  # its error, word for word
         valid += said is None
     assert 150 < valid < len(schemas) - 150  # both kinds, many of each
 
 
 def test_the_quick_check_of_a_schema_looks_nothing_up() -> None:
-    from shoal.integrations.mcp import _meta_checker
+    from shoal.integrations._mcp_schema import meta_checker
 
     seen: set[int] = set()
-    stack: list[Any] = [_meta_checker().schema]
+    stack: list[Any] = [meta_checker().schema]
     while stack:  # the meta-schema is a cycle of objects: each is walked once
         item = stack.pop()
         if id(item) in seen:

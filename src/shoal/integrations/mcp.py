@@ -55,7 +55,6 @@ import re
 import shlex
 import socket
 import tempfile
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self, TextIO, cast
@@ -90,13 +89,23 @@ try:
 except ImportError as exc:  # the extra is missing: say how to install it
     raise MissingDependencyError("mcp", "mcp") from exc
 
+from shoal.integrations._mcp_schema import (
+    MAX_SCHEMA_OBJECTS,
+    NAMED,
+    VALUES,
+    WORDS,
+    check_schema,
+    objects_past,
+    ref_loop,
+)
+
 if TYPE_CHECKING:
     from shoal.executors.base import Call
     from shoal.outcome import Outcome
     from shoal.runtime import Runtime
 
-__all__ = ["MCPServer", "MCPTool", "RemoteTool", "content_text", "result_value", "serve",
-           "served_tools", "server", "tools"]
+__all__ = ["MAX_SCHEMA_OBJECTS", "MCPServer", "MCPTool", "RemoteTool", "content_text",
+           "result_value", "serve", "served_tools", "server", "tools"]
 
 log = logging.getLogger(__name__)
 
@@ -1023,14 +1032,14 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
                                   f"input schema that is not an object schema: "
                                   f"{bounded_text(repr(schema), 300)}; leave it out with "
                                   "only=[...]")
-    if _objects_past(schema, MAX_SCHEMA_OBJECTS):
+    if objects_past(schema, MAX_SCHEMA_OBJECTS):
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"input schema of more than {MAX_SCHEMA_OBJECTS:,} JSON "
                                   "objects (each property's schema is one), past what shoal "
                                   "takes from a server: checking it would take seconds on "
                                   "each listing; leave it out with only=[...]")
     try:
-        _check_schema(schema)
+        check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"invalid input schema ({exc.message}); leave it out with "
@@ -1054,7 +1063,7 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
 
 
 def _refuse_loops(srv: MCPServer, listed: mcp_types.Tool) -> None:
-    """Refuse a tool whose input or output schema loops (see :func:`_ref_loop`).
+    """Refuse a tool whose input or output schema loops (see :func:`ref_loop`).
 
     jsonschema's check passes such a schema; checking any argument against it then recursed
     to Python's limit (blamed on the value: "nested too deeply"), and so did the MCP SDK's
@@ -1062,7 +1071,7 @@ def _refuse_loops(srv: MCPServer, listed: mcp_types.Tool) -> None:
     """
     for kind, schema, checked in (("input", listed.input_schema, "argument"),
                                   ("output", listed.output_schema, "result")):
-        loop = _ref_loop(schema) if isinstance(schema, Mapping) else None
+        loop = ref_loop(schema) if isinstance(schema, Mapping) else None
         if loop is not None:
             raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has "
                                       f"an {kind} schema that leads back to itself without "
@@ -1098,249 +1107,6 @@ def _prompt_text(text: str) -> str:
     return _UNSHOWN.sub("", _BREAKS.sub("\n", _ANSI.sub("", text)))
 
 
-#: The most JSON objects (each property's schema is one) a listed tool's input schema may
-#: hold. Taking a schema costs a fraction of a millisecond an object (checking it against
-#: its meta-schema, see :func:`_check_schema`, and making its argument model), on every
-#: listing. Real schemas hold tens, at most a few thousand.
-MAX_SCHEMA_OBJECTS = 5_000
-
-
-def _check_schema(schema: Mapping[str, Any]) -> None:
-    """Raise :class:`jsonschema.SchemaError` if ``schema`` is no valid JSON schema.
-
-    A draft 2020-12 schema (the default) is first checked by :func:`_meta_checker`, which
-    finds the same schemas valid a few times faster; only one it refuses is checked again by
-    jsonschema's own check, for the error it raises.
-    """
-    checker = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    if checker is not jsonschema.Draft202012Validator or not _meta_checker().is_valid(schema):
-        checker.check_schema(schema)
-
-
-@functools.cache
-def _meta_checker() -> Any:
-    """A validator of draft 2020-12's meta-schema that follows no reference at check time.
-
-    jsonschema's own check (``check_schema``) follows a reference into each of the seven
-    vocabulary meta-schemas for every object of the schema checked, each looked up by URI:
-    about half a millisecond an object, 1.5 s for a schema of 2,400 properties. Here each
-    reference is resolved once, its target put in its place (an ``allOf``: what a ``$ref``
-    beside other keywords means), ``$dynamicRef: "#meta"`` is the root (what it resolves to
-    for a plain 2020-12 schema), and the vocabularies' ``properties``, which name different
-    keywords, are merged into the root's.
-    """
-    meta = jsonschema.Draft202012Validator.META_SCHEMA
-    # (jsonschema's resolver of the meta-schema: it holds the vocabularies; the check that
-    # this checker refuses what jsonschema refuses is tests/test_hostile_mcp_s37.py's)
-    root = _inlined(meta, jsonschema.Draft202012Validator(meta)._resolver, {})
-    unmerged: list[Any] = []
-    for part in map(_unwrapped, root.pop("allOf", [])):
-        named = set(part.get("properties", {})) if isinstance(part, dict) else set()
-        if (isinstance(part, dict) and set(part) <= {"type", "properties"}
-                and part.get("type") == root["type"] and not named & set(root["properties"])):
-            root["properties"].update(part.get("properties", {}))
-        else:  # a vocabulary that cannot be merged stays as it was
-            unmerged.append(part)
-    if unmerged:
-        root["allOf"] = unmerged
-    return jsonschema.Draft202012Validator(
-        root, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
-
-
-def _unwrapped(part: Any) -> Any:
-    """What an inlined ``{"$ref": ...}`` alone (``{"allOf": [target]}``) stands for."""
-    while isinstance(part, dict) and set(part) == {"allOf"} and len(part["allOf"]) == 1:
-        part = part["allOf"][0]
-    return part
-
-
-#: What a meta-schema's object keeps of its own keywords once inlined: no identity or
-#: annotation (which change nothing a check finds, and an $id would be a base for no $ref).
-_UNINLINED = frozenset({"$id", "$schema", "$dynamicAnchor", "$vocabulary", "$comment", "title",
-                        "$defs"})
-
-
-def _inlined(contents: Any, resolver: Any, done: dict[int, Any]) -> Any:
-    """``contents`` (a meta-schema's part) with each reference replaced by what it names.
-
-    ``done``: what each part became (by ``id``), so that a part reached again is the same
-    object: a reference back to the root makes the result a cycle of objects, which
-    jsonschema follows as deep as the schema checked goes.
-    """
-    if not isinstance(contents, dict):
-        return contents
-    if id(contents) in done:
-        return done[id(contents)]
-    out: dict[str, Any] = {}
-    done[id(contents)] = out
-    from referencing.jsonschema import DRAFT202012
-
-    resolver = resolver.in_subresource(DRAFT202012.create_resource(contents))
-    targets: list[Any] = []
-    for key, inner in contents.items():
-        if key in ("$ref", "$dynamicRef"):
-            found = resolver.lookup(inner)
-            targets.append(done[id(jsonschema.Draft202012Validator.META_SCHEMA)]
-                           if inner == "#meta" else _inlined(found.contents, found.resolver,
-                                                             done))
-        elif key in _VALUES or key in _UNINLINED:
-            if key not in _UNINLINED:
-                out[key] = inner
-        elif key in _NAMED and isinstance(inner, dict):
-            out[key] = {name: _inlined(v, resolver, done) for name, v in inner.items()}
-        elif isinstance(inner, list):
-            out[key] = [_inlined(v, resolver, done) for v in inner]
-        else:
-            out[key] = _inlined(inner, resolver, done)
-    if targets:
-        out["allOf"] = [*out.get("allOf", []), *targets]
-    return out
-
-
-def _objects_past(schema: Mapping[str, Any], limit: int) -> bool:
-    """Whether ``schema`` holds more than ``limit`` JSON objects (itself included).
-
-    The walk stops at the first object past ``limit``: its own cost is bounded too.
-    """
-    stack: list[Any] = [schema]
-    objects = 0
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Mapping):
-            objects += 1
-            if objects > limit:
-                return True
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-#: Keywords whose subschemas apply to the value itself, not to a part of it (one, or a list).
-_IN_PLACE = ("$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else")
-#: Keywords that map names to schemas applied to the value itself (when it has that property).
-_IN_PLACE_NAMED = ("dependentSchemas", "dependencies")
-
-
-def _ref_loop(schema: Mapping[str, Any]) -> str | None:
-    """A loop of ``$ref`` (through ``allOf``, ``not`` ...) never reaching into the value.
-
-    As text (``allOf -> $ref '#/$defs/a'``), or None: only a loop a check can meet counts.
-    jsonschema accepts such a schema, and its check of any value then recurses until Python's
-    limit: each argument was refused as "nested too deeply", blaming the value. A loop in an
-    unused definition costs nothing, and is left; a schema with an ``$id`` below its root is
-    not followed (see :func:`_refs_of`).
-    """
-    if _refs_of(schema) is not True:  # no $ref, so no loop (a JSON document is a tree)
-        return None
-    reached: dict[int, Mapping[str, Any]] = {}
-    work: list[Any] = [schema]
-    while work:  # every subschema checking may meet, by structure or by $ref
-        node = work.pop()
-        if id(node) in reached:
-            continue
-        reached[id(node)] = node
-        work += [inner for _, inner in _in_place(schema, node)] + _parts(node)
-    done: set[int] = set()
-    for start in reached.values():
-        found = _loop_from(schema, start, done)
-        if found is not None:
-            return found
-    return None
-
-
-def _loop_from(root: Mapping[str, Any], start: Mapping[str, Any], done: set[int]) -> str | None:
-    """A loop of in-place subschemas met from ``start`` (depth first), as text, if any.
-
-    ``done``: the subschemas from which no loop is met (shared across starts: each is walked
-    once).
-    """
-    hops: list[str] = []  # how each subschema on the chain followed was reached
-    on_chain: dict[int, int] = {}  # each subschema on that chain: its place in hops
-    stack: list[tuple[Mapping[str, Any], str, bool]] = [(start, "", False)]
-    while stack:
-        node, how, leaving = stack.pop()
-        if leaving:
-            del on_chain[id(node)]
-            hops.pop()
-            done.add(id(node))
-        elif id(node) in on_chain:  # back on the chain followed: a loop
-            return " -> ".join(h for h in [*hops[on_chain[id(node)] + 1:], how] if h)
-        elif id(node) not in done:
-            on_chain[id(node)] = len(hops)
-            hops.append(how)
-            stack.append((node, how, True))
-            stack += [(inner, hop, False) for hop, inner in _in_place(root, node)]
-    return None
-
-
-def _in_place(root: Mapping[str, Any], node: Mapping[str, Any],
-              ) -> list[tuple[str, Mapping[str, Any]]]:
-    """The subschemas ``node`` applies to the value itself, each with the keyword leading there."""
-    out: list[tuple[str, Any]] = []
-    for key in _IN_PLACE:
-        inner = node.get(key)
-        if key == "$ref":
-            target = _pointed(root, inner) if isinstance(inner, str) else None
-            out += [(f"$ref {bounded_text(repr(inner), 80)}", target)]
-        else:
-            out += [(key, i) for i in (inner if isinstance(inner, list) else [inner])]
-    for key in _IN_PLACE_NAMED:
-        named = node.get(key)
-        out += [(key, i) for i in named.values()] if isinstance(named, Mapping) else []
-    return [(how, inner) for how, inner in out if isinstance(inner, Mapping)]
-
-
-def _parts(node: Mapping[str, Any]) -> list[Any]:
-    """The subschemas of ``node`` by structure (definitions are reached by ``$ref`` only)."""
-    out: list[Any] = []
-    for key, inner in node.items():
-        if key in _VALUES or key in ("$defs", "definitions"):
-            continue
-        if key in _NAMED or key in _IN_PLACE_NAMED:
-            out += inner.values() if isinstance(inner, Mapping) else []
-        elif isinstance(inner, Mapping):
-            out.append(inner)
-        elif isinstance(inner, list):
-            out += [i for i in inner if isinstance(i, Mapping)]
-    return out
-
-
-def _pointed(root: Mapping[str, Any], ref: str) -> Any:
-    """What ``ref`` (``#`` or a JSON pointer ``#/...``) points to in ``root``; else None."""
-    if ref != "#" and not ref.startswith("#/"):
-        return None  # an anchor, or another document: not followed
-    node: Any = root
-    for part in ref[2:].split("/") if ref != "#" else ():
-        step = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
-        if isinstance(node, Mapping):
-            node = node.get(step)
-        elif isinstance(node, list) and step.isdigit() and int(step) < len(node):
-            node = node[int(step)]
-        else:
-            return None
-    return node
-
-
-def _refs_of(schema: Mapping[str, Any]) -> bool | None:
-    """Whether ``schema`` has a ``$ref``; None if a subschema (not the root) sets ``$id``.
-
-    An ``$id`` below the root is another base, against which its ``$ref`` resolve.
-    """
-    found = False
-    stack: list[Any] = [v for k, v in schema.items() if k not in _VALUES]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Mapping):
-            if isinstance(item.get("$id"), str):
-                return None
-            found = found or isinstance(item.get("$ref"), str)
-            stack += [v for k, v in item.items() if k not in _VALUES]
-        elif isinstance(item, list):
-            stack += item
-    return found or isinstance(schema.get("$ref"), str)
-
-
 def _control_key(value: Any) -> str | None:
     """A key of a JSON schema (a property's name, say) holding a control character, if any."""
     stack = [value]
@@ -1372,21 +1138,13 @@ def _described_plainly(schema: Any, named: bool = False) -> Any:
         return {key: _described_plainly(inner) for key, inner in schema.items()}
     out: dict[Any, Any] = {}
     for key, inner in schema.items():
-        if key in _VALUES:  # values, not words: as they are
+        if key in VALUES:  # values, not words: as they are
             out[key] = inner
-        elif key in _WORDS and isinstance(inner, str):
+        elif key in WORDS and isinstance(inner, str):
             out[key] = _prompt_text(inner)
         else:
-            out[key] = _described_plainly(inner, key in _NAMED)
+            out[key] = _described_plainly(inner, key in NAMED)
     return out
-
-
-#: A schema's keywords whose text is words about it, those whose content is values, and
-#: those that map names to schemas.
-_WORDS = frozenset({"description", "title"})
-_VALUES = frozenset({"default", "const", "enum", "examples"})
-_NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions",
-                    "dependentSchemas"})
 
 
 def _once_each(srv: MCPServer, listed: list[mcp_types.Tool]) -> list[mcp_types.Tool]:
