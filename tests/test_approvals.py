@@ -1227,26 +1227,35 @@ def test_console_deny_all_and_end_of_input() -> None:
     assert review(approver, request())[0].verdict == "deny"  # still ended
 
 
-def test_console_runs_alongside_a_run_and_is_withdrawn_from() -> None:
+@contextmanager
+def piped_console(answers: bytes = b"") -> Iterator[tuple[ConsoleApprover, io.StringIO]]:
+    """A console approver reading ``answers`` from a pipe kept open while the block runs, and
+    what it writes.
+    """
     from rich.console import Console
 
     read, write = os.pipe()
     out = io.StringIO()
     stream = os.fdopen(read, "r")
-    approver = ConsoleApprover(Console(file=out, width=120, color_system=None), stream)
-    plan = Plan()
-    a = plan.call(delete, path="x")
-    b = plan.call(free, i=1)
-
-    async def main() -> RunResult:
-        async with Runtime(approver=approver, approval_timeout=0.3) as runtime:
-            return await runtime.run(plan)
-
+    os.write(write, answers)
     try:
-        result = arun(main())
+        yield ConsoleApprover(Console(file=out, width=120, color_system=None), stream), out
     finally:
         os.close(write)  # the approver's reader sees the end of input first, then its close
         stream.close()
+
+
+def test_console_runs_alongside_a_run_and_is_withdrawn_from() -> None:
+    plan = Plan()
+    a = plan.call(delete, path="x")
+    b = plan.call(free, i=1)
+    with piped_console() as (approver, out):
+
+        async def main() -> RunResult:
+            async with Runtime(approver=approver, approval_timeout=0.3) as runtime:
+                return await runtime.run(plan)
+
+        result = arun(main())
     assert statuses(result) == {a.node: "denied", b.node: "ok"}
     assert "no longer needed" in out.getvalue()
 
@@ -1255,26 +1264,17 @@ def test_a_call_the_console_approved_one_by_one_starts_before_the_rest_are_answe
     """The person approves the first call of two and never answers the second: the first
     runs at once (before, it waited with the second until the approval timeout denied both).
     """
-    from rich.console import Console
-
-    read, write = os.pipe()
-    out = io.StringIO()
-    stream = os.fdopen(read, "r")
-    approver = ConsoleApprover(Console(file=out, width=120, color_system=None), stream)
     plan = Plan()
     first = plan.call(delete, path="first")
     second = plan.call(delete, path="second")
-    os.write(write, b"o\ny\n")  # one by one; yes to the first; nothing more
+    # one by one; yes to the first; nothing more
+    with piped_console(b"o\ny\n") as (approver, _):
 
-    async def main() -> RunResult:
-        async with Runtime(approver=approver, approval_timeout=1.0) as runtime:
-            return await runtime.run(plan)
+        async def main() -> RunResult:
+            async with Runtime(approver=approver, approval_timeout=1.0) as runtime:
+                return await runtime.run(plan)
 
-    try:
         result = arun(main())
-    finally:
-        os.close(write)
-        stream.close()
     assert statuses(result) == {first.node: "ok", second.node: "denied"}
     assert "no decision within 1 s" in result[second].reason
 

@@ -178,15 +178,24 @@ class _OffProtocolHTTP(BaseHTTPRequestHandler):
             answer["result"] = {"tools": self._listed_tools()}
         return answer
 
-    def do_POST(self) -> None:
-        """Answer one JSON-RPC message: a call with garbage."""
+    def _call_to_answer(self) -> dict[str, Any] | None:
+        """Read the message posted and answer it if it is no call (a notification, the
+        handshake, the listing); for a call, its answer with no result yet.
+        """
         message = self._read()
         if self._notified(message):
-            return
+            return None
         answer = self._answered(message)
         if "result" in answer:
             self._send(json.dumps(answer).encode())
-        elif self.path == "/sse":
+            return None
+        return answer
+
+    def do_POST(self) -> None:
+        """Answer one JSON-RPC message: a call with garbage."""
+        if self._call_to_answer() is None:
+            return
+        if self.path == "/sse":
             self._send(b"data: garbage\n\n", "text/event-stream")
         else:
             self._send(b"{not json")

@@ -373,12 +373,8 @@ class _BatchingHTTP(_OffProtocolHTTP):
 
     def do_POST(self) -> None:
         """Answer the handshake and the listing; a call in a batch."""
-        message = self._read()
-        if self._notified(message):
-            return
-        answer = self._answered(message)
-        if "result" in answer:
-            self._send(json.dumps(answer).encode())
+        answer = self._call_to_answer()
+        if answer is None:
             return
         answer["result"] = {"content": [{"type": "text", "text": "batched"}]}
         if self.path == "/bad":

@@ -46,6 +46,7 @@ from shoal.store.sqlite import SQLiteStore
 from shoal.timeline.critical import longest_chain
 from shoal.timeline.model import Bar, pack_rows
 from tests.conftest import arun
+from tests.test_approvals import piped_console
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -275,22 +276,16 @@ def test_a_reason_and_a_name_of_megabytes_are_kept_in_bounds(tmp_path: Path) -> 
 def test_two_hundred_calls_timed_out_at_once_are_said_in_a_few_lines() -> None:
     # each was said on a line of its own: 200 lines pushed the question still being asked
     # off the screen
-    read, write = os.pipe()
-    out = io.StringIO()
-    stream = os.fdopen(read, "r")
-    approver = ConsoleApprover(Console(file=out, width=120, color_system=None), stream)
     plan = Plan()
     calls = [plan.call(launch, target=f"t{i}") for i in range(200)]
+    with piped_console() as (approver, out):
 
-    async def main() -> RunResult:
-        async with Runtime(approver=approver, approval_timeout=60) as runtime:
-            return await runtime.run(plan)
+        async def main() -> RunResult:
+            async with Runtime(approver=approver, approval_timeout=60) as runtime:
+                return await runtime.run(plan)
 
-    try:  # on the virtual clock: nobody answers, so the minute passes at once
+        # on the virtual clock: nobody answers, so the minute passes at once
         result = arun(main(), virtual=True, timeout=600)
-    finally:
-        os.close(write)
-        stream.close()
     assert {result[call].status for call in calls} == {"denied"}
     said = [line for line in out.getvalue().splitlines() if "no longer needed" in line]
     assert len(said) <= 2 * (GONE_SHOWN + 1)  # a batch or two, each named in part, counted
