@@ -138,6 +138,7 @@ class _Round:
     text: str = ""
     records: list[CallRecord] | None = None  # once every call of the round has ended
     replan: int | None = None  # after a replan: the next plan's first number
+    replan_cut: str = ""  # the stop reason of a Replan(...) cut off at the output cap
     joining: str = ""  # what the joiner was told after the results (see join_note)
     # the joiner's replies, and what it was told after each one that did not fit
     joined: list[AssistantMessage | UserMessage] = field(default_factory=list)
@@ -523,7 +524,7 @@ class Planner:
             await calls.wait(round_)
             ctx.check(self.lineage)
             last = len(self.rounds) > agent.max_replans
-            action, text = await self._join(round_, last)
+            action, text, cut = await self._join(round_, last)
             if action == "finish":
                 return text
             if last:
@@ -532,6 +533,7 @@ class Planner:
                     f"{agent.max_replans} replan(s): {text[:300]}; raise max_replans "
                     f"(now {agent.max_replans}) or give the planner better tools")
             round_.replan = calls.next_id  # the reason is in the joiner's reply
+            round_.replan_cut = cut
 
     def _conversation(self) -> tuple[Message, ...]:
         """The next request's messages: the run's conversation so far.
@@ -564,7 +566,7 @@ class Planner:
                     message = AssistantMessage(_sendable(cut) or "(empty)")
                 messages.append(message)
             if round_.replan is not None:
-                messages.append(UserMessage(replan_note(round_.replan)))
+                messages.append(UserMessage(replan_note(round_.replan, round_.replan_cut)))
         return tuple(messages)
 
     def _check_turns(self) -> None:
@@ -613,7 +615,8 @@ class Planner:
         agent_run.result.messages.append(AssistantMessage(reader.text))
         self.ctx.check(self.lineage)
 
-    async def _join(self, round_: _Round, last: bool) -> tuple[str, Any]:
+    async def _join(self, round_: _Round, last: bool) -> tuple[str, Any, str]:
+        """The joiner's action, its answer or reason, and its stop reason if it was cut off."""
         agent, agent_run, ctx = self.agent, self.agent_run, self.ctx
         spec = agent.output_spec
         round_.joining = join_note(last)
@@ -628,7 +631,8 @@ class Planner:
             ctx.check(self.lineage, answered=True)
             action, text = reply_action(response.text, response.tool_calls)
             if action == "replan":
-                return action, text or "(no reason given)"
+                cut = response.stop_reason if response.cut_off else ""
+                return action, text or "(no reason given)", cut
             try:
                 if not text.strip():
                     raise ValueError("the answer was empty")
@@ -652,7 +656,7 @@ class Planner:
                 continue
             if response.cut_off:  # kept, but nothing else would tell it is cut short
                 agent_run.result.cut_off = cut_off_note(self.lineage, response)
-            return action, output
+            return action, output, ""
 
 
 class _PlanReader:

@@ -140,11 +140,19 @@ def _about(description: str) -> str:
     return text[:500] + ("..." if len(text) > 500 else "") if text else "(no description)"
 
 
-def replan_note(first_id: int) -> str:
-    """What the planner is told when asked for a new plan numbered from ``first_id``."""
-    return (f"Write a new plan for what is still missing. The calls above that succeeded "
-            f"will not run again: use their results as $N. Number the new calls from "
-            f"{first_id} on.")
+def replan_note(first_id: int, cut_off: str = "") -> str:
+    """What the planner is told when asked for a new plan numbered from ``first_id``.
+
+    ``cut_off`` is the stop reason of a ``Replan(...)`` that stopped at the model's output
+    cap: the planner is told its reason may be incomplete (else it reads a reason cut short
+    as if it were whole).
+    """
+    cut = ("" if not cut_off else
+           f"Note: the reply asking for a new plan was cut off at the model's limit of output "
+           f"tokens (stop reason {cut_off!r}), so its reason may be incomplete. ")
+    return (f"{cut}Write a new plan for what is still missing. The calls above that "
+            f"succeeded will not run again: use their results as $N. Number the new calls "
+            f"from {first_id} on.")
 
 
 def joiner_prompt(answer_format: str = "") -> str:
