@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,13 +49,16 @@ class OutputSpec:
         boolean), so a model's mistake is sent back to it rather than taken as an answer. What
         JSON cannot write is still read from its usual text form: dates and times, UUIDs,
         decimals, enums by value, tuples and sets from arrays.
+
+        JSON numbers are finite: ``NaN``, ``Infinity`` and a number too large for a float
+        (``1e400``, which pydantic reads as ``inf``) are refused, saying so.
         """
         body = text.strip()
         fenced = _FENCE.match(body)
         if fenced:
             body = fenced.group(1)
         try:
-            return self.adapter.validate_json(body, strict=True)
+            output = self.adapter.validate_json(body, strict=True)
         except pydantic.ValidationError as exc:
             errors = exc.errors()
             too_long = _number_too_long(errors[0], body) if len(errors) == 1 else None
@@ -62,6 +67,10 @@ class OutputSpec:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
                                  for e in errors[:5])
             raise ValueError(problems) from None
+        infinite = _not_finite(body, lambda: _holds_infinity(self.adapter, output))
+        if infinite is not None:
+            raise ValueError(infinite)
+        return output
 
     def retry_prompt(self, problem: str) -> str:
         """The message asking the model to answer again after an answer did not fit."""
@@ -94,3 +103,51 @@ def _number_too_long(error: Any, body: str) -> str | None:
     # (past the limit however the column falls: the error says it is)
     return number_too_long("the answer holds", max(end - start, JSON_MAX_DIGITS + 1),
                            JSON_MAX_DIGITS, "the schema")
+
+
+#: A JSON string (skipped: its text is no number), or a literal that may be no finite number:
+#: NaN, Infinity, a number with an exponent of 3 digits or more, or one of 309 digits or more.
+_MAYBE_INFINITE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|(-?(?:NaN|Infinity)'
+                             r"|-?\d+(?:\.\d+)?[eE][+-]?\d{3,}|-?\d{309,}(?:\.\d+)?)")
+
+
+def _not_finite(body: str, took_inf: Callable[[], bool]) -> str | None:
+    """What to tell the model of a number in ``body`` that is not finite, if it holds one.
+
+    pydantic takes ``NaN``, ``Infinity`` and ``1e400`` (as ``inf``) for a float; none is
+    JSON, and an answer holding one is no answer a program can pass on as JSON. An integer
+    of 309 digits or more is one where an ``int`` is asked for: only when the answer read
+    holds an infinity (``took_inf``) did one become it.
+    """
+    if not any(c in body for c in "NIeE") and len(body) < 309:  # no such literal can be here
+        return None
+    for found in _MAYBE_INFINITE.finditer(body):
+        literal = found.group(1)
+        if literal is None:  # a string
+            continue
+        if ("N" in literal or "I" in literal
+                or (math.isinf(float(literal)) and (not literal.lstrip("-").isdigit()
+                                                   or took_inf()))):
+            shown = literal if len(literal) <= 40 else f"{literal[:20]}...{literal[-10:]}"
+            return (f"the answer holds {shown}, which is no finite number (JSON numbers are "
+                    "finite, and a float holds at most about 1.8e308); send a finite number, "
+                    "or text if the schema takes text there")
+    return None
+
+
+def _holds_infinity(adapter: pydantic.TypeAdapter[Any], output: Any) -> bool:
+    """Whether ``output`` holds a float that is infinite (read from a long integer)."""
+    try:
+        data = adapter.dump_python(output)
+    except Exception:  # a type pydantic cannot dump back: its numbers stay unknown
+        return False
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, float) and math.isinf(value):
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend(value)
+    return False

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any
 
-from shoal.exceptions import ToolDefinitionError
+from shoal.exceptions import ShoalError, ToolDefinitionError
 
 __all__ = [
     "LEFT_TASKS_GRACE", "PLAIN_RESULTS", "call_on_thread", "finished_result_type",
@@ -127,6 +127,22 @@ def tool_interrupt_error(tool: str, exc: BaseException) -> ToolDefinitionError:
         f"tool {tool!r} raised KeyboardInterrupt away from the main thread (on a worker thread "
         "or process), where no Ctrl-C reaches it, so it is the tool's own raise and fails the "
         "call; raise an ordinary exception to fail a call (a Ctrl-C still stops the run)")
+    error.__cause__ = exc
+    return error
+
+
+def value_interrupt_error(what: str, exc: BaseException) -> ShoalError:
+    """The error a call fails with when ``what`` raised ``KeyboardInterrupt`` off the main thread.
+
+    ``what`` is user code run by shoal itself, not by a tool: a board's merge function, a
+    value's own ``__deepcopy__``. On a run's loop off the main thread no Ctrl-C reaches it
+    (see :func:`tool_interrupt_error`), so the raise is that code's own: it fails the call
+    concerned, recorded, and the run goes on. ``exc`` is kept as the cause.
+    """
+    error = ShoalError(
+        f"{what} raised KeyboardInterrupt on a run's loop away from the main thread, where no "
+        "Ctrl-C reaches it, so it is that code's own raise and fails the call; raise an "
+        "ordinary exception there instead (a Ctrl-C still stops the run)")
     error.__cause__ = exc
     return error
 

@@ -68,6 +68,7 @@ from shoal.executors._results import (
     tool_interrupt_error,
     unasked_cancel_error,
     unawaited_result,
+    value_interrupt_error,
 )
 from shoal.executors.base import Call, Executor
 from shoal.executors.inline import InlineExecutor
@@ -508,6 +509,7 @@ class Driver:
         # asyncio.run from a worker thread), a tool's KeyboardInterrupt is its own raise and
         # fails its call, as on the thread and process backends (decided once per run)
         self._ctrl_c_here = threading.current_thread() is threading.main_thread()
+        self.state.ctrl_c_here = self._ctrl_c_here  # (a value's own code, run by the state)
         clock = self._given_clock or clock_of(self._loop)
         if clock.loop is not self._loop:  # its timers would be set on a loop that is not running
             raise ConfigError(
@@ -1753,7 +1755,13 @@ class Driver:
         for value in settling:
             try:
                 record = value.settle(ok)
-            except KeyboardInterrupt as exc:  # a merge function's: stops the run, as Ctrl-C
+            except KeyboardInterrupt as exc:
+                if not self._ctrl_c_here:  # no Ctrl-C reaches this loop: the function's own
+                    error = value_interrupt_error(
+                        "a board's merge function (or a written value's own code)", exc)
+                    result, ok = AttemptResult("failed", error=error), False
+                    continue
+                # a merge function's: stops the run, as Ctrl-C
                 # does, but only once the call has ended: raised from here, its attempt was
                 # still running as far as the run knew, and a run stopping waited for it (an
                 # agent's tree: 5 s, blaming its tools for ignoring their cancellation)

@@ -58,6 +58,7 @@ from shoal.events import (
     NodeStarted,
     edited_args_text,
 )
+from shoal.executors._results import value_interrupt_error
 from shoal.executors.base import Call, new_call
 from shoal.limits import ConcurrencyLimit, RateLimiter
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status, jsonable
@@ -546,7 +547,8 @@ class SchedulerState:
         "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
         "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_heap",
         "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
-        "_sorted", "_sorting", "_spare", "before_expand", "clock_origin", "closed", "done_count",
+        "_sorted", "_sorting", "_spare", "before_expand", "clock_origin", "closed", "ctrl_c_here",
+        "done_count",
         "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id", "status_counts",
         "stopping",
     )
@@ -586,6 +588,9 @@ class SchedulerState:
         #: more (seconds of work): the driver sends their outcomes to the journal meanwhile
         self.before_expand: Callable[[Decisions], None] | None = None
         self.run_id = run_id
+        #: whether a KeyboardInterrupt here may be a Ctrl-C (the run's loop is on the main
+        #: thread): else one a value's own code raises fails its node (set by the driver)
+        self.ctrl_c_here = True
         self.fail_fast = fail_fast
         self.record_events = record_events
         self._default_executor = default_executor
@@ -1429,11 +1434,10 @@ class SchedulerState:
             if len(items) > MAX_MAP_ITEMS:
                 raise ValueError(f"map {node.id!r}: {len(items)} items is more than "
                                  f"{MAX_MAP_ITEMS}; split the list")
-        except KeyboardInterrupt:  # Ctrl-C stops the run
-            raise
         except BaseException as exc:  # SystemExit too: the list's own code fails the map,
             # as a tool's exit fails its call, not the run
-            self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
+            error = self._own_error(exc, "the list a map maps over")  # Ctrl-C: raised
+            self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(error))
             return
         if len(items) >= EARLY_JOURNAL_ITEMS and d.done and self.before_expand is not None:
             self.before_expand(d)
@@ -1519,10 +1523,9 @@ class SchedulerState:
                     if slot.args is None:
                         try:
                             slot.args = isolate_all(checked)
-                        except KeyboardInterrupt:  # Ctrl-C stops the run
-                            raise
-                        except BaseException:  # a failing __deepcopy__ (sys.exit() in it
-                            # too): _prepare fails the node, not the run
+                        except BaseException as exc:  # a failing __deepcopy__ (sys.exit()
+                            # in it too): _prepare fails the node, not the run
+                            self._own_error(exc, "")  # a Ctrl-C stops the run
                             if not self._prepare(slot, now, d):
                                 continue
             if slot.gates is None:  # for_call's answer for most calls, without its call
@@ -1621,15 +1624,26 @@ class SchedulerState:
                 slot.args = isolate_all(node.checked)
             else:
                 slot.args = node.tool.validate(isolate_all(node.args))
-        except KeyboardInterrupt:  # Ctrl-C stops the run
-            raise
         except BaseException as exc:  # refs that do not fit, invalid args, a failing
             # __deepcopy__; SystemExit too: a value's own code (an output's __getitem__ or
             # __repr__ calling sys.exit()) fails the node, as a tool's exit fails its call,
             # not the run (escaping, it ended the run and every other outcome was lost)
-            self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
+            error = self._own_error(exc, "an argument's own code (its __deepcopy__, say)")
+            self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(error))
             return False
         return True
+
+    def _own_error(self, exc: BaseException, what: str) -> BaseException:
+        """What a value's own code raised, as its node's error; a Ctrl-C is raised again.
+
+        A ``KeyboardInterrupt`` is a Ctrl-C only on the main thread: off it (see
+        ``Driver._start``) it is ``what``'s own raise, and fails the node as any error does.
+        """
+        if isinstance(exc, KeyboardInterrupt):
+            if self.ctrl_c_here:
+                raise exc
+            return value_interrupt_error(what, exc)
+        return exc
 
     def _lookup(self, ref: Ref) -> Any:
         outcome = self._ended[self.graph.position[ref.node]]

@@ -1,0 +1,144 @@
+"""Hostile agents, subagents, structured output and approvals, found in session 38."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pydantic
+import pytest
+
+import shoal
+from shoal.agents.output import OutputSpec
+from shoal.models.base import ModelResponse
+from shoal.testing import ScriptedModel, run_virtual
+from tests.test_found_s37 import _from_a_thread
+
+FINISH = "Thought: done.\nAction: Finish(done)"
+
+
+@shoal.tool
+async def _echo(x: str) -> str:
+    """Echo x."""
+    return f"e:{x}"
+
+
+def test_a_replan_cut_off_at_the_token_limit_tells_the_planner_so() -> None:
+    # a plain answer cut off says so (AgentResult.cut_off); a Replan(...) cut off mid-reason
+    # reached the next planner turn as if its reason were whole
+    cut = ModelResponse(text="Thought: no.\nAction: Replan(the search for 'b' failed becau",
+                        stop_reason="length")
+    model = ScriptedModel(["1. _echo('a')\n2. join()", cut, "2. _echo('b')\n3. join()",
+                           FINISH])
+    agent = shoal.Agent(name="p", model=model, tools=[_echo], mode="plan", max_replans=1)
+    result = run_virtual(agent.run("go"))
+    assert result.output == "done"
+    told = model.requests[2].messages[-1].content
+    assert ("Note: the reply asking for a new plan was cut off at the model's limit of "
+            "output tokens (stop reason 'length'), so its reason may be incomplete") in told
+    assert "Number the new calls from 2 on." in told
+
+
+def test_a_whole_replan_has_no_cut_off_note() -> None:
+    whole = "Thought: no.\nAction: Replan(the search for 'b' is missing)"
+    model = ScriptedModel(["1. _echo('a')\n2. join()", whole, "2. _echo('b')\n3. join()",
+                           FINISH])
+    agent = shoal.Agent(name="p", model=model, tools=[_echo], mode="plan", max_replans=1)
+    run_virtual(agent.run("go"))
+    assert "cut off" not in model.requests[2].messages[-1].content
+
+
+class _Reading(pydantic.BaseModel):
+    x: float
+
+
+class _Big(pydantic.BaseModel):
+    n: int
+    note: str
+
+
+@pytest.mark.parametrize("literal", ["1e400", "-1e400", "1.5E+999", "NaN", "Infinity",
+                                     "-Infinity", "1" + "0" * 400])
+def test_a_float_field_refuses_what_json_cannot_hold(literal: str) -> None:
+    # pydantic reads 1e400 (and a 400-digit integer) as inf, and NaN/Infinity as well
+    with pytest.raises(ValueError, match="which is no finite number"):
+        OutputSpec.of(_Reading).parse(f'{{"x": {literal}}}')
+
+
+def test_finite_numbers_long_integers_and_strings_that_look_infinite_still_pass() -> None:
+    assert OutputSpec.of(_Reading).parse('{"x": 1e308}').x == 1e308
+    big = "9" * 400
+    out = OutputSpec.of(_Big).parse(f'{{"n": {big}, "note": "1e400 NaN Infinity"}}')
+    assert out.n == int(big) and out.note == "1e400 NaN Infinity"
+
+
+def test_an_agent_told_its_infinite_answer_does_not_fit_answers_again() -> None:
+    model = ScriptedModel(['{"x": 1e400}', '{"x": 2.5}'])
+    agent = shoal.Agent(name="a", model=model, output_type=_Reading)
+    result = run_virtual(agent.run("go"))
+    assert result.output.x == 2.5
+    told = model.requests[1].messages[-1].content
+    assert "the answer holds 1e400, which is no finite number" in told
+
+
+# ---- a KeyboardInterrupt of a value's own code, on a loop off the main thread --------------
+
+
+def _interrupting_merge(merged: Any, value: Any) -> Any:
+    raise KeyboardInterrupt("raised by the merge")
+
+
+@shoal.tool
+async def _write_k(board: shoal.BoardHandle) -> str:
+    """Write k."""
+    board.write("k", 1)
+    return "wrote"
+
+
+@shoal.tool
+async def _kept(value: Any) -> str:
+    """Return kept."""
+    return "kept"
+
+
+@dataclasses.dataclass
+class _InterruptsWhenCopied:  # a dataclass argument is deep-copied for its call
+    def __deepcopy__(self, memo: Any) -> Any:
+        raise KeyboardInterrupt("raised by __deepcopy__")
+
+
+def _assert_only_that_call_failed(result: object, bad: Any, sibling: Any) -> None:
+    assert isinstance(result, shoal.RunResult), result  # was: KeyboardInterrupt
+    out = result[bad]
+    assert out.status == "failed" and out.error is not None, out
+    assert "raised KeyboardInterrupt on a run's loop away from the main thread" in (
+        out.error.message)
+    assert result.value(sibling) == "kept"
+
+
+def test_a_merge_functions_keyboard_interrupt_off_the_main_thread_fails_its_call() -> None:
+    # was: the whole run stopped, as for a Ctrl-C, though none reaches a thread's loop (a
+    # tool's own KeyboardInterrupt there fails only its call)
+    board = shoal.Board(k=shoal.merge.using(_interrupting_merge))
+    plan = shoal.Plan()
+    bad = plan.call(_write_k)
+    sibling = plan.call(_kept, value=1)
+    result = _from_a_thread(lambda: shoal.run_sync(plan, board=board))
+    _assert_only_that_call_failed(result, bad, sibling)
+    assert board.snapshot() == {"k": None}  # nothing committed
+
+
+def test_a_values_deepcopy_keyboard_interrupt_off_the_main_thread_fails_its_call() -> None:
+    plan = shoal.Plan()
+    bad = plan.call(_kept, value=_InterruptsWhenCopied())
+    sibling = plan.call(_kept, value=[1])
+    result = _from_a_thread(lambda: shoal.run_sync(plan))
+    _assert_only_that_call_failed(result, bad, sibling)
+
+
+def test_a_merge_functions_keyboard_interrupt_on_the_main_thread_still_stops_the_run() -> None:
+    board = shoal.Board(k=shoal.merge.using(_interrupting_merge))
+    plan = shoal.Plan()
+    plan.call(_write_k)
+    with pytest.raises(KeyboardInterrupt):
+        shoal.run_sync(plan, board=board)
