@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+import unicodedata
 from typing import Any
 
 import pydantic
@@ -12,9 +14,11 @@ import pytest
 import shoal
 from shoal.agents.output import OutputSpec
 from shoal.approvals.policy import ApprovalRequest, Rule, RulesApprover
+from shoal.cli.safe import MAX_MARKS, clean, exact_json_view
 from shoal.models.base import ModelResponse
 from shoal.outcome import jsonable
 from shoal.testing import ScriptedModel, run_virtual
+from tests.test_approvals import console_approver, request, review
 from tests.test_found_s37 import _from_a_thread
 
 FINISH = "Thought: done.\nAction: Finish(done)"
@@ -184,3 +188,32 @@ def test_values_json_dumps_refuses_are_still_matched_through_canonical_json() ->
         request = ApprovalRequest("r", "run", "n", "t", {"data": value}, "h", "n", "why")
         decision = secret.decide(request)
         assert decision is not None and decision.verdict == "deny", value
+
+
+# ---- "zalgo": long runs of combining marks ---------------------------------------------------
+
+_ZALGO = "e" + "\u0301\u0316\u0489" * 100  # 300 marks stacked on one letter
+
+
+def test_clean_keeps_a_few_combining_marks_in_a_row_and_escapes_the_rest() -> None:
+    # they passed as printable: stacked hundreds high, they drew over the lines around them
+    shown = clean(f"path {_ZALGO} end")
+    marks = [c for c in shown if unicodedata.category(c) in ("Mn", "Me")]
+    assert len(marks) == MAX_MARKS
+    assert shown.startswith("path e\u0301\u0316\u0489\u0301\\u0316\\u0489\\u0301")
+    assert shown.endswith("\\u0489 end")
+    # text of scripts that need a few marks in a row is left as it is
+    for written in ("Tiếng Việt", "क्षत्रिय", "שָׁלוֹם", "e\u0301\u0316\u0489\u0301"):
+        assert clean(written) == written
+
+
+def test_the_console_approver_shows_a_zalgo_argument_legibly() -> None:
+    approver, out, _ = console_approver("v\nd\n")
+    got = review(approver, request(path=_ZALGO), request(path="b"))
+    assert [d.verdict for d in got] == ["deny", "deny"]
+    text = out.getvalue()
+    for line in text.splitlines():
+        assert sum(unicodedata.category(c) in ("Mn", "Me") for c in line) <= MAX_MARKS, line
+    assert "\\u0489" in text  # the rest are there, as escapes
+    view, whole = exact_json_view({"path": _ZALGO})
+    assert whole and json.loads(view) == {"path": _ZALGO}  # the same value, as JSON

@@ -31,8 +31,9 @@ import os
 import re
 import reprlib
 import sys
+import unicodedata
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from shoal.outcome import huge_int_text, itself_text
@@ -43,8 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
-    "SPACE_RUN", "clean", "console", "console_size", "count", "exact_json_view",
-    "install_log_handler", "is_safe", "is_terminal", "json_view", "live_fits", "one_line",
+    "MAX_MARKS", "SPACE_RUN", "clean", "console", "console_size", "count", "exact_json_view",
+    "install_log_handler", "is_safe", "is_terminal", "json_view", "live_fits", "marks_capped",
+    "one_line",
     "others_to_stderr",
     "safe_repr",
     "safe_str", "shorten", "text", "view_text",
@@ -86,12 +88,48 @@ def clean(value: str, *, newlines: bool = False) -> str:
     """``value`` with every character that could control the terminal or hide escaped.
 
     ``newlines=True`` keeps line feeds (for a value shown on several lines on purpose);
-    carriage returns are always escaped, as they would let a line overwrite itself.
+    carriage returns are always escaped, as they would let a line overwrite itself. Past
+    :data:`MAX_MARKS` combining marks in a row, the rest are escaped too (see
+    :func:`marks_capped`).
     """
     if value.isprintable() and _INVISIBLE.search(value) is None:
-        return value  # the common case, at C speed
-    return "".join(char if is_safe(char) or (newlines and char == "\n") else _escape(char)
-                   for char in value)
+        return marks_capped(value, _escape)  # the common case, at C speed
+    return marks_capped("".join(char if is_safe(char) or (newlines and char == "\n")
+                                else _escape(char) for char in value), _escape)
+
+
+#: The most combining marks in a row shown as marks (the rest as escapes): "zalgo" text,
+#: hundreds stacked on one letter, is drawn over the lines above and below it
+MAX_MARKS = 4
+#: Runs of characters that may hold such a run (every combining mark is U+0300 or above):
+#: only their characters are looked up one by one
+_MAYBE_MARKS = re.compile(f"[\u0300-\U0010ffff]{{{MAX_MARKS + 1},}}")
+
+
+def marks_capped(value: str, escape: Callable[[str], str]) -> str:
+    """``value`` with each combining mark past :data:`MAX_MARKS` in a row written ``escape(mark)``.
+
+    A mark (Unicode categories Mn and Me) draws on the character before it: a long run
+    stacks up and over the neighbouring lines, hiding them. Scripts need a few in a row.
+    """
+    if value.isascii() or _MAYBE_MARKS.search(value) is None:
+        return value
+    category = unicodedata.category
+    out: list[str] = []
+    at = 0
+    for found in _MAYBE_MARKS.finditer(value):
+        out.append(value[at:found.start()])
+        run = 0
+        for char in found.group():
+            if category(char) in ("Mn", "Me"):
+                run += 1
+                out.append(char if run <= MAX_MARKS else escape(char))
+            else:
+                run = 0
+                out.append(char)
+        at = found.end()
+    out.append(value[at:])
+    return "".join(out)
 
 
 def shorten(value: str, width: int) -> str:
@@ -250,9 +288,10 @@ def exact_json_view(value: Any) -> tuple[str, bool]:
 def _escape_view(found: str) -> str:
     if found.isprintable() and _INVISIBLE.search(found) is None and _MARKER_OPEN not in found \
             and _MARKER_CLOSE not in found:
-        return found
-    return "".join(char if is_safe(char) and char not in (_MARKER_OPEN, _MARKER_CLOSE)
-                   else _json_escape(char) for char in found)
+        return marks_capped(found, _json_escape)
+    return marks_capped("".join(char if is_safe(char) and char not in (_MARKER_OPEN,
+                                                                         _MARKER_CLOSE)
+                                else _json_escape(char) for char in found), _json_escape)
 
 
 def view_text(view: str, limit: int | None = None) -> tuple[Text, int]:
