@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import io
 import json
+import os
 import time
 import unicodedata
 from typing import Any
@@ -13,11 +16,13 @@ import pytest
 
 import shoal
 from shoal.agents.output import OutputSpec
-from shoal.approvals.policy import ApprovalRequest, Rule, RulesApprover
+from shoal.approvals.policy import ApprovalRequest, Decision, Rule, RulesApprover
+from shoal.cli.approver import ConsoleApprover
 from shoal.cli.safe import MAX_MARKS, clean, exact_json_view
 from shoal.models.base import ModelResponse
 from shoal.outcome import jsonable
 from shoal.testing import ScriptedModel, run_virtual
+from tests.conftest import arun
 from tests.test_approvals import console_approver, request, review
 from tests.test_found_s37 import _from_a_thread
 
@@ -217,3 +222,34 @@ def test_the_console_approver_shows_a_zalgo_argument_legibly() -> None:
     assert "\\u0489" in text  # the rest are there, as escapes
     view, whole = exact_json_view({"path": _ZALGO})
     assert whole and json.loads(view) == {"path": _ZALGO}  # the same value, as JSON
+
+
+# ---- a console approver on a pipe the program read from before -------------------------------
+
+
+def test_answers_left_in_the_text_buffer_by_the_programs_own_read_are_read() -> None:
+    # the program read its first line (Python's text stream took all the bytes in the pipe);
+    # the answers sat in the stream's buffer, where select cannot see them: the question
+    # waited for good (the pipe stays open, as a wrapper feeding answers keeps it)
+    from rich.console import Console
+
+    read, write = os.pipe()
+    stream = os.fdopen(read, "r")
+    os.write(write, b"first\ny\nn\nbad\ny")  # the last line comes in two parts
+    try:
+        assert stream.readline() == "first\n"
+        approver = ConsoleApprover(Console(file=io.StringIO(), width=120, color_system=None),
+                                   stream)
+
+        async def main() -> list[Decision]:
+            got = [*await approver.review([request(path="a")]),
+                   *await approver.review([request(path="b")])]
+            asyncio.get_running_loop().call_later(0.3, os.write, write, b"\n")
+            return [*got, *await approver.review([request(path="c")])]
+
+        got = arun(main(), timeout=20)
+        assert [d.verdict for d in got] == ["approve", "deny", "approve"]
+        assert got[1].reason == "denied by a person: bad"
+    finally:
+        os.close(write)
+        stream.close()

@@ -69,14 +69,19 @@ class _Lines:
         self._fd = _waitable_fd(stream)
         # written to when a question ends unanswered: the thread stops waiting for input
         self._bell: tuple[int, int] | None = None
+        self._pending = ""  # the start of a line read from a pipe's buffer (_buffered_line)
 
     def _read(self) -> None:
         while True:
             self._asked.wait()
-            if not self._input_ready():
-                continue  # the question ended first: the line typed next is not ours
-            self._asked.clear()  # one line per question: none read ahead
-            line = self._read_one()
+            line = self._buffered_line()
+            if line is None:
+                if not self._input_ready():
+                    continue  # the question ended first: the line typed next is not ours
+                self._asked.clear()  # one line per question: none read ahead
+                line = self._read_one()
+            else:
+                self._asked.clear()
             self._lines.put(line)
             self._wake()
             if line is None:
@@ -97,6 +102,36 @@ class _Lines:
             with contextlib.suppress(OSError):
                 os.read(self._bell[0], 4096)
         return self._fd in ready and self._asked.is_set()
+
+    def _buffered_line(self) -> str | None:
+        """A whole line Python's buffers of a pipe already hold, read without waiting; else None.
+
+        A program that read standard input from a pipe before the run (``input()``,
+        ``sys.stdin.readline()``) left the lines after it in the text stream's buffer, where
+        ``select`` cannot see them: the question waited for input that had come. Read with
+        the descriptor non-blocking, a buffered line comes at once; a part of one is kept
+        for the next read (:attr:`_pending`). Not at a terminal: it hands over a line at a
+        time, leaving nothing behind (and its mode is the shell's too).
+        """
+        if self._typed or self._fd is None or self._stream is None or not self._asked.is_set():
+            return None
+        try:
+            blocking = os.get_blocking(self._fd)
+            os.set_blocking(self._fd, False)
+            try:
+                with _one_line_at_a_time(self._stream):
+                    line: object = self._stream.readline()
+            finally:
+                os.set_blocking(self._fd, blocking)
+        except Exception:  # nothing ready, a character cut in two, closed: a blocking read says
+            return None
+        if not isinstance(line, str) or not line:  # nothing buffered (or the end: read again)
+            return None
+        if not line.endswith("\n"):  # a part: the rest comes through select and a read
+            self._pending += line
+            return None
+        line, self._pending = self._pending + line, ""
+        return line
 
     def _read_one(self) -> str | None:
         """The next line; ``None`` at the end of input, or when no more can be read.
@@ -119,6 +154,7 @@ class _Lines:
                 self.ended = (f"no answer: the input gave {type(line).__name__}, not text "
                               "(open it in text mode)")
             return None
+        line, self._pending = self._pending + line, ""
         return line or None
 
     def _wake(self) -> None:
