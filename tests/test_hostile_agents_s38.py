@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
 import os
+import threading
 import time
 import unicodedata
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 import shoal
 from shoal.agents.output import OutputSpec
 from shoal.approvals.policy import ApprovalRequest, Decision, Rule, RulesApprover
-from shoal.cli.approver import ConsoleApprover
+from shoal.cli.approver import ConsoleApprover, _Lines
 from shoal.cli.safe import MAX_MARKS, clean, exact_json_view
 from shoal.models.base import ModelResponse
 from shoal.outcome import jsonable
@@ -253,3 +255,58 @@ def test_answers_left_in_the_text_buffer_by_the_programs_own_read_are_read() -> 
     finally:
         os.close(write)
         stream.close()
+
+
+class _HeldTerminal:
+    """A terminal, as far as the approver can tell, whose reads wait until released.
+
+    It reads a real pipe: ``select`` sees its lines come. A read held lets a test end the
+    question between ``select`` seeing a line and the line being read.
+    """
+
+    def __init__(self, stream: io.TextIOWrapper) -> None:
+        self.stream = stream
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def readline(self) -> str:
+        self.reading.set()
+        self.release.wait(10)
+        return self.stream.readline()
+
+
+def test_a_line_typed_for_a_question_that_ended_does_not_answer_the_next() -> None:
+    # was: the "y" typed as the first question timed out was read after it ended and taken
+    # as the answer to the next question, approving a call nobody said yes to
+    read, write = os.pipe()
+    stream = os.fdopen(read, "r")
+    held = _HeldTerminal(stream)
+    lines = _Lines(held)  # type: ignore[arg-type]  # (it reads only what _HeldTerminal has)
+
+    async def main() -> str | None:
+        first = asyncio.ensure_future(lines.readline())
+        await asyncio.sleep(0.05)
+        os.write(write, b"y\n")  # typed for the first question
+        # select saw it: the thread is reading it now
+        assert await asyncio.to_thread(held.reading.wait, 10)
+        first.cancel()  # the first question ends (it timed out)
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        second = asyncio.ensure_future(lines.readline())
+        await asyncio.sleep(0.05)
+        held.release.set()  # the read made for the first question ends now
+        await asyncio.sleep(0.2)
+        os.write(write, b"n\n")  # typed for the second question
+        return await asyncio.wait_for(second, 10)
+
+    try:
+        assert arun(main(), timeout=30) == "n"
+    finally:
+        held.release.set()
+        os.close(write)

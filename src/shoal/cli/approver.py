@@ -61,7 +61,9 @@ class _Lines:
         self.ended = _NO_INPUT if stream is not None else _NO_STDIN
         # a person types at a terminal; lines from a file or a pipe are a script, all answers
         self._typed = is_terminal(stream)
-        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # each line read, with the number of the question it was read for (see readline)
+        self._lines: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
+        self._question = 0  # the number of the question waiting (or that waited last)
         self._thread: threading.Thread | None = None
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self._lock = threading.Lock()
@@ -74,15 +76,17 @@ class _Lines:
     def _read(self) -> None:
         while True:
             self._asked.wait()
+            question = self._question  # the line read now is this question's answer
             line = self._buffered_line()
             if line is None:
                 if not self._input_ready():
                     continue  # the question ended first: the line typed next is not ours
+                question = self._question  # (another may be asking by now)
                 self._asked.clear()  # one line per question: none read ahead
                 line = self._read_one()
             else:
                 self._asked.clear()
-            self._lines.put(line)
+            self._lines.put((question, line))
             self._wake()
             if line is None:
                 return
@@ -180,25 +184,32 @@ class _Lines:
                 termios.tcflush(self._fd, termios.TCIFLUSH)
         while True:
             try:
-                line = self._lines.get_nowait()
+                question, line = self._lines.get_nowait()
             except queue.Empty:
                 return
             if line is None:  # end of input is not typed-ahead: keep it
-                self._lines.put(None)
+                self._lines.put((question, None))
                 return
 
     async def readline(self) -> str | None:
-        """The next line without its newline, or ``None`` at end of input."""
+        """The next line without its newline, or ``None`` at end of input.
+
+        At a terminal, a line read for a question that has ended (typed as it timed out:
+        the reading thread had seen it come, and read it as the question ended) is dropped,
+        not taken as the answer to this one: a ``y`` meant for one call approved the next.
+        From a file or a pipe every line is an answer, in order.
+        """
         if self._thread is None:
             self._start()
         while True:
             try:
-                line = self._lines.get_nowait()
+                question, line = self._lines.get_nowait()
             except queue.Empty:
                 future = asyncio.get_running_loop().create_future()
                 with self._lock:
                     self._waiter = (asyncio.get_running_loop(), future)
                 if self._lines.empty():
+                    self._question += 1  # (before the thread is asked: it reads the number)
                     self._asked.set()
                     try:
                         await future
@@ -207,8 +218,10 @@ class _Lines:
                         raise
                 continue
             if line is None:
-                self._lines.put(None)  # every later read sees the end too
+                self._lines.put((question, None))  # every later read sees the end too
                 return None
+            if self._typed and question != self._question:  # typed for a question now gone
+                continue
             return line.rstrip("\r\n")
 
     def _start(self) -> None:
