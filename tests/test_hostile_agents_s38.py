@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import os
+import sys
 import threading
 import time
 import unicodedata
@@ -21,7 +22,7 @@ from shoal.agents.output import OutputSpec
 from shoal.approvals.policy import ApprovalRequest, Decision, Rule, RulesApprover
 from shoal.cli.approver import ConsoleApprover, _Lines
 from shoal.cli.safe import MAX_MARKS, clean, exact_json_view
-from shoal.models.base import ModelResponse
+from shoal.models.base import ModelResponse, ToolCall
 from shoal.outcome import jsonable
 from shoal.testing import ScriptedModel, run_virtual
 from tests.conftest import arun
@@ -310,3 +311,35 @@ def test_a_line_typed_for_a_question_that_ended_does_not_answer_the_next() -> No
     finally:
         held.release.set()
         os.close(write)
+
+
+# ---- an output_type whose own validator calls sys.exit() ---------------------------------------
+
+
+class _Exits(pydantic.BaseModel):
+    x: int
+
+    @pydantic.field_validator("x")
+    @classmethod
+    def _check(cls, x: int) -> int:
+        if x == 1:
+            sys.exit(3)
+        return x
+
+
+def test_an_output_types_sys_exit_fails_the_agent_not_the_program() -> None:
+    # was: SystemExit out of agent.run (a tool's sys.exit() fails only its call)
+    agent = shoal.Agent(name="a", model=ScriptedModel(['{"x": 1}']), output_type=_Exits)
+    with pytest.raises(shoal.ShoalError, match=r"own validation code raised SystemExit\(3\)"):
+        run_virtual(agent.run("go"))
+
+
+def test_a_subagents_output_type_sys_exit_fails_only_its_call() -> None:
+    sub = shoal.Agent(name="sub", model=ScriptedModel(['{"x": 1}']), output_type=_Exits)
+    asks = ModelResponse(tool_calls=(ToolCall("c1", "sub", '{"task": "x"}'),))
+    lead = shoal.Agent(name="lead", model=ScriptedModel([asks, "went on"]), subagents=[sub])
+    result = run_virtual(lead.run("go"))
+    assert result.output == "went on"
+    (record,) = result.calls
+    assert record.status == "failed"
+    assert "SystemExit(3)" in record.message.content

@@ -11,6 +11,8 @@ from typing import Any
 
 import pydantic
 
+from shoal.exceptions import ShoalError
+from shoal.merge import shown
 from shoal.models.base import number_too_long
 
 __all__ = ["OutputSpec"]
@@ -59,6 +61,12 @@ class OutputSpec:
             body = fenced.group(1)
         try:
             output = self.adapter.validate_json(body, strict=True)
+        except SystemExit as exc:  # the type's own validator: it fails the agent, not the program
+            raise ShoalError(
+                f"output_type {shown(self.output_type)}'s own validation code raised "
+                f"SystemExit({shown(exc.code)}) reading the model's answer; a validator "
+                "refuses a value by raising ValueError (the model is then asked again)"
+            ) from exc
         except pydantic.ValidationError as exc:
             errors = exc.errors()
             too_long = _number_too_long(errors[0], body) if len(errors) == 1 else None
