@@ -343,3 +343,11 @@ def test_a_subagents_output_type_sys_exit_fails_only_its_call() -> None:
     (record,) = result.calls
     assert record.status == "failed"
     assert "SystemExit(3)" in record.message.content
+
+
+def test_a_cost_budget_of_infinity_is_no_limit_even_for_a_model_without_a_price() -> None:
+    # infinity passes the check as "no limit" (as a deadline's does), but the first reply of
+    # a model of unknown price ended the tree: "budget cost limit of inf cannot be held"
+    agent = shoal.Agent(name="a", model=ScriptedModel(["hi"]),
+                        budget=shoal.Budget(cost=float("inf")))
+    assert run_virtual(agent.run("go")).output == "hi"

@@ -18,6 +18,7 @@ Two kinds of breach:
 from __future__ import annotations
 
 import asyncio
+import math
 import numbers
 import warnings
 from collections.abc import Callable
@@ -202,7 +203,7 @@ class BudgetTracker:
         tokens, cost = self.budget.tokens, self.budget.cost
         if tokens is not None and self.usage.total_tokens > tokens:
             self.stop(BudgetExceeded("tokens", self.usage.total_tokens, tokens, where))
-        if cost is not None:
+        if cost is not None and cost != math.inf:  # infinity is no limit, as None is
             if usage.cost is None:  # counted as nothing, the limit would never be reached
                 self.stop(BudgetExceeded("cost", self.usage.cost or 0.0, cost, where,
                                          unheld=_UNPRICED))
