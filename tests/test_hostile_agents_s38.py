@@ -351,3 +351,16 @@ def test_a_cost_budget_of_infinity_is_no_limit_even_for_a_model_without_a_price(
     agent = shoal.Agent(name="a", model=ScriptedModel(["hi"]),
                         budget=shoal.Budget(cost=float("inf")))
     assert run_virtual(agent.run("go")).output == "hi"
+
+
+def test_a_printed_line_caps_a_run_of_marks_split_by_colour_codes() -> None:
+    # the live view cleaned each styled part apart: one colour per mark kept all 300
+    from rich.console import Console
+
+    from shoal.cli.live import _printed_line
+
+    colours = ["\x1b[31m", "\x1b[32m"]
+    line = "e" + "".join(f"{colours[i % 2]}\u0301" for i in range(300)) + "\x1b[0m end"
+    shown = _printed_line(Console(file=io.StringIO(), width=120), line.encode()).plain
+    assert sum(unicodedata.category(c) in ("Mn", "Me") for c in shown) == MAX_MARKS
+    assert shown.endswith("\\u0301 end")

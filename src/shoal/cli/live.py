@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shoal.cli.render import ID_WIDTH, STATUS_STYLES, seconds
-from shoal.cli.safe import clean
+from shoal.cli.safe import clean, marks_capped_parts
 from shoal.cli.safe import text as safe_text
 from shoal.outcome import RunResult
 from shoal.runtime import RunHandle
@@ -184,9 +184,12 @@ def _printed_line(console: Console, line: bytes) -> Text:
     decoded = Text.from_ansi(line.decode("utf-8", "replace"))
     decoded.expand_tabs()
     out = Text()
-    for segment in decoded.render(console, end=""):
+    segments = list(decoded.render(console, end=""))
+    # a run of combining marks is capped across the styled parts, as the terminal draws it
+    texts = marks_capped_parts([clean(segment.text) for segment in segments])
+    for segment, shown in zip(segments, texts, strict=True):
         style = segment.style.clear_meta_and_links() if segment.style else None
-        out.append(clean(segment.text), style)
+        out.append(shown, style)
     return out
 
 

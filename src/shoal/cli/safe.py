@@ -46,7 +46,7 @@ __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
     "MAX_MARKS", "SPACE_RUN", "clean", "console", "console_size", "count", "exact_json_view",
     "install_log_handler", "is_safe", "is_terminal", "json_view", "live_fits", "marks_capped",
-    "one_line",
+    "marks_capped_parts", "one_line",
     "others_to_stderr",
     "safe_repr",
     "safe_str", "shorten", "text", "view_text",
@@ -114,22 +114,32 @@ def marks_capped(value: str, escape: Callable[[str], str]) -> str:
     """
     if value.isascii() or _MAYBE_MARKS.search(value) is None:
         return value
+    return marks_capped_parts([value], escape)[0]
+
+
+def marks_capped_parts(parts: list[str], escape: Callable[[str], str] = _escape) -> list[str]:
+    """:func:`marks_capped` of the parts of one text, as drawn one after the other.
+
+    A run of marks counts across parts: a line of one styled part per mark (a colour code
+    between each two) stacks them all the same.
+    """
+    joined = "".join(parts)
+    if joined.isascii() or _MAYBE_MARKS.search(joined) is None:
+        return parts
     category = unicodedata.category
-    out: list[str] = []
-    at = 0
-    for found in _MAYBE_MARKS.finditer(value):
-        out.append(value[at:found.start()])
-        run = 0
-        for char in found.group():
-            if category(char) in ("Mn", "Me"):
+    run = 0
+    capped: list[str] = []
+    for part in parts:
+        out: list[str] = []
+        for char in part:
+            if char >= "\u0300" and category(char) in ("Mn", "Me"):
                 run += 1
                 out.append(char if run <= MAX_MARKS else escape(char))
             else:
                 run = 0
                 out.append(char)
-        at = found.end()
-    out.append(value[at:])
-    return "".join(out)
+        capped.append("".join(out))
+    return capped
 
 
 def shorten(value: str, width: int) -> str:
