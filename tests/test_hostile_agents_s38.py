@@ -364,3 +364,31 @@ def test_a_printed_line_caps_a_run_of_marks_split_by_colour_codes() -> None:
     shown = _printed_line(Console(file=io.StringIO(), width=120), line.encode()).plain
     assert sum(unicodedata.category(c) in ("Mn", "Me") for c in shown) == MAX_MARKS
     assert shown.endswith("\\u0301 end")
+
+
+# ---- an approver's KeyboardInterrupt on a loop off the main thread ----------------------------
+
+
+def _interrupting_approver(request: ApprovalRequest) -> Decision:
+    raise KeyboardInterrupt("raised by the approver")
+
+
+@shoal.tool(approval=True)
+async def _guarded(path: str) -> str:
+    """Needs approval."""
+    return f"ran {path}"
+
+
+def test_an_approvers_keyboard_interrupt_off_the_main_thread_denies_its_calls() -> None:
+    # was: the whole run stopped, as for a Ctrl-C, though none reaches a thread's loop (a
+    # tool's own KeyboardInterrupt there fails only its call; an approver's SystemExit denies)
+    plan = shoal.Plan()
+    guarded = plan.call(_guarded, path="x")
+    sibling = plan.call(_kept, value=1)
+    result = _from_a_thread(lambda: shoal.run_sync(plan, approver=_interrupting_approver))
+    assert isinstance(result, shoal.RunResult), result  # was: KeyboardInterrupt
+    out = result[guarded]
+    assert out.status == "denied", out
+    assert "raised KeyboardInterrupt: raised by the approver away from the main thread" in (
+        out.reason)
+    assert result.value(sibling) == "kept"

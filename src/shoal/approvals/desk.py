@@ -535,8 +535,16 @@ class ApprovalDesk:
                 log.warning("approver %s %s", _name_of(approver), wrong)
                 return [Decision.deny(f"the approver {wrong}") for _ in requests]
             answers = list(itertools.islice(answer, len(requests)))
-        except KeyboardInterrupt:
-            raise  # Ctrl-C keeps its meaning
+        except KeyboardInterrupt as exc:
+            if threading.current_thread() is threading.main_thread():
+                raise  # Ctrl-C keeps its meaning
+            # no Ctrl-C reaches a loop off the main thread: the approver's own raise, which
+            # denies as any failure of its code does (it stopped the whole run)
+            log.warning("approver %s raised KeyboardInterrupt away from the main thread",
+                        _name_of(approver))
+            why = (f"the approver failed: it raised {describe_exception(exc)} away from the "
+                   "main thread, where no Ctrl-C reaches it")
+            return [Decision.deny(why) for _ in requests]
         except GeneratorExit:
             if asyncio._get_running_loop() is None:  # the review's coroutine closed as
                 raise  # garbage (its loop gone): no answer can be given any more
