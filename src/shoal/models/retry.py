@@ -335,12 +335,15 @@ class ModelGate:
     async def stream_to(self, model: Model, request: ModelRequest,
                         take: Callable[[StreamEvent], object], *,
                         on_event: EventCallback | None = None,
-                        retry_after_text: bool = False) -> None:
+                        retry_after_text: bool = False,
+                        restart: Callable[[], object] | None = None) -> None:
         """:meth:`stream`, handing each event to ``take`` instead of yielding it.
 
         The same retries, for a consumer that acts on each event at once (an agent's turn):
         one generator less between the model and it, which every event of every reply
-        crossed. An error ``take`` raises is the caller's, never retried.
+        crossed. An error ``take`` raises is the caller's, never retried. ``restart`` is
+        called as an attempt that failed is to be retried: the next attempt streams the
+        reply from its start, so what the failed one streamed is to be forgotten.
         """
         failures = 0
         while True:
@@ -380,7 +383,10 @@ class ModelGate:
             failures += 1
             if sent_text or not _transient(failed) or failures > self.retry.retries:
                 raise failed
-            await asyncio.sleep(self._back_off(model, failed, failures, on_event))
+            delay = self._back_off(model, failed, failures, on_event)
+            if restart is not None:
+                restart()
+            await asyncio.sleep(delay)
 
     def _gated(self) -> bool:
         """Whether a request may have to wait: a cap, a pause met once, or slots elsewhere.

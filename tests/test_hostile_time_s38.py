@@ -1,0 +1,120 @@
+"""A hostile user of timeouts, retries, limits, budgets and the virtual clock (sweep 38).
+
+Each test here failed before the fix it names; time runs on the virtual clock of
+:mod:`shoal.testing` wherever it matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+import shoal
+from shoal.exceptions import ModelHTTPError
+from shoal.models.base import (
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
+from shoal.models.retry import ModelGates, ModelRetry
+from shoal.testing import VirtualClockLoop, run_virtual
+
+
+def test_timers_due_at_one_instant_fire_in_the_order_they_were_set() -> None:
+    # was: asyncio's heap of timers orders them by due time alone, and on the virtual clock
+    # thousands are due at the very same time: they fired in heap order (0, 2, 6, 14, 30,
+    # 4999, 4998, ...), where a real loop, whose clock moves between two call_later, fires
+    # them in the order they were set
+    loop = VirtualClockLoop()
+    fired: list[object] = []
+
+    def again(n: int) -> None:  # set from a timer's callback, at the same instant
+        fired.append(("again", n))
+        if n < 3:
+            loop.call_at(10.0, again, n + 1)
+
+    try:
+        for i in range(5000):
+            loop.call_at(10.0, fired.append, i)
+        loop.call_at(10.0, again, 0)
+        loop.call_at(5.0, fired.append, "first")
+        handles = [loop.call_at(10.0, fired.append, f"dropped {i}") for i in range(100)]
+        for handle in handles:  # cancelled ones make the loop rebuild its heap
+            handle.cancel()
+        loop.run_until_complete(asyncio.sleep(20))
+    finally:
+        loop.close()
+    assert fired == ["first", *range(5000), *(("again", n) for n in range(4))]
+
+
+def test_calls_that_sleep_alike_end_in_the_order_they_began() -> None:
+    ended: list[int] = []
+
+    @shoal.tool
+    async def nap(i: int) -> int:
+        """Sleep a second, then say so."""
+        await asyncio.sleep(1)
+        ended.append(i)
+        return i
+
+    plan = shoal.Plan()
+    for i in range(50):
+        plan.call(nap, i=i)
+    result = run_virtual(shoal.run(plan))
+    assert all(o.ok and o.finished_at == 1.0 for o in result.outcomes.values())
+    assert ended == list(range(50))  # was [0, 2, 6, 14, 30, 49, 48, 47, ...]
+
+
+class _FailsOnceMidStream(Model):
+    """Streams 1,600 characters of plan or answer, failing with a 503 after them once.
+
+    The bound on a stream is a token per 16 characters: 100 tokens for each attempt; the
+    reply's usage is 110 tokens.
+    """
+
+    name = "midstream"
+    streams_tool_calls = True
+
+    def __init__(self, first: str, then: str) -> None:
+        self.first, self.then = first, then
+        self.streams = 0
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        """The plan's joiner: done."""
+        return ModelResponse(self.then, usage=Usage(1, 1, requests=1))
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """The reply: failing the first time, after its text."""
+        self.streams += 1
+        text = self.first + " " * (1600 - len(self.first))
+        for start in range(0, 1600, 160):
+            await asyncio.sleep(0.01)
+            yield TextDelta(text[start : start + 160])
+        if self.streams == 1:
+            raise ModelHTTPError(self.name, "overloaded", 503)
+        yield ResponseDone(ModelResponse(text, usage=Usage(10, 100, requests=1)))
+
+
+@pytest.mark.parametrize("mode", ["tools", "plan"])
+def test_a_stream_retried_midway_counts_its_text_once_against_the_token_budget(mode: str) -> None:
+    # was: the text the failed attempt streamed still counted while its retry streamed the
+    # reply again from its start: a reply of 110 tokens stopped the tree under
+    # Budget(tokens=150), "used 160" (the retry's reply, once it ended, settled only itself)
+    @shoal.tool
+    async def echo(x: str) -> str:
+        """Echo ``x``."""
+        return x
+
+    first = "1. echo('a')\n" if mode == "plan" else "the answer"
+    model = _FailsOnceMidStream(first, "Thought: done.\nAction: Finish(done)")
+    agent: shoal.Agent[str] = shoal.Agent(name="lead", model=model, tools=[echo], mode=mode)  # type: ignore[arg-type]
+    gates = ModelGates(retry=ModelRetry(retries=1, backoff=0.1))
+    result = run_virtual(agent.run("go", gates=gates, budget=shoal.Budget(tokens=150)))
+    assert model.streams == 2 and gates.retries == 1
+    assert result.usage.output_tokens >= 100 and result.usage.total_tokens <= 150
