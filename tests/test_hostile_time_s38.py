@@ -7,6 +7,7 @@ Each test here failed before the fix it names; time runs on the virtual clock of
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -24,6 +25,7 @@ from shoal.models.base import (
 )
 from shoal.models.retry import ModelGates, ModelRetry
 from shoal.testing import VirtualClockLoop, run_virtual
+from tests import process_tools as pt
 
 
 def test_timers_due_at_one_instant_fire_in_the_order_they_were_set() -> None:
@@ -118,3 +120,52 @@ def test_a_stream_retried_midway_counts_its_text_once_against_the_token_budget(m
     result = run_virtual(agent.run("go", gates=gates, budget=shoal.Budget(tokens=150)))
     assert model.streams == 2 and gates.retries == 1
     assert result.usage.output_tokens >= 100 and result.usage.total_tokens <= 150
+
+
+def test_a_thread_call_timed_out_by_the_virtual_clock_says_why() -> None:
+    # was: a sync tool of 0.2 s (real) with timeout=10 ended timed_out at virtual 10 s, its
+    # thread abandoned, saying only "did not finish within its timeout of 10 s": the virtual
+    # clock leapt to the timeout while the thread worked (threads take no virtual time)
+    @shoal.tool(timeout=10)
+    def nap() -> str:
+        """Sleep on the real clock."""
+        time.sleep(0.2)
+        return "rested"
+
+    plan = shoal.Plan()
+    plan.call(nap)
+    outcome = run_virtual(shoal.run(plan)).outcomes["nap#1"]
+    assert outcome.status == "timed_out" and outcome.abandoned
+    assert (
+        "timed out on the virtual clock of shoal.testing, where work on a thread or in a "
+        "process takes no virtual time" in outcome.reason
+    )
+    assert "test the tool on a real event loop, or give it no timeout" in outcome.reason
+
+
+def test_an_async_call_timed_out_by_the_virtual_clock_says_nothing_of_threads() -> None:
+    @shoal.tool(timeout=10)
+    async def hang() -> str:
+        """Sleep on the virtual clock, past the timeout."""
+        await asyncio.sleep(20)
+        return "rested"
+
+    plan = shoal.Plan()
+    plan.call(hang)
+    outcome = run_virtual(shoal.run(plan)).outcomes["hang#1"]
+    assert (outcome.status, outcome.reason, outcome.finished_at) == ("timed_out", "", 10.0)
+
+
+def test_a_process_call_on_the_virtual_clock_fails_at_once_saying_why() -> None:
+    # was: failed after a leap of 120 virtual seconds with "the template process that starts
+    # workers did not answer within 120 s" (a worker process answers in real time, which
+    # the virtual clock does not wait for: it leapt past the wait at once)
+    plan = shoal.Plan()
+    plan.call(shoal.tool(pt.square).options(isolation="process"), x=3)
+    outcome = run_virtual(shoal.run(plan)).outcomes["square#1"]
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error.type == "shoal.exceptions.ExecutorError" and outcome.finished_at == 0.0
+    assert (
+        "cannot run on shoal.testing's virtual clock: a worker process answers in real "
+        "time" in outcome.error.message
+    )

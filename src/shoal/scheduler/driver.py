@@ -1412,7 +1412,8 @@ class Driver:
         except TimeoutError as exc:
             if scope is not None and scope.expired():
                 result = AttemptResult("timed_out", error=ToolTimeoutError(
-                    call.tool.name, call.timeout or 0.0), abandoned=call.abandoned)
+                    call.tool.name, call.timeout or 0.0), abandoned=call.abandoned,
+                    reason=self._leapt(call))
             else:
                 result = AttemptResult("failed", error=exc)
         except KeyboardInterrupt as exc:
@@ -1425,6 +1426,22 @@ class Driver:
                 result.unstarted = True  # journal: its tool never ran
         assert self._context is not None
         self._context.run(self._report, self._attempt_done, call, result)
+
+    def _leapt(self, call: Call) -> str:
+        """Why a call off the loop timed out, when the run's clock does not see its work.
+
+        On :class:`shoal.testing.VirtualClockLoop` (a clock on which a backend's real-time
+        stamps mean nothing) a thread's or a process's work takes no virtual time: the clock
+        leaps to the timeout while the tool runs, and "did not finish within its timeout of
+        10 s" said nothing of why a tool of 0.2 s did not.
+        """
+        clock = self._clock
+        if call.isolation == "inline" or clock is None or clock.from_monotonic(0.0) is not None:
+            return ""
+        return (f"timed out on the virtual clock of shoal.testing, where work on a thread or "
+                f"in a process takes no virtual time: the clock leapt to the timeout "
+                f"({call.timeout or 0.0:g} s) while the tool ran; test the tool on a real "
+                f"event loop, or give it no timeout there")
 
     async def _attempt_inline(self, call: Call) -> None:
         """:meth:`_attempt` for an async call run inline with nothing around it: most calls.
