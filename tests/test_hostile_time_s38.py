@@ -7,12 +7,15 @@ Each test here failed before the fix it names; time runs on the virtual clock of
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 import shoal
+from shoal import ConfigError
 from shoal.exceptions import ModelHTTPError
 from shoal.models.base import (
     Model,
@@ -169,3 +172,39 @@ def test_a_process_call_on_the_virtual_clock_fails_at_once_saying_why() -> None:
         "cannot run on shoal.testing's virtual clock: a worker process answers in real "
         "time" in outcome.error.message
     )
+
+
+@pytest.mark.parametrize("seed", [[1], {}, math.nan, True, object()])
+@pytest.mark.parametrize(
+    "make", [lambda seed: shoal.Runtime(seed=seed), lambda seed: ModelGates(seed=seed)]
+)
+def test_a_jitter_seed_of_no_use_is_refused_naming_it(seed: object, make: Any) -> None:
+    # was: random's own TypeError ("The only supported seed types are: None, int, ..."),
+    # naming neither the option nor the value; a NaN was taken, whose hash is its identity,
+    # so the "reproducible" jitter differed at each run
+    with pytest.raises(
+        ConfigError,
+        match=r"seed must be a whole number, text or bytes, or "
+        r"None \(no seed\), got ",
+    ):
+        make(seed)
+
+
+@pytest.mark.parametrize("seed", [7, "run-7", b"7", 2**100])
+def test_a_jitter_seed_makes_the_same_waits_each_time(seed: object) -> None:
+    def waits() -> list[float]:
+        starts: list[float] = []
+
+        @shoal.tool(retries=3, backoff=1.0, jitter=1.0)
+        async def down() -> None:
+            """Fail each time, noting when."""
+            starts.append(asyncio.get_running_loop().time())
+            raise ConnectionError("down")
+
+        plan = shoal.Plan()
+        plan.call(down)
+        run_virtual(shoal.Runtime(seed=seed).run(plan))  # type: ignore[arg-type]
+        return starts
+
+    first = waits()
+    assert len(first) == 4 and first == waits()

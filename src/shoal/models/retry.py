@@ -30,6 +30,7 @@ from typing import Any, cast
 from shoal._deprecation import renamed
 from shoal.events import Event, ModelRetrying, deliver
 from shoal.exceptions import ConfigError, ModelConnectionError, ModelError, ModelHTTPError
+from shoal.limits import seeded
 from shoal.merge import shown
 from shoal.models._common import _notices, notices_to
 from shoal.models.base import (
@@ -469,7 +470,7 @@ class ModelGates:
         _check_gate("ModelGates", retry, max_concurrency)
         self._retry = retry
         self._max_concurrency = max_concurrency
-        self._rng = random.Random(seed)
+        self._rng = seeded("ModelGates", seed)
         self._gates: dict[str, ModelGate] = {}
 
     def for_model(self, model: Model) -> ModelGate:
