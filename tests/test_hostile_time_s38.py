@@ -208,3 +208,21 @@ def test_a_jitter_seed_makes_the_same_waits_each_time(seed: object) -> None:
 
     first = waits()
     assert len(first) == 4 and first == waits()
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_model_timeout_too_large_for_a_float_is_refused_when_made(kind: str) -> None:
+    # was: OpenAIModel(timeout=10**400) was taken, and each of its requests failed with an
+    # OverflowError ("int too large to convert to float") from setting its timer
+    from shoal.models.anthropic import AnthropicModel
+    from shoal.models.openai import OpenAIModel
+
+    make = OpenAIModel if kind == "openai" else AnthropicModel
+    with pytest.raises(
+        ConfigError,
+        match=r"timeout must be a number of seconds a float can "
+        r"hold \(None or math.inf for no limit\); got <a whole number of about "
+        r"401 digits>",
+    ):
+        make("m", timeout=10**400, api_key="k")
+    assert make("m", timeout=10**300, api_key="k").timeout == 10**300
