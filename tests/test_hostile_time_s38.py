@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,7 +28,7 @@ from shoal.models.base import (
     Usage,
 )
 from shoal.models.retry import ModelGates, ModelRetry
-from shoal.testing import VirtualClockLoop, run_virtual
+from shoal.testing import ScriptedModel, VirtualClockLoop, pause, run_virtual
 from tests import process_tools as pt
 
 
@@ -226,3 +227,67 @@ def test_a_model_timeout_too_large_for_a_float_is_refused_when_made(kind: str) -
     ):
         make("m", timeout=10**400, api_key="k")
     assert make("m", timeout=10**300, api_key="k").timeout == 10**300
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "named"),
+    [
+        (lambda big: ModelRetry(backoff=big), ConfigError, "ModelRetry: backoff must be"),
+        (lambda big: ModelRetry(max_backoff=big), ConfigError, "ModelRetry: max_backoff must be"),
+        (
+            lambda big: ModelRetry(max_retry_after=big),
+            ConfigError,
+            "ModelRetry: max_retry_after must be",
+        ),
+        (lambda big: ModelRetry(jitter=big), ConfigError, "ModelRetry: jitter must be"),
+        (lambda big: pause(big), ValueError, "pause() takes a finite number of seconds"),
+        (
+            lambda big: VirtualClockLoop(start=big),
+            ValueError,
+            "VirtualClockLoop's start must be a finite number",
+        ),
+        (
+            lambda big: ScriptedModel(["x"], tokens_per_second=big),
+            ValueError,
+            "tokens_per_second must be a positive number",
+        ),
+        (lambda big: ScriptedModel(["x"], latency=big), ValueError, "latency must be a finite"),
+        (
+            lambda big: ScriptedModel(["x"], tokens_per_second=1, first_token=big),
+            ValueError,
+            "first_token must be a finite number",
+        ),
+    ],
+)
+def test_seconds_too_large_for_a_float_are_refused_naming_what(
+    make: Any, error: type[Exception], named: str
+) -> None:
+    # was: math.isfinite's bare OverflowError ("int too large to convert to float"), naming
+    # neither the setting nor its value
+    with pytest.raises(
+        error, match=re.escape(named) + ".* got <a whole number of about 401 digits>"
+    ):
+        make(10**400)
+
+
+def test_a_clock_whose_epoch_is_too_large_for_a_float_is_refused_saying_so() -> None:
+    class Far(shoal.Clock):
+        def epoch(self) -> float:
+            return 10**400
+
+    @shoal.tool
+    async def one() -> int:
+        """Return 1."""
+        return 1
+
+    async def main() -> None:
+        plan = shoal.Plan()
+        plan.call(one)
+        await shoal.Runtime(clock=Far(asyncio.get_running_loop())).run(plan)
+
+    with pytest.raises(
+        ConfigError,
+        match=r"gave the date <a whole number of about 401 "
+        r"digits>: its epoch\(\) must return finite epoch seconds",
+    ):
+        run_virtual(main())

@@ -30,7 +30,7 @@ from typing import Any, cast
 from shoal._deprecation import renamed
 from shoal.events import Event, ModelRetrying, deliver
 from shoal.exceptions import ConfigError, ModelConnectionError, ModelError, ModelHTTPError
-from shoal.limits import seeded
+from shoal.limits import finite, seeded
 from shoal.merge import shown
 from shoal.models._common import _notices, notices_to
 from shoal.models.base import (
@@ -69,7 +69,7 @@ def _whole(value: object) -> bool:
 def _seconds(value: object) -> bool:
     """A finite real number, 0 or more (``bool`` is not taken for one)."""
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value) and float(value) >= 0)
+            and finite(value) and float(value) >= 0)
 
 
 def _from_attempts(attempts: int, retries: int) -> int:

@@ -28,6 +28,8 @@ from contextvars import Context
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from shoal.clock import Clock
+from shoal.limits import finite
+from shoal.merge import shown
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -185,8 +187,9 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         if isinstance(start, bool) or not isinstance(start, int | float):
             raise TypeError(f"VirtualClockLoop's start must be a number of seconds, got "
                             f"{type(start).__name__}")
-        if not math.isfinite(start):  # timers at inf or nan would never be due, or always
-            raise ValueError(f"VirtualClockLoop's start must be a finite number, got {start!r}")
+        if not finite(start):  # timers at inf or nan would never be due, or always
+            raise ValueError(f"VirtualClockLoop's start must be a finite number, got "
+                             f"{shown(start)}")
         del args, kwargs  # a subclass's own arguments, for its __init__
         return super().__new__(cls)
 
