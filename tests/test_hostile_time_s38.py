@@ -22,11 +22,13 @@ from shoal.models.base import (
     Model,
     ModelRequest,
     ModelResponse,
+    ModelSettings,
     ResponseDone,
     StreamEvent,
     TextDelta,
     Usage,
 )
+from shoal.models.prices import Price
 from shoal.models.retry import ModelGates, ModelRetry
 from shoal.testing import ScriptedModel, VirtualClockLoop, pause, run_virtual
 from tests import process_tools as pt
@@ -257,6 +259,8 @@ def test_a_model_timeout_too_large_for_a_float_is_refused_when_made(kind: str) -
             ValueError,
             "first_token must be a finite number",
         ),
+        (lambda big: Price(input=big, output=1), ConfigError, "Price.input must be a finite"),
+        (lambda big: ModelSettings(temperature=big), ConfigError, "temperature must be a finite"),
     ],
 )
 def test_seconds_too_large_for_a_float_are_refused_naming_what(
