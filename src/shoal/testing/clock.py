@@ -137,18 +137,14 @@ class _Timer(asyncio.TimerHandle):
     """
 
     __slots__ = ("_order",)
+    _order: int  # set by VirtualClockLoop.call_at: how many timers the loop set before it
 
-    def __init__(self, when: float, callback: Callable[..., object], args: tuple[Any, ...],
-                 loop: asyncio.AbstractEventLoop, context: Context | None, order: int) -> None:
-        super().__init__(when, callback, args, loop, context)
-        self._order = order
-
-    def __lt__(self, other: object) -> bool:
-        if isinstance(other, _Timer):
-            when = other._when  # type: ignore[attr-defined]
-            mine: float = self._when  # type: ignore[attr-defined]
-            return mine < when or (mine == when and self._order < other._order)
-        return bool(super().__lt__(other))  # type: ignore[operator]
+    def __lt__(self, other: _Timer) -> bool:  # type: ignore[override]
+        # every timer of the loop is one (see VirtualClockLoop.call_at): no type check, as
+        # heapq compares timers at each push and pop
+        when: float = other._when  # type: ignore[attr-defined]
+        mine: float = self._when  # type: ignore[attr-defined]
+        return mine < when or (mine == when and self._order < other._order)
 
 
 class _VirtualClock(Clock):
@@ -220,9 +216,10 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         if self.get_debug():
             self._check_thread()  # type: ignore[attr-defined]
             self._check_callback(callback, "call_at")  # type: ignore[attr-defined]
-        timer = _Timer(when, callback, args, self, context, next(self._timers_set))
+        timer = _Timer(when, callback, args, self, context)
+        timer._order = next(self._timers_set)
         if timer._source_traceback:  # type: ignore[attr-defined]
-            del timer._source_traceback[-2:]  # type: ignore[attr-defined]  # ours: the caller's
+            del timer._source_traceback[-1]  # type: ignore[attr-defined]  # this frame
         heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
         timer._scheduled = True  # type: ignore[attr-defined]
         return timer
