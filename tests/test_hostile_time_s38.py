@@ -295,3 +295,38 @@ def test_a_clock_whose_epoch_is_too_large_for_a_float_is_refused_saying_so() -> 
         r"digits>: its epoch\(\) must return finite epoch seconds",
     ):
         run_virtual(main())
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_a_deadline_the_virtual_clock_leapt_to_past_a_thread_call_says_why(
+    timeout: float | None,
+) -> None:
+    # was: "the run's deadline of 10 s passed", of a sync tool of 0.2 s (real): the virtual
+    # clock leapt to the deadline while the thread worked
+    @shoal.tool(timeout=timeout)
+    def nap() -> str:
+        """Sleep on the real clock."""
+        time.sleep(0.2)
+        return "rested"
+
+    plan = shoal.Plan()
+    plan.call(nap)
+    outcome = run_virtual(shoal.Runtime(deadline=10).run(plan)).outcomes["nap#1"]
+    assert outcome.status == "timed_out" and outcome.abandoned
+    assert outcome.reason.startswith(
+        "the run's deadline of 10 s passed, on the virtual clock of shoal.testing, which "
+        "leapt to it while calls ran on a thread or in a process"
+    )
+
+
+def test_a_deadline_on_the_virtual_clock_past_async_calls_says_only_so() -> None:
+    @shoal.tool
+    async def nap() -> str:
+        """Sleep on the virtual clock, past the deadline."""
+        await asyncio.sleep(20)
+        return "rested"
+
+    plan = shoal.Plan()
+    plan.call(nap)
+    outcome = run_virtual(shoal.Runtime(deadline=10).run(plan)).outcomes["nap#1"]
+    assert (outcome.status, outcome.reason) == ("timed_out", "the run's deadline of 10 s passed")
