@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal import ConfigError
+from shoal import ConfigError, ToolDefinitionError
 from shoal.exceptions import ModelHTTPError
 from shoal.models.base import (
     Model,
@@ -330,3 +330,30 @@ def test_a_deadline_on_the_virtual_clock_past_async_calls_says_only_so() -> None
     plan.call(nap)
     outcome = run_virtual(shoal.Runtime(deadline=10).run(plan)).outcomes["nap#1"]
     assert (outcome.status, outcome.reason) == ("timed_out", "the run's deadline of 10 s passed")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: shoal.tool(retries=3, retry_on=[])(_one),
+        lambda: shoal.tool(_one, retries=3).options(retry_on=()),
+        lambda: shoal.RetryPolicy(retries=3, on=iter([])),
+    ],
+)
+def test_retries_on_no_error_at_all_are_refused_when_made(make: Any) -> None:
+    # was: taken, and never retried anything: an empty retry_on matches no error
+    with pytest.raises(
+        ToolDefinitionError,
+        match=r"retry_on is empty: it matches no error, so "
+        r"retries=3 would never retry; give the exception classes to retry on",
+    ):
+        make()
+
+
+def test_an_empty_retry_on_without_retries_still_stands() -> None:
+    assert shoal.tool(retry_on=[])(_one).policy.retry.on == ()
+
+
+def _one() -> int:
+    """Return 1 (made into tools, never run)."""
+    return 1
