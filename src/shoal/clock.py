@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 import weakref
 from collections.abc import Callable
 
 from shoal.exceptions import ConfigError
+from shoal.limits import finite
+from shoal.merge import shown
 
 __all__ = ["Clock", "clock_of", "forget_clock", "read_epoch", "running_loop"]
 
@@ -86,9 +87,9 @@ def read_epoch(clock: Clock) -> float:
     except Exception as exc:
         raise ConfigError(f"the run's clock ({type(clock).__qualname__}) could not say the "
                           f"date: its epoch() raised {type(exc).__name__}: {exc}") from exc
-    if isinstance(epoch, bool) or not isinstance(epoch, int | float) or not math.isfinite(epoch):
+    if isinstance(epoch, bool) or not isinstance(epoch, int | float) or not finite(epoch):
         raise ConfigError(f"the run's clock ({type(clock).__qualname__}) gave the date "
-                          f"{epoch!r}: its epoch() must return finite epoch seconds")
+                          f"{shown(epoch)}: its epoch() must return finite epoch seconds")
     return float(epoch)
 
 

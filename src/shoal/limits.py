@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ __all__ = [
     "RateLimiter",
     "parse_process_limits",
     "parse_rate",
+    "seeded",
 ]
 
 _UNITS = {
@@ -97,6 +99,23 @@ def fits_a_float(number: float) -> bool:
     except OverflowError:
         return False
     return True
+
+
+def seeded(where: str, seed: object) -> random.Random:
+    """A generator of retry jitter seeded with ``seed``; ``None``: from the OS's entropy.
+
+    A whole number, text or bytes (or a finite float) makes the same waits at each run. Others
+    are a :class:`ConfigError` naming ``where``'s seed: a list was random's own ``TypeError``,
+    naming neither, and a NaN was taken, though its hash (the seed) is its identity, so the
+    waits it was to make the same differed at each run.
+    """
+    if seed is None or isinstance(seed, str | bytes | bytearray) or (
+            isinstance(seed, float) and finite(seed)):
+        return random.Random(seed)
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return random.Random(int(seed))  # a numpy integer, an int of a subclass
+    raise ConfigError(f"{where}: seed must be a whole number, text or bytes, or None (no "
+                      f"seed), got {type(seed).__name__} {shown(seed)}")
 
 
 def _positive(value: object) -> bool:

@@ -164,9 +164,15 @@ class RetryPolicy:
                 f"{float(max_backoff):g} s; give max_backoff={float(backoff):g} or more too")
         if not _is_number(jitter) or not 0.0 <= jitter <= 1.0:
             raise ToolDefinitionError(f"jitter must be a number within [0, 1], got {shown(jitter)}")
+        kinds = _exception_types(on)
+        if retries and not kinds:  # taken, it never retried anything
+            raise ToolDefinitionError(
+                f"retry_on is empty: it matches no error, so retries={int(retries)} would never "
+                "retry; give the exception classes to retry on (retry_on=[ConnectionError]), "
+                "or retries=0")
         # frozen: the dataclass way to set fields in __init__; seconds and fractions as floats
         object.__setattr__(self, "retries", int(retries))
-        object.__setattr__(self, "on", _exception_types(on))
+        object.__setattr__(self, "on", kinds)
         object.__setattr__(self, "backoff", float(backoff))
         object.__setattr__(self, "max_backoff", float(max_backoff))
         object.__setattr__(self, "jitter", float(jitter))

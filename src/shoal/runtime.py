@@ -42,7 +42,7 @@ from shoal.exceptions import (
 from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
-from shoal.limits import Rate, env_names, fits_a_float, parse_rate
+from shoal.limits import Rate, env_names, fits_a_float, parse_rate, seeded
 from shoal.merge import _is_async, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
@@ -447,7 +447,7 @@ class Runtime:
         deadline: seconds after which the run stops: running calls time out, the rest are
             cancelled.
         on_event: a callable, or several, receiving every :class:`~shoal.events.Event`.
-        seed: seeds retry jitter, for reproducible tests.
+        seed: seeds retry jitter, for reproducible tests: a whole number, text or bytes.
         approver: who decides on calls that need approval (``@tool(approval=...)``): an
             :class:`~shoal.approvals.Approver` or a function (see
             :class:`~shoal.approvals.CallbackApprover`). Without one, such calls are denied.
@@ -527,7 +527,7 @@ class Runtime:
         self._sinks = [] if on_event is None else _sink_list(on_event)
         # unseeded runtimes share one generator: seeding a new one reads the OS's entropy, which
         # cost a small run a tenth of its time (shoal.run makes a runtime per call)
-        self._rng = random.Random(seed) if seed is not None else _UNSEEDED
+        self._rng = seeded("Runtime", seed) if seed is not None else _UNSEEDED
         self._estimates: dict[str, float] = {}
         self._executors: dict[str, Executor] = {}
         # made under this lock: runs of several threads (run_sync from each) ask for a backend

@@ -694,8 +694,12 @@ class _PlanReader:
                 if self._restarted:
                     self._restart()
                     streamed.clear()
+                    if chars:  # the retry streams the plan from its start: the failed
+                        # attempt's text counted on top of it stopped plans within the budget
+                        chars = 0
+                        tracker.charge_streamed(0, self.planner.lineage)
                 if isinstance(event, TextDelta):
-                    chars += len(event.text)  # a retried stream's text counts again: sent
+                    chars += len(event.text)
                     tracker.check_streamed(chars, self.planner.lineage)
                     streamed.append(event.text)
                     self.feed(event.text)

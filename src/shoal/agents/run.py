@@ -294,6 +294,19 @@ class _Asking:
                 self.chars += len(event.text)
                 self.bound(self.chars)
 
+    def restart(self) -> None:
+        """Forget what an attempt that failed streamed: its retry streams the reply anew.
+
+        Its text no longer counts against ``Budget(tokens=)``: the retry's text, sent again
+        from the start, counted on top of it (a reply of 110 tokens retried once stopped a
+        tree at 150 as "160 used"), and the reply's usage settles only its own attempt.
+        """
+        self.response = None
+        if self.chars:
+            self.chars = 0
+            if self.bound is not None:
+                self.bound(0)
+
     def cancel(self, node: None = None, *, reason: str, timed_out: bool = False) -> None:
         """Cancel the turn's node (it still ends with an outcome saying why).
 
@@ -662,7 +675,7 @@ class AgentRun:
             # not to retry, as a plain request would be retried (a listener sees
             # ModelRetrying, then the turn's text again from its start)
             await gate.stream_to(model, request, asking, on_event=on_event,
-                                 retry_after_text=True)
+                                 retry_after_text=True, restart=asking.restart)
             response = asking.response
             if response is None:
                 raise ModelError(model.name, "the stream ended without a complete reply")

@@ -849,6 +849,23 @@ class _Lane:
         return None
 
 
+def _check_real_time(loop: asyncio.AbstractEventLoop) -> None:
+    """Refuse to start workers on :class:`shoal.testing.VirtualClockLoop`.
+
+    A worker process answers in real time, which the virtual clock does not wait for: it
+    leapt past the 120 s a worker's start may take at once, and the call failed saying the
+    template process "did not answer within 120 s".
+    """
+    from shoal.testing.clock import VirtualClockLoop
+
+    if isinstance(loop, VirtualClockLoop):
+        raise ExecutorError(
+            "isolation='process' cannot run on shoal.testing's virtual clock: a worker process "
+            "answers in real time, which that clock does not wait for (it leaps past every "
+            "wait at once); run process tools on a real event loop (asyncio.run), or test "
+            "the tool with isolation='thread' or 'inline' there")
+
+
 class ProcessExecutor(Executor):
     """Runs each call in a worker process: crash-safe, killable, with limits and a clean env.
 
@@ -931,6 +948,7 @@ class ProcessExecutor(Executor):
         timeout; the driver awaits this before the timeout starts.
         """
         lane = self._lane()
+        _check_real_time(lane.loop)
         self._check_quarantine(call)
         worker = await self._acquire(lane, _profile(call))
         fn_blob = dumps_callable(call.tool)

@@ -39,6 +39,7 @@ from shoal.exceptions import (
     ModelHTTPError,
     bounded_text,
 )
+from shoal.limits import fits_a_float
 from shoal.merge import shown
 from shoal.models.base import Message, ModelRequest, ToolCall, Usage
 from shoal.models.prices import Price, cost
@@ -239,6 +240,9 @@ def check_timeout(name: str, timeout: object) -> None:
                                 or not timeout > 0):  # NaN compares false
         raise ConfigError(f"model {name!r}: timeout must be a positive number of seconds, or "
                           f"None for no limit; got {shown(timeout)}")
+    if timeout is not None and not fits_a_float(timeout):  # each request's timer: OverflowError
+        raise ConfigError(f"model {name!r}: timeout must be a number of seconds a float can "
+                          f"hold (None or math.inf for no limit); got {shown(timeout)}")
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from shoal._slots import slot_init
+from shoal.limits import finite
 from shoal.merge import shown
 
 __all__ = [
@@ -232,7 +232,7 @@ def _settings_problem(settings: ModelSettings) -> str:
     """What is wrong with ``settings`` (``""``: nothing)."""
     t, most, parallel = settings.temperature, settings.max_tokens, settings.parallel_tool_calls
     if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)
-                          or not math.isfinite(t) or t < 0):
+                          or not finite(t) or t < 0):
         return f"temperature must be a finite number >= 0 (or None), got {shown(t)}"
     if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
         return f"max_tokens must be a whole number >= 1 (or None), got {shown(most)}"

@@ -20,7 +20,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import math
 import re
 import threading
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from shoal.exceptions import ConfigError, bounded_text
+from shoal.limits import finite
 from shoal.merge import shown
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class Price:
             if value is None and name.startswith("cache"):
                 continue
             if (isinstance(value, bool) or not isinstance(value, int | float)
-                    or not math.isfinite(value) or value < 0):
+                    or not finite(value) or value < 0):
                 raise ConfigError(f"Price.{name} must be a finite number of US dollars per "
                                   f"million tokens, 0 or more; got {shown(value)}")
 

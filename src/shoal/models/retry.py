@@ -30,6 +30,7 @@ from typing import Any, cast
 from shoal._deprecation import renamed
 from shoal.events import Event, ModelRetrying, deliver
 from shoal.exceptions import ConfigError, ModelConnectionError, ModelError, ModelHTTPError
+from shoal.limits import finite, seeded
 from shoal.merge import shown
 from shoal.models._common import _notices, notices_to
 from shoal.models.base import (
@@ -68,7 +69,7 @@ def _whole(value: object) -> bool:
 def _seconds(value: object) -> bool:
     """A finite real number, 0 or more (``bool`` is not taken for one)."""
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value) and float(value) >= 0)
+            and finite(value) and float(value) >= 0)
 
 
 def _from_attempts(attempts: int, retries: int) -> int:
@@ -335,12 +336,15 @@ class ModelGate:
     async def stream_to(self, model: Model, request: ModelRequest,
                         take: Callable[[StreamEvent], object], *,
                         on_event: EventCallback | None = None,
-                        retry_after_text: bool = False) -> None:
+                        retry_after_text: bool = False,
+                        restart: Callable[[], object] | None = None) -> None:
         """:meth:`stream`, handing each event to ``take`` instead of yielding it.
 
         The same retries, for a consumer that acts on each event at once (an agent's turn):
         one generator less between the model and it, which every event of every reply
-        crossed. An error ``take`` raises is the caller's, never retried.
+        crossed. An error ``take`` raises is the caller's, never retried. ``restart`` is
+        called as an attempt that failed is to be retried: the next attempt streams the
+        reply from its start, so what the failed one streamed is to be forgotten.
         """
         failures = 0
         while True:
@@ -380,7 +384,10 @@ class ModelGate:
             failures += 1
             if sent_text or not _transient(failed) or failures > self.retry.retries:
                 raise failed
-            await asyncio.sleep(self._back_off(model, failed, failures, on_event))
+            delay = self._back_off(model, failed, failures, on_event)
+            if restart is not None:
+                restart()
+            await asyncio.sleep(delay)
 
     def _gated(self) -> bool:
         """Whether a request may have to wait: a cap, a pause met once, or slots elsewhere.
@@ -463,7 +470,7 @@ class ModelGates:
         _check_gate("ModelGates", retry, max_concurrency)
         self._retry = retry
         self._max_concurrency = max_concurrency
-        self._rng = random.Random(seed)
+        self._rng = seeded("ModelGates", seed)
         self._gates: dict[str, ModelGate] = {}
 
     def for_model(self, model: Model) -> ModelGate:

@@ -1414,7 +1414,8 @@ class Driver:
         except TimeoutError as exc:
             if scope is not None and scope.expired():
                 result = AttemptResult("timed_out", error=ToolTimeoutError(
-                    call.tool.name, call.timeout or 0.0), abandoned=call.abandoned)
+                    call.tool.name, call.timeout or 0.0), abandoned=call.abandoned,
+                    reason=self._leapt(call))
             else:
                 result = AttemptResult("failed", error=exc)
         except KeyboardInterrupt as exc:
@@ -1427,6 +1428,38 @@ class Driver:
                 result.unstarted = True  # journal: its tool never ran
         assert self._context is not None
         self._context.run(self._report, self._attempt_done, call, result)
+
+    def _leapt(self, call: Call) -> str:
+        """Why a call off the loop timed out, when the run's clock does not see its work.
+
+        On :class:`shoal.testing.VirtualClockLoop` (a clock on which a backend's real-time
+        stamps mean nothing) a thread's or a process's work takes no virtual time: the clock
+        leaps to the timeout while the tool runs, and "did not finish within its timeout of
+        10 s" said nothing of why a tool of 0.2 s did not.
+        """
+        if call.isolation == "inline" or not self._virtual():
+            return ""
+        return (f"timed out on the virtual clock of shoal.testing, where work on a thread or "
+                f"in a process takes no virtual time: the clock leapt to the timeout "
+                f"({call.timeout or 0.0:g} s) while the tool ran; test the tool on a real "
+                f"event loop, or give it no timeout there")
+
+    def _virtual(self) -> bool:
+        """Whether the run's clock does not see work off the loop (a backend's real time)."""
+        clock = self._clock
+        return clock is not None and clock.from_monotonic(0.0) is None
+
+    def _leapt_past(self) -> str:
+        """What the deadline's reason adds when a virtual clock leapt to it past a thread's work.
+
+        (It read "the run's deadline of 10 s passed", of a sync tool of 0.2 s.)
+        """
+        if not self._virtual() or not (self._on_pool or any(
+                call.isolation != "inline" for call in self._tasks.values())):
+            return ""
+        return (", on the virtual clock of shoal.testing, which leapt to it while calls ran on "
+                "a thread or in a process (work there takes no virtual time): test them on a "
+                "real event loop")
 
     async def _attempt_inline(self, call: Call) -> None:
         """:meth:`_attempt` for an async call run inline with nothing around it: most calls.
@@ -1805,7 +1838,7 @@ class Driver:
         elif kind == "rate":
             self._apply(self.state.wake(now))
         elif kind == "deadline":
-            reason = f"the run's deadline of {self._deadline:g} s passed"
+            reason = f"the run's deadline of {self._deadline:g} s passed{self._leapt_past()}"
             self.cancelled_reason = self.cancelled_reason or reason
             self._apply(self.state.expire(reason, now))
 

@@ -18,13 +18,18 @@ timings mean nothing.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import selectors
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from contextvars import Context
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from shoal.clock import Clock
+from shoal.limits import finite
+from shoal.merge import shown
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["VirtualClockLoop", "run_virtual"]
 
 T = TypeVar("T")
+_Ts = TypeVarTuple("_Ts")
 
 
 class _Clock:
@@ -121,6 +127,26 @@ class _JumpingSelector(selectors.BaseSelector):
         self._real.close()
 
 
+class _Timer(asyncio.TimerHandle):
+    """A loop timer that, due at the same time as another, fires in the order it was set.
+
+    asyncio orders its heap of timers by due time alone. On a real loop the clock moves
+    between two ``call_later``, so timers set one after another are due one after another;
+    on the virtual clock thousands are due at the very same time, and the heap fired them
+    in no particular order (50 calls sleeping a second ended 0, 2, 6, 14, 30, 49, 48, ...).
+    """
+
+    __slots__ = ("_order",)
+    _order: int  # set by VirtualClockLoop.call_at: how many timers the loop set before it
+
+    def __lt__(self, other: _Timer) -> bool:  # type: ignore[override]
+        # every timer of the loop is one (see VirtualClockLoop.call_at): no type check, as
+        # heapq compares timers at each push and pop
+        when: float = other._when  # type: ignore[attr-defined]
+        mine: float = self._when  # type: ignore[attr-defined]
+        return mine < when or (mine == when and self._order < other._order)
+
+
 class _VirtualClock(Clock):
     """A :class:`~shoal.clock.Clock` on a virtual loop: its dates are virtual too."""
 
@@ -157,8 +183,9 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         if isinstance(start, bool) or not isinstance(start, int | float):
             raise TypeError(f"VirtualClockLoop's start must be a number of seconds, got "
                             f"{type(start).__name__}")
-        if not math.isfinite(start):  # timers at inf or nan would never be due, or always
-            raise ValueError(f"VirtualClockLoop's start must be a finite number, got {start!r}")
+        if not finite(start):  # timers at inf or nan would never be due, or always
+            raise ValueError(f"VirtualClockLoop's start must be a finite number, got "
+                             f"{shown(start)}")
         del args, kwargs  # a subclass's own arguments, for its __init__
         return super().__new__(cls)
 
@@ -167,6 +194,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self._clock = _Clock(start)
         self._start = start
         self._wall_start = time.time()
+        self._timers_set = itertools.count()  # orders timers due at one time (see _Timer)
         super().__init__(_JumpingSelector(self._clock, self._next_timer))
         #: The clock shoal's runs on this loop read (see :mod:`shoal.clock`).
         self.shoal_clock: Clock = _VirtualClock(self)
@@ -174,6 +202,27 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         """The virtual time in seconds: the start, plus every wait the loop skipped."""
         return self._clock.now
+
+    def call_at(self, when: float, callback: Callable[[*_Ts], object],
+                *args: *_Ts, context: Context | None = None) -> asyncio.TimerHandle:
+        """Call ``callback(*args)`` at ``when``: after the timers due then set before it.
+
+        asyncio's own ``call_at``, with a timer that keeps the order timers were set in
+        among those due at one time (see :class:`_Timer`).
+        """
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()  # type: ignore[attr-defined]
+        if self.get_debug():
+            self._check_thread()  # type: ignore[attr-defined]
+            self._check_callback(callback, "call_at")  # type: ignore[attr-defined]
+        timer = _Timer(when, callback, args, self, context)
+        timer._order = next(self._timers_set)
+        if timer._source_traceback:  # type: ignore[attr-defined]
+            del timer._source_traceback[-1]  # type: ignore[attr-defined]  # this frame
+        heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
+        timer._scheduled = True  # type: ignore[attr-defined]
+        return timer
 
     def _next_timer(self) -> float | None:
         """When the loop's next timer is due, or ``None``.

@@ -52,7 +52,6 @@ import copy
 import inspect
 import itertools
 import json
-import math
 import operator
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from shoal.exceptions import ScriptError
+from shoal.limits import finite
 from shoal.merge import shown
 from shoal.models.base import (
     AssistantMessage,
@@ -92,7 +92,7 @@ def pause(seconds: float) -> Pause:
     """
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"pause() takes a number of seconds, got {type(seconds).__name__}")
-    if not math.isfinite(seconds) or seconds < 0:
+    if not finite(seconds) or seconds < 0:
         raise ValueError(f"pause() takes a finite number of seconds >= 0, got {shown(seconds)}")
     return Pause(float(seconds))
 
@@ -156,7 +156,7 @@ def _script(steps: object, owner: str) -> list[Step]:
 def _seconds(value: object, label: str) -> float:
     """``value`` as a finite number of seconds >= 0 (``ValueError`` otherwise)."""
     if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or value < 0):
+            or not finite(value) or value < 0):
         raise ValueError(f"{label} must be a finite number of seconds >= 0, got {shown(value)}")
     return float(value)
 
@@ -202,9 +202,9 @@ class ScriptedModel(Model):
         if tokens_per_second is not None and (
                 isinstance(tokens_per_second, bool)
                 or not isinstance(tokens_per_second, (int, float))
-                or not math.isfinite(tokens_per_second) or tokens_per_second <= 0):
+                or not finite(tokens_per_second) or tokens_per_second <= 0):
             raise ValueError(f"tokens_per_second must be a positive number (or None), got "
-                             f"{tokens_per_second!r}")
+                             f"{shown(tokens_per_second)}")
         if usage is not None and not isinstance(usage, Usage):  # else a failed first turn
             raise TypeError(f"ScriptedModel's usage must be a shoal.models.Usage(...) (or "
                             f"None), got {type(usage).__name__} {shown(usage)}")
