@@ -229,15 +229,22 @@ class Board:
         return key in self._slots
 
     def __getitem__(self, key: str) -> Any:
-        """The merged value of ``key`` now (a copy); :class:`BoardKeyError` if undeclared."""
+        """The merged value of ``key`` now (a deep copy); :class:`BoardKeyError` if undeclared.
+
+        Deep, as a handle's read: changing what it holds must not change the board outside
+        its merge rules (and the journal). Copied outside the lock (no merge changes a value
+        the board holds: it makes a new one, or adds to a list or set copied here first).
+        """
         slot = self._slot(key)
         with self._lock:
-            return slot.rule.copy(slot.value)
+            value = slot.rule.copy(slot.value)
+        return merge.owned(value)
 
     def snapshot(self) -> dict[str, Any]:
-        """Every key's merged value now (copies), as a plain dict."""
+        """Every key's merged value now (deep copies, as ``board[key]``), as a plain dict."""
         with self._lock:
-            return {key: slot.rule.copy(slot.value) for key, slot in self._slots.items()}
+            values = {key: slot.rule.copy(slot.value) for key, slot in self._slots.items()}
+        return {key: merge.owned(value) for key, value in values.items()}
 
     @property
     def conflicts(self) -> list[BoardConflict]:
@@ -249,11 +256,13 @@ class Board:
         """Merge ``value`` into ``key`` at once, from outside any run (say, to seed a board).
 
         Not journaled; a call's writes go through its :class:`BoardHandle` instead.
-        Returns the conflict this write caused, if any.
+        Returns the conflict this write caused, if any. What is written is ``value`` as it is
+        now (a deep copy, as a handle's write): changing it later changes nothing here.
         """
         if type(writer) is not str:  # it names a side of each conflict, in JSON and events
             writer = _writer_text(writer)
         rule = self._slot(key).rule
+        value = merge.owned(value)
         problem = rule.check(value, lambda: self[key])
         if problem:
             raise BoardValueError(f"board key {key!r} ({rule!r}): {problem}")

@@ -409,9 +409,10 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
           commutative: bool = False) -> Rule:
     """A rule merging with ``fn(merged, value) -> merged``, starting from ``initial``.
 
-    ``fn`` should return a new value rather than change ``merged``: a call whose merge fails
-    must leave the board as it was. Say ``commutative=True`` only if the order of two merges
-    never matters (then calls that only merge into the key need not wait for each other).
+    ``fn`` gets copies of the merged value and the written one (changing them in place
+    changes nothing on the board until it returns). Say ``commutative=True`` only if the
+    order of two merges never matters (then calls that only merge into the key need not
+    wait for each other).
     """
     if not callable(fn):
         raise TypeError(f"merge.using takes a function (merged, value) -> merged, got "
@@ -465,14 +466,30 @@ def _is_generator(fn: Callable[..., Any]) -> bool:
         return False
 
 
-def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """``fn``, refusing a result that must be awaited or iterated to be a value.
+def owned(value: Any) -> Any:
+    """A deep copy of ``value``, or ``value`` itself if it cannot be copied (a lock in it).
 
-    Kept as the merged value, a coroutine or a generator (a function returning one) would
-    never run: the board would hold garbage, and the journal could not keep it.
+    Never raises but for a ``KeyboardInterrupt``: a ``__deepcopy__`` of the value's own that
+    fails (or nests too deep to copy) gives the value as it is, as a board's reads do.
+    """
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value
+
+
+def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``fn`` on copies of its inputs, refusing a result that must be awaited or iterated.
+
+    Copies: a merge function that changes ``merged`` in place (``merged.append(value)``)
+    changed the board's own value, so a call's read (which folds its pending writes into
+    what the board holds) wrote them before the call succeeded, and a merge failing half way
+    through a commit left half of it; one that changes ``value`` changed the write the call
+    commits later. Kept as the merged value, a coroutine or a generator (a function returning
+    one) would never run: the board would hold garbage, and the journal could not keep it.
     """
     def fold(merged: Any, value: Any) -> Any:
-        result = fn(merged, value)
+        result = fn(owned(merged), owned(value))
         if inspect.isawaitable(result) or inspect.isgenerator(result):
             close = getattr(result, "close", None)
             if callable(close):

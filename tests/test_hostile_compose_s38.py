@@ -1,0 +1,127 @@
+"""A hostile user of the composition layer, fourth sweep: merge functions, readers, patterns.
+
+Each test builds what a user of open runs, patterns or the board would (a merge function
+that changes its inputs in place, a reader that edits what it read, ...) and checks the
+guarantees hold: a call's writes count once if it succeeds and not at all otherwise, a
+commit is all or none, readers get copies, every call ends in a recorded outcome.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import shoal
+
+# -- merge functions that change their inputs in place -----------------------------------------
+
+
+def _grow(merged: list[Any], value: Any) -> list[Any]:
+    """A user's in-place merge: appends to the merged list and returns it."""
+    merged.append(value)
+    return merged
+
+
+def test_a_failed_call_that_read_its_in_place_merged_key_writes_nothing() -> None:
+    # was: the call's read folded its pending write into the board's own list (a using rule's
+    # reader got the board's value itself, not a copy), so the failed call's write stayed
+    board = shoal.Board(log=shoal.merge.using(_grow, initial=[]))
+
+    @shoal.tool
+    def peek_then_fail(board: shoal.BoardHandle) -> None:
+        board.write("log", "from the failing call")
+        assert board.read("log") == ["from the failing call"]
+        raise RuntimeError("the call fails after reading")
+
+    plan = shoal.Plan()
+    plan.call(peek_then_fail, node_id="f")
+    result = shoal.run_sync(plan, board=board)
+    assert result["f"].status == "failed"
+    assert result.board == {"log": []} and board["log"] == []
+
+
+def test_a_call_that_reads_its_in_place_merged_key_twice_writes_once() -> None:
+    # was: each read folded the pending write into the board again, then the commit did too
+    board = shoal.Board(log=shoal.merge.using(_grow, initial=[]))
+
+    @shoal.tool
+    def peek(board: shoal.BoardHandle) -> list[Any]:
+        board.write("log", "x")
+        board.read("log")
+        return board.read("log")  # type: ignore[no-any-return]
+
+    plan = shoal.Plan()
+    plan.call(peek, node_id="p")
+    result = shoal.run_sync(plan, board=board)
+    assert result["p"].value == ["x"]
+    assert result.board == {"log": ["x"]}
+
+
+def test_an_in_place_merge_that_fails_on_a_later_write_leaves_the_board_as_it_was() -> None:
+    # was: the first write was appended to the board's own list before the second failed:
+    # the call failed, and half of its writes stayed (a commit is all or none)
+    def picky(merged: list[Any], value: Any) -> list[Any]:
+        merged.append(value)
+        if value == "bad":
+            raise ValueError("no bad values")
+        return merged
+
+    board = shoal.Board(log=shoal.merge.using(picky, initial=[]))
+
+    @shoal.tool
+    def two(board: shoal.BoardHandle) -> None:
+        board.write("log", "good")
+        board.write("log", "bad")
+
+    plan = shoal.Plan()
+    plan.call(two, node_id="two")
+    result = shoal.run_sync(plan, board=board)
+    error = result["two"].error
+    assert error is not None and error.type == "shoal.exceptions.BoardValueError"
+    assert "no bad values" in error.message
+    assert board["log"] == []
+
+
+def test_a_merge_that_changes_the_written_value_merges_it_as_written() -> None:
+    # a merge function extending the written list with what was there: the call's read folds
+    # the write once, and the commit must fold the value the tool wrote, not the one changed
+    def gather(merged: list[Any], value: list[Any]) -> list[Any]:
+        value[:0] = merged
+        return value
+
+    board = shoal.Board(items=shoal.merge.using(gather, initial=[]))
+    board.write("items", ["seed"])
+
+    @shoal.tool
+    def add(board: shoal.BoardHandle) -> None:
+        board.write("items", ["mine"])
+        assert board.read("items") == ["seed", "mine"]
+
+    plan = shoal.Plan()
+    plan.call(add, node_id="add")
+    assert shoal.run_sync(plan, board=board)["add"].ok
+    assert board["items"] == ["seed", "mine"]
+
+
+def test_what_a_reader_of_the_board_changes_is_not_on_the_board() -> None:
+    # board[key] and snapshot() are copies (test_board: an append list); a using rule's
+    # value was handed out itself, and the items of an append list were shared
+    board = shoal.Board(state=shoal.merge.using(lambda merged, value: {**merged, **value},
+                                                initial={}),
+                        items=shoal.merge.append)
+    board.write("state", {"a": [1]})
+    board.write("items", {"n": 1})
+    board["state"]["a"].append(2)
+    board.snapshot()["state"]["b"] = 1
+    board["items"][0]["n"] = 99
+    assert board.snapshot() == {"state": {"a": [1]}, "items": [{"n": 1}]}
+
+
+def test_a_value_seeded_into_the_board_and_changed_after_is_kept_as_it_was() -> None:
+    # was: Board.write kept the caller's object, so changing it later changed the board
+    # (a handle's write takes a copy; the seed did not)
+    board = shoal.Board(items=shoal.merge.append, best=shoal.merge.last_writer)
+    seed = {"n": 1}
+    board.write("items", seed)
+    board.write("best", seed, writer="seed")
+    seed["n"] = 2
+    assert board.snapshot() == {"items": [{"n": 1}], "best": {"n": 1}}
