@@ -8,9 +8,14 @@ commit is all or none, readers get copies, every call ends in a recorded outcome
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import pytest
+
 import shoal
+from shoal.patterns import Reflection, Verdict, reflect, verdict_of
+from shoal.testing import ScriptedModel
 
 # -- merge functions that change their inputs in place -----------------------------------------
 
@@ -125,3 +130,45 @@ def test_a_value_seeded_into_the_board_and_changed_after_is_kept_as_it_was() -> 
     board.write("best", seed, writer="seed")
     seed["n"] = 2
     assert board.snapshot() == {"items": [{"n": 1}], "best": {"n": 1}}
+
+
+# -- a critic without output_type=Verdict answering in the shape of one ------------------------
+
+
+@pytest.mark.parametrize(("text", "accept", "feedback"), [
+    ("accept: false\nfeedback: too short", False, "accept: false\nfeedback: too short"),
+    ("Accept: no. Cite the sources.", False, "Accept: no. Cite the sources."),
+    ("ACCEPTED = false", False, "ACCEPTED = false"),
+    ("accept: true\nfeedback: fine", True, "feedback: fine"),
+    ('{"accept": false, "feedback": "more sources"}', False, "more sources"),
+    ('{"accept": true, "feedback": "good"}', True, "good"),
+    ('```json\n{"accept": true}\n```', True, ""),
+    ("ACCEPT: well argued", True, "well argued"),
+    ("ACCEPT: no changes needed", True, "no changes needed"),
+    ("accept: not yet", False, "accept: not yet"),
+    ("{not json, but braces}", False, "{not json, but braces}"),
+], ids=["yaml-false", "no", "equals-false", "yaml-true", "json-false", "json-true", "fenced",
+        "plain", "no-changes", "not-yet", "braces"])
+def test_a_critic_answering_a_verdict_as_text_is_read_as_that_verdict(
+        text: str, accept: bool, feedback: str) -> None:
+    # was: 'accept: false' (its first word ACCEPT) was an acceptance, and a JSON verdict in
+    # text was feedback, whole, so a loop whose critic accepted in JSON ran to max_rounds
+    assert verdict_of(text) == Verdict(accept=accept, feedback=feedback)
+
+
+def test_a_reflect_loop_whose_critic_accepts_in_json_text_stops_there() -> None:
+    worker = shoal.Agent(name="writer", model=ScriptedModel(["d1", "d2", "d3"]))
+    critic = shoal.Agent(name="critic", model=ScriptedModel([
+        '{"accept": false, "feedback": "add a title"}', '{"accept": true, "feedback": "ok"}',
+        "ACCEPT"]))
+    value = reflect(worker, critic, max_rounds=3).run_sync("write")
+    assert value == Reflection("d2", accepted=True, rounds=2, feedback="ok")
+
+
+@pytest.mark.parametrize("text", ["```" + "a" * 1_000_000, "accept:" + " " * 1_000_000 + "no x",
+                                  "{" * 100_000 + "}" * 100_000],
+                         ids=["unclosed-fence", "spaces", "deep-braces"])
+def test_a_long_critic_answer_is_read_in_linear_time(text: str) -> None:
+    began = time.perf_counter()
+    verdict_of(text)
+    assert time.perf_counter() - began < 2  # a backtracking fence pattern: minutes
