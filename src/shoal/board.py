@@ -232,19 +232,17 @@ class Board:
         """The merged value of ``key`` now (a deep copy); :class:`BoardKeyError` if undeclared.
 
         Deep, as a handle's read: changing what it holds must not change the board outside
-        its merge rules (and the journal). Copied outside the lock (no merge changes a value
-        the board holds: it makes a new one, or adds to a list or set copied here first).
+        its merge rules (and the journal).
         """
         slot = self._slot(key)
-        with self._lock:
-            value = slot.rule.copy(slot.value)
-        return merge.owned(value)
+        with self._lock:  # a merge function may change what the value holds, as it commits
+            return merge.owned(slot.rule.copy(slot.value))
 
     def snapshot(self) -> dict[str, Any]:
         """Every key's merged value now (deep copies, as ``board[key]``), as a plain dict."""
         with self._lock:
-            values = {key: slot.rule.copy(slot.value) for key, slot in self._slots.items()}
-        return {key: merge.owned(value) for key, value in values.items()}
+            return {key: merge.owned(slot.rule.copy(slot.value))
+                    for key, slot in self._slots.items()}
 
     @property
     def conflicts(self) -> list[BoardConflict]:
@@ -571,6 +569,8 @@ class BoardHandle:
         cached = self._views.get(key)
         if cached is not None and cached[0] == version:  # nobody committed to it since
             _, value, done = cached
+        elif items and not rule.in_place:  # a merge function may change what it holds in
+            value = merge.owned(value)  # place: this call's writes must not reach the board
         self._views.pop(key, None)  # (a fold that fails below leaves no view behind)
         for item in items[done:]:
             try:

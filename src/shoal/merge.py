@@ -409,10 +409,12 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
           commutative: bool = False) -> Rule:
     """A rule merging with ``fn(merged, value) -> merged``, starting from ``initial``.
 
-    ``fn`` gets copies of the merged value and the written one (changing them in place
-    changes nothing on the board until it returns). Say ``commutative=True`` only if the
-    order of two merges never matters (then calls that only merge into the key need not
-    wait for each other).
+    ``fn`` gets copies of the merged value (shallow) and of the written one (deep): a
+    function that adds to ``merged`` in place and returns it changes the board only when the
+    call commits, all or none. (What ``merged`` holds is the board's own: a function that
+    changes it, ``merged[k].append(v)``, and then fails, leaves that change.) Say
+    ``commutative=True`` only if the order of two merges never matters (then calls that only
+    merge into the key need not wait for each other).
     """
     if not callable(fn):
         raise TypeError(f"merge.using takes a function (merged, value) -> merged, got "
@@ -470,11 +472,20 @@ def owned(value: Any) -> Any:
     """A deep copy of ``value``, or ``value`` itself if it cannot be copied (a lock in it).
 
     Never raises but for a ``KeyboardInterrupt``: a ``__deepcopy__`` of the value's own that
-    fails (or nests too deep to copy) gives the value as it is, as a board's reads do.
+    fails (``sys.exit()`` too), or a value nested too deep to copy, gives the value as it is,
+    as a board's reads do.
     """
     try:
         return copy.deepcopy(value)
-    except Exception:
+    except (Exception, SystemExit):
+        return value
+
+
+def _shallow(value: Any) -> Any:
+    """A shallow copy of ``value`` (itself if it cannot be copied); never raises, as owned."""
+    try:
+        return copy.copy(value)
+    except (Exception, SystemExit):
         return value
 
 
@@ -482,14 +493,16 @@ def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     """``fn`` on copies of its inputs, refusing a result that must be awaited or iterated.
 
     Copies: a merge function that changes ``merged`` in place (``merged.append(value)``)
-    changed the board's own value, so a call's read (which folds its pending writes into
-    what the board holds) wrote them before the call succeeded, and a merge failing half way
-    through a commit left half of it; one that changes ``value`` changed the write the call
-    commits later. Kept as the merged value, a coroutine or a generator (a function returning
-    one) would never run: the board would hold garbage, and the journal could not keep it.
+    changed the board's own value, so a merge failing half way through a commit left half of
+    it; one that changes ``value`` changed the write the call commits later. ``merged`` is
+    copied shallow (it grows with every commit: a deep copy each time made a thousand
+    commits take seconds); what it holds is the board's, changed in place only by a commit
+    that succeeds (a call's read folds into a deep copy, see ``BoardHandle._view``).
+    Kept as the merged value, a coroutine or a generator (a function returning one) would
+    never run: the board would hold garbage, and the journal could not keep it.
     """
     def fold(merged: Any, value: Any) -> Any:
-        result = fn(owned(merged), owned(value))
+        result = fn(_shallow(merged), owned(value))
         if inspect.isawaitable(result) or inspect.isgenerator(result):
             close = getattr(result, "close", None)
             if callable(close):
