@@ -22,9 +22,9 @@ import copy
 import heapq
 import string
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Literal, NamedTuple
 
 from shoal.exceptions import ConfigError
@@ -285,11 +285,13 @@ class _Builder:
         self._last_writer: dict[_Key, int] = {}
         self._readers: dict[_Key, list[int]] = {}  # since the key's last writer
         self._mergers: dict[_Key, list[int]] = {}  # since the key's last writer
-        # wildcard uses, checked by later keys; all uses, checked by later wildcards. The
-        # shared empty tuple until a node with a footprint comes: most open runs (an agent's
-        # steps) have none, and a swarm keeps one builder per agent in flight
-        self._wild: list[_Use] | tuple[()] = ()
-        self._history: list[_Use] | tuple[()] = ()
+        # wildcard uses, checked by later keys; all uses, checked by later wildcards; each by
+        # mode, so a use meets only the modes it clashes with (a thousand wildcard reads
+        # checked each against every read before them: minutes for a large open run). None
+        # until a node with a footprint comes: most open runs (an agent's steps) have none,
+        # and a swarm keeps one builder per agent in flight
+        self._wild: dict[str, list[_Use]] | None = None
+        self._history: dict[str, list[_Use]] | None = None
         self._last_barrier: int | None = None
         self._since: list[int] = []  # nodes since the last barrier
         self._maps: dict[int, _Builder] = {}  # a map's position -> what its items meet
@@ -458,8 +460,8 @@ class _Builder:
         if not policy.reads and not policy.writes and not policy.merges:
             return
         history, wild = self._history, self._wild
-        if not isinstance(history, list) or not isinstance(wild, list):  # the first footprint
-            history, wild = [], []
+        if history is None or wild is None:  # the first footprint
+            history, wild = _by_mode(), _by_mode()
             self._history, self._wild = history, wild
         defaults = node.tool.defaults
         uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
@@ -467,14 +469,14 @@ class _Builder:
         uses += [(render_key(t, node.args, defaults), "merges") for t in policy.merges]
         for key, mode in uses:
             if with_edges:
-                for other_key, j, other_mode in (history if key.wild else wild):
-                    if _clash(mode, other_mode) and key.meets(other_key):
+                for other_key, j, other_mode in _clashing(history if key.wild else wild, mode):
+                    if key.meets(other_key):
                         self.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
             if not key.wild:
                 self._exact_use(i, key, mode, with_edges)
             else:
-                wild.append((key, i, mode))
-            history.append((key, i, mode))
+                wild[mode].append((key, i, mode))
+            history[mode].append((key, i, mode))
 
     def _exact_use(self, i: int, key: _Key, mode: str, with_edges: bool) -> None:
         """Order node ``i``'s use of ``key`` after the earlier uses it clashes with."""
@@ -542,6 +544,21 @@ def _topological(plan: Plan) -> list[Node]:
 def _clash(mode: str, other: str) -> bool:
     """Whether two uses of one key keep plan order: all but two reads, or two merges."""
     return mode != other or mode == "writes"
+
+
+_MODES = ("reads", "writes", "merges")
+
+
+def _by_mode() -> dict[str, list[_Use]]:
+    return {mode: [] for mode in _MODES}
+
+
+def _clashing(uses: dict[str, list[_Use]], mode: str) -> Iterable[_Use]:
+    """The uses of the modes that clash with ``mode``, in the order they came (by position)."""
+    lists = [uses[other] for other in _MODES if _clash(mode, other) and uses[other]]
+    if len(lists) == 1:
+        return lists[0]
+    return heapq.merge(*lists, key=itemgetter(1))
 
 
 def analyze(plan: Plan) -> Graph:
