@@ -291,7 +291,7 @@ class _Builder:
         # checked each against every read before them: minutes for a large open run). None
         # until a node with a footprint comes: most open runs (an agent's steps) have none,
         # and a swarm keeps one builder per agent in flight
-        self._wild: dict[str, list[_Use]] | None = None
+        self._wild: dict[_Key, dict[str, list[_Use]]] | None = None  # by key, then mode
         self._history: dict[str, list[_Use]] | None = None
         # the position of the last write of each wildcard key: a later use of that same key
         # meets only it and what came after it (what came before, the write is after), not
@@ -467,7 +467,7 @@ class _Builder:
             return
         history, wild = self._history, self._wild
         if history is None or wild is None:  # the first footprint
-            history, wild = _by_mode(), _by_mode()
+            history, wild = _by_mode(), {}
             self._history, self._wild = history, wild
         defaults = node.tool.defaults
         uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
@@ -475,18 +475,35 @@ class _Builder:
         uses += [(render_key(t, node.args, defaults), "merges") for t in policy.merges]
         for key, mode in uses:
             if with_edges:
-                since = self._wild_writes.get(key, 0) if key.wild else 0
-                for other_key, j, other_mode in _clashing(history if key.wild else wild, mode,
-                                                          since):
-                    if key.meets(other_key):
-                        self.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
+                self._wild_meets(i, key, mode)
             if not key.wild:
                 self._exact_use(i, key, mode, with_edges)
             else:
-                wild[mode].append((key, i, mode))
+                found = wild.get(key)
+                if found is None:
+                    found = wild[key] = _by_mode()
+                found[mode].append((key, i, mode))
                 if mode == "writes":
                     self._wild_writes[key] = i
             history[mode].append((key, i, mode))
+
+    def _wild_meets(self, i: int, key: _Key, mode: str) -> None:
+        """Resource edges to node ``i``'s use of ``key`` where a wildcard is on either side.
+
+        A wildcard meets every earlier use; an exact key, the earlier wildcards it may be.
+        Of the uses of one wildcard key, only its last write and what came after it: that
+        write comes after the uses before it, whatever they are.
+        """
+        assert self._history is not None and self._wild is not None
+        if key.wild:
+            pairs = [(key, self._history)]
+        else:
+            pairs = [(k, uses) for k, uses in self._wild.items() if key.meets(k)]
+        for wild_key, uses in pairs:
+            since = self._wild_writes.get(wild_key, 0)
+            for other_key, j, other_mode in _clashing(uses, mode, since):
+                if key.meets(other_key):
+                    self.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
 
     def _exact_use(self, i: int, key: _Key, mode: str, with_edges: bool) -> None:
         """Order node ``i``'s use of ``key`` after the earlier uses it clashes with."""
