@@ -244,6 +244,15 @@ class Board:
             return {key: merge.owned(slot.rule.copy(slot.value))
                     for key, slot in self._slots.items()}
 
+    def _values(self) -> dict[str, Any]:
+        """Every key's merged value now, copied shallow: for a nested run's result.
+
+        Nobody reads those (an agent's steps, a pattern's steps): a deep copy of the whole
+        board at the end of each made a tree of 300 agents take half as long again.
+        """
+        with self._lock:
+            return {key: slot.rule.copy(slot.value) for key, slot in self._slots.items()}
+
     @property
     def conflicts(self) -> list[BoardConflict]:
         """Every conflict the board has seen, in the order they happened."""
