@@ -303,3 +303,36 @@ def test_writes_of_known_keys_after_thousands_of_wildcard_writes_wait_for_the_la
     position = graph.position
     assert set(graph.preds[position["put#2002"]]) == {position["put#2001"]}
     assert len([e for e in graph.extra if e.kind == "resource"]) == 4000
+
+
+# -- two runs sharing a board -------------------------------------------------------------------
+
+
+@shoal.tool
+async def decide(answer: str, board: shoal.BoardHandle) -> str:
+    """Set the answer, blind (without reading what is there)."""
+    board.write("answer", answer)
+    await asyncio.sleep(1)
+    return answer
+
+
+def test_two_runs_sharing_a_board_overwriting_blind_under_one_name_is_a_conflict() -> None:
+    # was: both runs' nodes are 'decide#1', one lineage text, so the second blind overwrite
+    # was taken for the same writer's and no conflict was reported
+    board = shoal.Board(answer=shoal.merge.last_writer)
+
+    async def main() -> list[shoal.RunResult]:
+        runtime = shoal.Runtime()
+        plans = [shoal.Plan(), shoal.Plan()]
+        for plan, answer in zip(plans, ["ship", "wait"], strict=True):
+            plan.call(decide, answer=answer)
+        results = await asyncio.gather(*(runtime.run(plan, board=board) for plan in plans))
+        await runtime.aclose()
+        return list(results)
+
+    first, second = run_virtual(main())
+    [conflict] = board.conflicts
+    assert conflict.key == "answer" and conflict.values == ("ship", "wait")
+    assert conflict.writers == (f"decide#1 (run {first.run_id})",
+                                f"decide#1 (run {second.run_id})")
+    assert second.conflicts == [conflict]

@@ -108,13 +108,14 @@ class BoardConflict:
 class _Slot:
     """One key: its rule, merged value, how many commits it has seen, and by whom the last."""
 
-    __slots__ = ("rule", "value", "version", "writer")
+    __slots__ = ("call", "rule", "value", "version", "writer")
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
         self.value = rule.start()
         self.version = 0
         self.writer = ""
+        self.call: tuple[str, str] | None = None  # the last writer's run id and node id
 
 
 def _as_rule(key: str, rule: Any) -> Rule:
@@ -321,7 +322,7 @@ class Board:
                 self._applied.add((*call, args))
             conflicts = self._still_standing(recorded) if recorded is not None else [
                 found for key in by_key if self._slots[key].rule.reports_conflicts
-                and (found := self._conflict(key, merged[key], writer, seen)) is not None]
+                and (found := self._conflict(key, merged[key], writer, seen, call)) is not None]
             for key, values in by_key.items():
                 slot = self._slots[key]
                 if slot.rule.in_place:  # cannot fail, so only now, once the rest merged
@@ -330,7 +331,7 @@ class Board:
                 else:
                     slot.value = merged[key]
                 slot.version += 1
-                slot.writer = writer
+                slot.writer, slot.call = writer, call
             self._conflicts.extend(conflicts)
             number = self._commits if number is None else number
             self._commits = max(self._commits, number + 1)
@@ -417,13 +418,20 @@ class Board:
             merged[key] = value
         return merged
 
-    def _conflict(self, key: str, value: Any, writer: str,
-                  seen: Mapping[str, int]) -> BoardConflict | None:
+    def _conflict(self, key: str, value: Any, writer: str, seen: Mapping[str, int],
+                  call: tuple[str, str] | None = None) -> BoardConflict | None:
         slot = self._slots[key]
-        if (not slot.writer or slot.writer == writer or seen.get(key) == slot.version
+        # the same writer: the same call (two runs sharing a board both have a 'decide#1',
+        # whose lineages are one text: their blind overwrite was no conflict), or by name
+        mine = (slot.call == call if slot.call is not None and call is not None
+                else slot.writer == writer)
+        if (not slot.writer or mine or seen.get(key) == slot.version
                 or _same(slot.value, value)):
             return None
-        return BoardConflict(key, (slot.writer, writer), (slot.value, value))
+        writers = (slot.writer, writer)
+        if slot.writer == writer and slot.call is not None and call is not None:
+            writers = (f"{slot.writer} (run {slot.call[0]})", f"{writer} (run {call[0]})")
+        return BoardConflict(key, writers, (slot.value, value))
 
     def _replay(self, record: EffectRecord) -> None:
         """Apply a journaled call's writes again, once per board.
