@@ -336,3 +336,31 @@ def test_two_runs_sharing_a_board_overwriting_blind_under_one_name_is_a_conflict
     assert conflict.writers == (f"decide#1 (run {first.run_id})",
                                 f"decide#1 (run {second.run_id})")
     assert second.conflicts == [conflict]
+
+
+def test_an_in_place_merge_that_forgets_to_return_fails_the_call_saying_so() -> None:
+    # was: the key became None, the call succeeded, and the next call's write failed with
+    # "'NoneType' object has no attribute 'append'", blaming the wrong call
+    def no_return(merged: list[Any], value: Any) -> None:
+        merged.append(value)
+
+    board = shoal.Board(log=shoal.merge.using(no_return, initial=[]),
+                        last=shoal.merge.using(lambda merged, value: value, initial=0))
+
+    @shoal.tool
+    def add(board: shoal.BoardHandle) -> None:
+        board.write("log", "a")
+
+    @shoal.tool
+    def clear(board: shoal.BoardHandle) -> None:
+        board.write("last", None)  # a merge giving None for a None written is no mistake
+
+    plan = shoal.Plan()
+    plan.call(add, node_id="add")
+    plan.call(clear, node_id="clear")
+    result = shoal.run_sync(plan, board=board)
+    error = result["add"].error
+    assert error is not None and error.type == "shoal.exceptions.BoardValueError"
+    assert "returned None" in error.message and "return merged" in error.message
+    assert result["clear"].ok
+    assert board.snapshot() == {"log": [], "last": None}

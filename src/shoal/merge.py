@@ -510,6 +510,11 @@ def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             raise TypeError(f"the merge function {shown(fn)} returned "
                             f"{_lazy(result)} ({type(result).__name__}), not the merged "
                             "value; a board merges as it commits: return the value itself")
+        if result is None and merged is not None and value is not None:
+            # merged.append(value) and no return: kept, None failed the next call's merge
+            raise TypeError(f"the merge function {shown(fn)} returned None for "
+                            f"{shown(merged)} and {shown(value)}: a merge function must "
+                            "return the merged value ('return merged' after changing it)")
         return result
 
     return fold
