@@ -18,13 +18,14 @@ otherwise, so resource and barrier edges can never create a cycle.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import heapq
 import string
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Literal, NamedTuple
 
 from shoal.exceptions import ConfigError
@@ -285,11 +286,18 @@ class _Builder:
         self._last_writer: dict[_Key, int] = {}
         self._readers: dict[_Key, list[int]] = {}  # since the key's last writer
         self._mergers: dict[_Key, list[int]] = {}  # since the key's last writer
-        # wildcard uses, checked by later keys; all uses, checked by later wildcards. The
-        # shared empty tuple until a node with a footprint comes: most open runs (an agent's
-        # steps) have none, and a swarm keeps one builder per agent in flight
-        self._wild: list[_Use] | tuple[()] = ()
-        self._history: list[_Use] | tuple[()] = ()
+        # wildcard uses, checked by later keys; all uses, checked by later wildcards; each by
+        # mode, so a use meets only the modes it clashes with (a thousand wildcard reads
+        # checked each against every read before them: minutes for a large open run). None
+        # until a node with a footprint comes: most open runs (an agent's steps) have none,
+        # and a swarm keeps one builder per agent in flight
+        self._wild: dict[_Key, dict[str, list[_Use]]] | None = None  # by key, then mode
+        self._history: dict[str, list[_Use]] | None = None
+        # the position of the last write of each wildcard key: a later use of that same key
+        # meets only it and what came after it (what came before, the write is after), not
+        # every earlier use: 2,000 calls writing 'file:{path}' with a ref path got an edge
+        # from each of those before them, 2 million, and took 33 s to analyse
+        self._wild_writes: dict[_Key, int] = {}
         self._last_barrier: int | None = None
         self._since: list[int] = []  # nodes since the last barrier
         self._maps: dict[int, _Builder] = {}  # a map's position -> what its items meet
@@ -458,8 +466,8 @@ class _Builder:
         if not policy.reads and not policy.writes and not policy.merges:
             return
         history, wild = self._history, self._wild
-        if not isinstance(history, list) or not isinstance(wild, list):  # the first footprint
-            history, wild = [], []
+        if history is None or wild is None:  # the first footprint
+            history, wild = _by_mode(), {}
             self._history, self._wild = history, wild
         defaults = node.tool.defaults
         uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
@@ -467,14 +475,35 @@ class _Builder:
         uses += [(render_key(t, node.args, defaults), "merges") for t in policy.merges]
         for key, mode in uses:
             if with_edges:
-                for other_key, j, other_mode in (history if key.wild else wild):
-                    if _clash(mode, other_mode) and key.meets(other_key):
-                        self.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
+                self._wild_meets(i, key, mode)
             if not key.wild:
                 self._exact_use(i, key, mode, with_edges)
             else:
-                wild.append((key, i, mode))
-            history.append((key, i, mode))
+                found = wild.get(key)
+                if found is None:
+                    found = wild[key] = _by_mode()
+                found[mode].append((key, i, mode))
+                if mode == "writes":
+                    self._wild_writes[key] = i
+            history[mode].append((key, i, mode))
+
+    def _wild_meets(self, i: int, key: _Key, mode: str) -> None:
+        """Resource edges to node ``i``'s use of ``key`` where a wildcard is on either side.
+
+        A wildcard meets every earlier use; an exact key, the earlier wildcards it may be.
+        Of the uses of one wildcard key, only its last write and what came after it: that
+        write comes after the uses before it, whatever they are.
+        """
+        assert self._history is not None and self._wild is not None
+        if key.wild:
+            pairs = [(key, self._history)]
+        else:
+            pairs = [(k, uses) for k, uses in self._wild.items() if key.meets(k)]
+        for wild_key, uses in pairs:
+            since = self._wild_writes.get(wild_key, 0)
+            for other_key, j, other_mode in _clashing(uses, mode, since):
+                if key.meets(other_key):
+                    self.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
 
     def _exact_use(self, i: int, key: _Key, mode: str, with_edges: bool) -> None:
         """Order node ``i``'s use of ``key`` after the earlier uses it clashes with."""
@@ -542,6 +571,30 @@ def _topological(plan: Plan) -> list[Node]:
 def _clash(mode: str, other: str) -> bool:
     """Whether two uses of one key keep plan order: all but two reads, or two merges."""
     return mode != other or mode == "writes"
+
+
+_MODES = ("reads", "writes", "merges")
+
+
+def _by_mode() -> dict[str, list[_Use]]:
+    return {mode: [] for mode in _MODES}
+
+
+def _clashing(uses: dict[str, list[_Use]], mode: str, since: int = 0) -> Iterable[_Use]:
+    """The uses of the modes that clash with ``mode`` from position ``since`` on, in order."""
+    lists = []
+    for other in _MODES:
+        found = uses[other]
+        if found and _clash(mode, other):
+            start = bisect.bisect_left(found, since, key=_POSITION) if since else 0
+            if start < len(found):
+                lists.append(found if start == 0 else found[start:])
+    if len(lists) == 1:
+        return lists[0]
+    return heapq.merge(*lists, key=_POSITION)
+
+
+_POSITION = itemgetter(1)  # of a use: the node's position
 
 
 def analyze(plan: Plan) -> Graph:

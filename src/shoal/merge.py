@@ -409,9 +409,12 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
           commutative: bool = False) -> Rule:
     """A rule merging with ``fn(merged, value) -> merged``, starting from ``initial``.
 
-    ``fn`` should return a new value rather than change ``merged``: a call whose merge fails
-    must leave the board as it was. Say ``commutative=True`` only if the order of two merges
-    never matters (then calls that only merge into the key need not wait for each other).
+    ``fn`` gets copies of the merged value (shallow) and of the written one (deep): a
+    function that adds to ``merged`` in place and returns it changes the board only when the
+    call commits, all or none. (What ``merged`` holds is the board's own: a function that
+    changes it, ``merged[k].append(v)``, and then fails, leaves that change.) Say
+    ``commutative=True`` only if the order of two merges never matters (then calls that only
+    merge into the key need not wait for each other).
     """
     if not callable(fn):
         raise TypeError(f"merge.using takes a function (merged, value) -> merged, got "
@@ -465,14 +468,41 @@ def _is_generator(fn: Callable[..., Any]) -> bool:
         return False
 
 
-def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """``fn``, refusing a result that must be awaited or iterated to be a value.
+def owned(value: Any) -> Any:
+    """A deep copy of ``value``, or ``value`` itself if it cannot be copied (a lock in it).
 
+    Never raises but for a ``KeyboardInterrupt``: a ``__deepcopy__`` of the value's own that
+    fails (``sys.exit()`` too), or a value nested too deep to copy, gives the value as it is,
+    as a board's reads do.
+    """
+    try:
+        return copy.deepcopy(value)
+    except (Exception, SystemExit):
+        return value
+
+
+def _shallow(value: Any) -> Any:
+    """A shallow copy of ``value`` (itself if it cannot be copied); never raises, as owned."""
+    try:
+        return copy.copy(value)
+    except (Exception, SystemExit):
+        return value
+
+
+def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``fn`` on copies of its inputs, refusing a result that must be awaited or iterated.
+
+    Copies: a merge function that changes ``merged`` in place (``merged.append(value)``)
+    changed the board's own value, so a merge failing half way through a commit left half of
+    it; one that changes ``value`` changed the write the call commits later. ``merged`` is
+    copied shallow (it grows with every commit: a deep copy each time made a thousand
+    commits take seconds); what it holds is the board's, changed in place only by a commit
+    that succeeds (a call's read folds into a deep copy, see ``BoardHandle._view``).
     Kept as the merged value, a coroutine or a generator (a function returning one) would
     never run: the board would hold garbage, and the journal could not keep it.
     """
     def fold(merged: Any, value: Any) -> Any:
-        result = fn(merged, value)
+        result = fn(_shallow(merged), owned(value))
         if inspect.isawaitable(result) or inspect.isgenerator(result):
             close = getattr(result, "close", None)
             if callable(close):
@@ -480,6 +510,11 @@ def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             raise TypeError(f"the merge function {shown(fn)} returned "
                             f"{_lazy(result)} ({type(result).__name__}), not the merged "
                             "value; a board merges as it commits: return the value itself")
+        if result is None and merged is not None and value is not None:
+            # merged.append(value) and no return: kept, None failed the next call's merge
+            raise TypeError(f"the merge function {shown(fn)} returned None for "
+                            f"{shown(merged)} and {shown(value)}: a merge function must "
+                            "return the merged value ('return merged' after changing it)")
         return result
 
     return fold

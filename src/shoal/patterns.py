@@ -33,6 +33,7 @@ another, what passes on is its *output*: for a reflect loop, the accepted (or la
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -515,6 +516,10 @@ _LOOP_ARGUMENTS = frozenset({"previous_draft", "feedback"})
 # matched after the leading whitespace is stripped: two '\s*' around '\**' tried every split
 # of a run of spaces between them (32,000 spaces took 14 s, on the event loop)
 _ACCEPT = re.compile(r"\**\s*accept(ed)?\b", re.IGNORECASE)
+# what may follow it, matched from its end: 'accept: false' is a verdict's field, not assent
+# (the word alone: 'ACCEPT: no changes needed' is assent, 'accept: no.' a refusal)
+_SAID = re.compile(r"[ \t*]*[:=][ \t]*\**(?:(?P<no>false|no|not(?: yet)?)|true|yes)\**"
+                   r"(?=[ \t]*(?:[.,;!\n]|$))", re.IGNORECASE)
 
 
 def verdict_of(review: Any, where: str = "") -> Verdict:
@@ -522,17 +527,15 @@ def verdict_of(review: Any, where: str = "") -> Verdict:
 
     A ``Verdict`` is taken as it is; a mapping or object with an ``accept`` field too (a
     replayed or look-alike verdict). Text is an acceptance when its first word is ``ACCEPT``
-    or ``ACCEPTED`` (any case, markdown bold allowed); any other text is feedback, whole.
+    or ``ACCEPTED`` (any case, markdown bold allowed), unless a refusal follows it
+    (``accept: false``, ``no``, ``not yet``); a JSON object with a bool ``accept`` (in a
+    code fence too) is that verdict; any other text is feedback, whole.
     Anything else is a :class:`PatternError`.
     """
     if isinstance(review, Verdict):
         return review
     if isinstance(review, str):
-        text = review.lstrip()
-        accepted = _ACCEPT.match(text)
-        if accepted:
-            return Verdict(accept=True, feedback=text[accepted.end():].strip(" :.-\n*"))
-        return Verdict(accept=False, feedback=review.strip())
+        return _text_verdict(review)
     if isinstance(review, Mapping):
         accept, feedback = review.get("accept"), review.get("feedback", "")
     else:  # its attributes, not its __dict__: a dataclass with slots (or a model) has none
@@ -542,6 +545,49 @@ def verdict_of(review: Any, where: str = "") -> Verdict:
     raise PatternError(f"reflect {where}: the critic must answer a shoal.patterns.Verdict "
                        f"(output_type=Verdict) or text starting with ACCEPT; got "
                        f"{shown(review)}")
+
+
+def _text_verdict(review: str) -> Verdict:
+    """A critic's text as a :class:`Verdict` (see :func:`verdict_of`).
+
+    A critic without ``output_type=Verdict`` may still answer in its shape: a JSON object
+    (``{"accept": true, "feedback": "ok"}``, perhaps fenced) is that verdict, and
+    ``accept: false`` (or ``no``, ``= 0``) is a refusal whose first word happens to be
+    "accept": taken for assent, a JSON verdict of acceptance ran the loop to ``max_rounds``,
+    and a refusal ended it with the draft refused.
+    """
+    text = review.lstrip()
+    if text.startswith(("{", "`")):
+        found = _json_verdict(text)
+        if found is not None:
+            return found
+    accepted = _ACCEPT.match(text)
+    if not accepted:
+        return Verdict(accept=False, feedback=review.strip())
+    said = _SAID.match(text, accepted.end())
+    if said is not None and said.group("no"):
+        return Verdict(accept=False, feedback=review.strip())
+    rest = text[accepted.end() if said is None else said.end():]
+    return Verdict(accept=True, feedback=rest.strip(" :.-\n*"))
+
+
+def _json_verdict(text: str) -> Verdict | None:
+    """The verdict a JSON object (perhaps in a code fence) holds, if it is one; else None."""
+    body = text.rstrip()
+    if body.startswith("```") and body.endswith("```") and "\n" in body:
+        # a markdown code fence: ```json, its lines, ``` (no regex: a fence never closed
+        # made a pattern of one backtrack for minutes on a long answer)
+        body = body[body.index("\n"):-3].strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # prose in braces, or nested past Python's stack
+        return None
+    accept = data.get("accept") if isinstance(data, dict) else None
+    if not isinstance(accept, bool):
+        return None
+    return Verdict(accept=accept, feedback=_feedback(data.get("feedback", "")))
 
 
 def _attribute(value: Any, name: str, default: Any = None) -> Any:

@@ -927,7 +927,9 @@ class Driver:
                            self.cancelled_reason)
         board = self.scope.board if self.scope is not None else None
         if board is not None and board.local:
-            result.board, result.conflicts = board.snapshot(), board.conflicts
+            assert self.scope is not None
+            values = board.snapshot() if self.scope.outermost else board._values()
+            result.board, result.conflicts = values, board.conflicts
         return result
 
     # ---- carrying out decisions ---------------------------------------------------------
