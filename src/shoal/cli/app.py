@@ -49,6 +49,7 @@ from shoal.cli.interrupt import (
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
+from shoal.cli.outputs import journal_clash
 from shoal.cli.render import (
     announce,
     events_file,
@@ -364,7 +365,7 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     """
     allowed = plan_modules(modules)
     _put_cwd_on_path()
-    sink = _open_events(events)
+    sink = _open_events(events, store)
     if isinstance(sink, str):
         return _bad_input("events", sink, as_json)
     live = not as_json and live_fits(sys.stdout)  # not in a 1-column window
@@ -449,7 +450,7 @@ def _run_checked(options: RunOptions) -> int:
     with others_to_stderr(options.as_json):  # a tool module printing as it imports
         plan = load_plan(options.plan_file, modules=plan_modules(options.modules))
     _warn_of_rules_for_no_tool(runtime.approvals.approver, plan)
-    sink = _open_events(options.events)
+    sink = _open_events(options.events, options.store)
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
@@ -507,10 +508,16 @@ def _put_cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
-def _open_events(path: Path | None) -> JsonlSink | str | None:
-    """The events file's sink, or a message saying why it cannot be opened."""
+def _open_events(path: Path | None, store: Path | None) -> JsonlSink | str | None:
+    """The events file's sink, or a message saying why it cannot be opened.
+
+    Never the journal ``store`` or any other SQLite file (see :mod:`shoal.cli.outputs`).
+    """
     if path is None:
         return None
+    clash = journal_clash(path, store, "appending the events there")
+    if clash:
+        return clash
     try:
         return JsonlSink(path)
     except OSError as exc:

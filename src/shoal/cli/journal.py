@@ -30,6 +30,7 @@ from rich.text import Text
 
 from shoal.cli import agent_journal, tree_nodes
 from shoal.cli.agent_journal import is_agent_record
+from shoal.cli.outputs import journal_clash
 from shoal.cli.render import (
     ID_WIDTH,
     STATUS_STYLES,
@@ -440,6 +441,9 @@ def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None,
     ``--html -`` writes the page to standard output instead (and says nothing else there).
     """
     to_stdout = str(path) == "-"
+    clash = "" if to_stdout else journal_clash(path, store, "writing the timeline page there")
+    if clash:  # checked before the run is read: a slip of --html for --store loses nothing
+        raise ShoalError(clash)
     if to_stdout and as_json:
         raise ShoalError("--html - writes the page to standard output, where --json would "
                          "write too: give --html a file name, or leave out --json")

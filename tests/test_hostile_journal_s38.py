@@ -1,0 +1,55 @@
+"""The journal, resume and the command line, attacked again (sweep 38).
+
+Each case runs the real ``shoal`` command in a subprocess (or real code on a real SQLite file)
+and is one defect found: the test fails without its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.test_hostile_journal_s36 import shoal_cli
+from tests.test_journal_hardening import journal_with_a_run
+
+
+def _runs_in(journal: Path) -> list[str]:
+    """The run ids the journal at ``journal`` holds, read with SQLite itself."""
+    with sqlite3.connect(journal) as db:
+        return [row[0] for row in db.execute("SELECT run_id FROM runs")]
+
+
+@pytest.mark.parametrize("target", ["runs.db", "./runs.db", "runs.db-wal", "other.db"])
+def test_a_timeline_is_not_written_over_a_journal(tmp_path: Path, target: str) -> None:
+    # was: shoal show RUN --html runs.db (a slip for --store) wrote the page over the journal:
+    # every run in it lost, exit 0
+    journal = journal_with_a_run(tmp_path)
+    journal_with_a_run(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "runs.db").rename(tmp_path / "other.db")
+    before = (tmp_path / "other.db").read_bytes()
+    proc = shoal_cli("show", "r1", "--store", "runs.db", "--html", target, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "name another file" in proc.stderr and "Traceback" not in proc.stderr
+    assert _runs_in(journal) == ["r1"]
+    assert (tmp_path / "other.db").read_bytes() == before
+    fine = shoal_cli("show", "r1", "--store", "runs.db", "--html", "t.html", cwd=tmp_path)
+    assert fine.returncode == 0 and "<html" in (tmp_path / "t.html").read_text()
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_events_are_not_appended_to_the_journal(tmp_path: Path, fresh: bool) -> None:
+    # was: shoal run --events runs.db --store runs.db appended JSON lines to the journal
+    # file, which SQLite's next write overwrote: the events lost, said written (exit 0)
+    if not fresh:
+        journal_with_a_run(tmp_path)
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [
+        {"id": "a", "tool": "tests.test_journal_hardening:echo", "args": {"text": "x"}}]}))
+    proc = shoal_cli("run", "plan.json", "--store", "runs.db", "--events", "runs.db",
+                     "--json", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert json.loads(proc.stdout)["error"] == "events"
+    assert "is the journal" in proc.stderr
+    assert _runs_in(tmp_path / "runs.db") == ([] if fresh else ["r1"])
