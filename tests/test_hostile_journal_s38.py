@@ -7,12 +7,15 @@ and is one defect found: the test fails without its fix.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_hostile_journal_s36 import shoal_cli
+from tests.test_hostile_journal_s36 import ROOT, shoal_cli
 from tests.test_journal_hardening import journal_with_a_run
 
 
@@ -53,3 +56,41 @@ def test_events_are_not_appended_to_the_journal(tmp_path: Path, fresh: bool) -> 
     assert json.loads(proc.stdout)["error"] == "events"
     assert "is the journal" in proc.stderr
     assert _runs_in(tmp_path / "runs.db") == ([] if fresh else ["r1"])
+
+
+def _speaking_plan(where: Path, calls: int) -> Path:
+    """A plan file of ``calls`` calls of :func:`speak`, in ``where``."""
+    plan = where / "plan.json"
+    plan.write_text(json.dumps({"nodes": [
+        {"id": f"s{i}", "tool": "tests.hostile_journal_s38_tools:speak",
+         "args": {"i": i, "folder": str(where)}} for i in range(calls)]}))
+    return plan
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_reader_that_stops_reading_fails_no_call_and_changes_no_exit_code(
+        tmp_path: Path, as_json: bool) -> None:
+    # was: shoal run plan | head -1: each call printing after head left raised
+    # BrokenPipeError in the tool (--json: its prints go to stderr, 2>&1 | head alike), so
+    # the calls were journaled failed, retried calls ran three times, and the exit code was 1
+    plan = _speaking_plan(tmp_path, 6)
+    args = ["run", str(plan), "--store", str(tmp_path / "runs.db"), *(["--json"] * as_json)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-m", "shoal.cli.app", *args], cwd=tmp_path,
+                          env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        read = proc.stderr if as_json else proc.stdout  # where the tools' prints go
+        other = proc.stdout if as_json else proc.stderr
+        while b"speaks" not in read.readline():  # the first call spoke: the reader leaves
+            pass
+        read.close()
+        (tmp_path / "closed").touch()
+        out = other.read()
+        assert proc.wait(60) == 0, out.decode(errors="replace")[-2000:]
+    if as_json:
+        assert json.loads(out)["counts"]["ok"] == 6
+    with sqlite3.connect(tmp_path / "runs.db") as db:
+        statuses = [row[0] for row in db.execute("SELECT status FROM outcomes")]
+    assert statuses == ["ok"] * 6
+    assert sorted((tmp_path / "ran").read_text().split()) == [str(i) for i in range(6)]

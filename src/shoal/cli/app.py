@@ -50,6 +50,7 @@ from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
 from shoal.cli.outputs import journal_clash
+from shoal.cli.pipes import guarded
 from shoal.cli.render import (
     announce,
     events_file,
@@ -609,6 +610,15 @@ def main() -> None:
     Ctrl-C outside a run (while typer builds the command line, or a slow tool module
     imports) ends it with exit code 130 and one line, as during a run.
     """
+    with guarded():  # a reader that stops reading (| head -1) fails no call, changes no code
+        code = _command()
+        if presses() and code not in (EXIT_INTERRUPTED, EXIT_TERMINATED):  # a press whose
+            code = _interrupted()  # KeyboardInterrupt was lost
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _command() -> Any:
+    """Run the command line; its exit code (or what typer returned)."""
     try:
         install_log_handler()  # the library's warnings quote node ids and errors: escape them
         code = app(standalone_mode=False)  # so that errors come back here to be escaped
@@ -624,9 +634,7 @@ def main() -> None:
         code = _cannot_write(exc) if exc.errno in _FULL else _crashed()
     except Exception as exc:
         code = _command_line_error(exc) if _is_usage_error(exc) else _crashed()
-    if presses() and code not in (EXIT_INTERRUPTED, EXIT_TERMINATED):  # a press whose
-        code = _interrupted()  # KeyboardInterrupt was lost
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    return code
 
 
 def _interrupted(by_sigterm: bool = False) -> int:
