@@ -6,6 +6,7 @@ and is one defect found: the test fails without its fix.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sqlite3
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import shoal
+from shoal.store.sqlite import SQLiteStore
 from tests.test_hostile_journal_s36 import ROOT, shoal_cli
 from tests.test_journal_hardening import journal_with_a_run
 
@@ -94,3 +97,33 @@ def test_a_reader_that_stops_reading_fails_no_call_and_changes_no_exit_code(
         statuses = [row[0] for row in db.execute("SELECT status FROM outcomes")]
     assert statuses == ["ok"] * 6
     assert sorted((tmp_path / "ran").read_text().split()) == [str(i) for i in range(6)]
+
+
+@shoal.tool(approval=True)
+def book(day: datetime.date, seats: int) -> str:
+    """Book ``seats`` seats on ``day``."""
+    return f"{seats} on {day.isoformat()}"
+
+
+def _to_new_year(request: shoal.ApprovalRequest) -> shoal.Decision:
+    """A reviewer's edit: another day, and the seats as text (the tool's schema takes it)."""
+    return shoal.Decision.edit({"day": "2030-01-01", "seats": "2"})
+
+
+def test_a_resumed_runs_edited_arguments_are_what_the_fresh_run_had(tmp_path: Path) -> None:
+    # was: the journal kept an edit's arguments as JSON only, so the replayed outcome of a
+    # resumed run had {'day': '2030-01-01', ...} where the fresh run's had the date
+    plan = shoal.Plan()
+    booked = plan.call(book, day=datetime.date(2026, 3, 4), seats=1)
+    store = SQLiteStore(tmp_path / "runs.db")
+    try:
+        runtime = shoal.Runtime(store=store, approver=_to_new_year)
+        fresh = runtime.run_sync(plan, run_id="r1")[booked]
+        replayed = runtime.resume_sync("r1", plan)[booked]
+        shown = store.outcomes("r1", decode=False)[booked.node].outcome.edited_args
+    finally:
+        store.close()
+    assert fresh.edited_args == {"day": datetime.date(2030, 1, 1), "seats": 2}
+    assert replayed.value == fresh.value == "2 on 2030-01-01"
+    assert replayed.edited_args == fresh.edited_args
+    assert shown == {"day": "2030-01-01", "seats": 2}  # for display: never unpickled
