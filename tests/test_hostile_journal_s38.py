@@ -127,3 +127,15 @@ def test_a_resumed_runs_edited_arguments_are_what_the_fresh_run_had(tmp_path: Pa
     assert replayed.value == fresh.value == "2 on 2030-01-01"
     assert replayed.edited_args == fresh.edited_args
     assert shown == {"day": "2030-01-01", "seats": 2}  # for display: never unpickled
+
+
+def test_a_timeline_to_a_fifo_nobody_reads_says_so_rather_than_waiting_for_ever(
+        tmp_path: Path) -> None:
+    # was: shoal show RUN --html FIFO (a named pipe with no reader) waited for one, for ever
+    journal_with_a_run(tmp_path)
+    os.mkfifo(tmp_path / "page")
+    proc = shoal_cli("show", "r1", "--store", "runs.db", "--html", "page", cwd=tmp_path,
+                     timeout=30)
+    assert proc.returncode == 2
+    assert "FIFO (named pipe) that no process is reading" in proc.stderr
+    assert "start its reader first" in proc.stderr
