@@ -139,3 +139,26 @@ def test_a_timeline_to_a_fifo_nobody_reads_says_so_rather_than_waiting_for_ever(
     assert proc.returncode == 2
     assert "FIFO (named pipe) that no process is reading" in proc.stderr
     assert "start its reader first" in proc.stderr
+
+
+def test_resume_of_a_plan_file_edited_until_it_no_longer_loads_uses_the_journals_copy(
+        tmp_path: Path) -> None:
+    # was: the file had changed, so resume loaded it anyway and stopped on its problems
+    # (exit 2), though the journal kept the exact text the run started with
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        "nodes:\n  - {id: a, tool: 'tests.test_journal_hardening:echo', args: {text: hi}}\n")
+    assert shoal_cli("run", "plan.yaml", "--store", "runs.db", cwd=tmp_path).returncode == 0
+    plan_file.write_text("nodes:\n  - {id: a, tool: 'tests.test_journal_hardening:echo'\n")
+    resumed = shoal_cli("resume", _runs_in(tmp_path / "runs.db")[0], "--store", "runs.db",
+                        "--json", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["counts"]["ok"] == 1
+    assert "plan.yaml changed since the run started and no longer loads (1 problem); " \
+           "resuming with the copy kept in the journal" in resumed.stderr
+    # a change that still loads is the file's to judge, as before (a changed plan is refused)
+    plan_file.write_text(
+        "nodes:\n  - {id: b, tool: 'tests.test_journal_hardening:echo', args: {text: hi}}\n")
+    changed = shoal_cli("resume", _runs_in(tmp_path / "runs.db")[0], "--store", "runs.db",
+                        "--json", cwd=tmp_path)
+    assert changed.returncode == 2 and json.loads(changed.stdout)["error"] == "plan_changed"
