@@ -162,3 +162,16 @@ def test_resume_of_a_plan_file_edited_until_it_no_longer_loads_uses_the_journals
     changed = shoal_cli("resume", _runs_in(tmp_path / "runs.db")[0], "--store", "runs.db",
                         "--json", cwd=tmp_path)
     assert changed.returncode == 2 and json.loads(changed.stdout)["error"] == "plan_changed"
+
+
+def test_json_output_refuses_events_to_standard_output(tmp_path: Path) -> None:
+    # was: shoal run --json --events /dev/stdout wrote 6,000 event lines above the JSON, on
+    # the stdout --json promises holds the JSON alone (as --html - --json is refused)
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [
+        {"id": "a", "tool": "tests.test_journal_hardening:echo", "args": {"text": "x"}}]}))
+    proc = shoal_cli("run", "plan.json", "--store", "runs.db", "--json", "--events",
+                     "/dev/stdout", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["error"] == "events"
+    assert "is standard output" in proc.stderr
+    assert not (tmp_path / "runs.db").exists() or _runs_in(tmp_path / "runs.db") == []

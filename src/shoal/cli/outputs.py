@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["SQLITE_HEADER", "journal_clash"]
+__all__ = ["SQLITE_HEADER", "is_stdout", "journal_clash"]
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
@@ -65,3 +65,12 @@ def _is_database(path: Path) -> bool:
             return file.read(len(SQLITE_HEADER)) == SQLITE_HEADER
     except (OSError, ValueError):  # unreadable: not known to be one; writing it says why
         return False
+
+
+def is_stdout(path: Path) -> bool:
+    """Whether ``path`` names the file standard output is (``/dev/stdout``, its pipe, ...)."""
+    try:
+        named, out = os.stat(path), os.fstat(1)
+    except (OSError, ValueError):  # no such file yet, or no standard output: not it
+        return False
+    return (named.st_dev, named.st_ino) == (out.st_dev, out.st_ino)
