@@ -63,6 +63,7 @@ __all__ = [
     "edited_args_text",
     "placement",
     "wants_text",
+    "writing_fd",
 ]
 
 
@@ -522,22 +523,23 @@ def wants_text(sink: EventSink) -> bool:
         return False
 
 
-def _append_fd(path: str) -> int:
-    """``path`` opened to append to (made if missing), a FIFO only if a process reads it.
+def writing_fd(path: str, *, append: bool = True) -> int:
+    """``path`` opened to write (appended to, else emptied; made if missing): a FIFO if read.
 
     Opened without waiting (``O_NONBLOCK``), then made blocking again: a FIFO that no process
     reads is ``ENXIO`` at once, raised as an :class:`OSError` saying so, not a wait for a
-    reader that may never come (see :class:`JsonlSink`).
+    reader that may never come (see :class:`JsonlSink`; ``shoal show RUN --html FIFO`` waited
+    so, for ever).
     """
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
     nonblock = getattr(os, "O_NONBLOCK", 0)  # (none on Windows, whose FIFOs are not files)
     try:
         fd = os.open(path, flags | nonblock, 0o666)
     except OSError as exc:
         if exc.errno == errno.ENXIO and _is_fifo(path):
             raise OSError(exc.errno, f"it is a FIFO (named pipe) that no process is reading; "
-                          f"start its reader first (such as: cat {shlex.quote(path)}), then the "
-                          "run",
+                          f"start its reader first (such as: cat {shlex.quote(path)}), then "
+                          f"{'the run' if append else 'the command again'}",
                           path) from None
         raise
     if nonblock:
@@ -579,7 +581,7 @@ class JsonlSink:
         # held open for the run's lifetime; closed by close(). Line-buffered: a file being
         # followed (tail -f) is current, and a killed run loses no event it had written.
         try:
-            self._file: IO[str] = open(_append_fd(self.path), "a",  # noqa: SIM115
+            self._file: IO[str] = open(writing_fd(self.path), "a",  # noqa: SIM115
                                        encoding="utf-8", buffering=1)
         except ValueError as exc:  # a NUL, a lone surrogate: no file system can name it
             raise ConfigError(f"JsonlSink cannot open {shown(path)}: {exc}") from None

@@ -49,6 +49,8 @@ from shoal.cli.interrupt import (
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
+from shoal.cli.outputs import is_stdout, journal_clash
+from shoal.cli.pipes import guarded
 from shoal.cli.render import (
     announce,
     events_file,
@@ -364,7 +366,7 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     """
     allowed = plan_modules(modules)
     _put_cwd_on_path()
-    sink = _open_events(events)
+    sink = _open_events(events, store, as_json)
     if isinstance(sink, str):
         return _bad_input("events", sink, as_json)
     live = not as_json and live_fits(sys.stdout)  # not in a 1-column window
@@ -449,7 +451,7 @@ def _run_checked(options: RunOptions) -> int:
     with others_to_stderr(options.as_json):  # a tool module printing as it imports
         plan = load_plan(options.plan_file, modules=plan_modules(options.modules))
     _warn_of_rules_for_no_tool(runtime.approvals.approver, plan)
-    sink = _open_events(options.events)
+    sink = _open_events(options.events, options.store, options.as_json)
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
@@ -507,10 +509,20 @@ def _put_cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
-def _open_events(path: Path | None) -> JsonlSink | str | None:
-    """The events file's sink, or a message saying why it cannot be opened."""
+def _open_events(path: Path | None, store: Path | None, as_json: bool) -> JsonlSink | str | None:
+    """The events file's sink, or a message saying why it cannot be opened.
+
+    Never the journal ``store`` or any other SQLite file (see :mod:`shoal.cli.outputs`), nor,
+    with ``--json``, standard output: its lines made the JSON no JSON reader takes.
+    """
     if path is None:
         return None
+    if as_json and is_stdout(path):
+        return (f"{str(path)!r} is standard output, where --json writes the result: name "
+                "another file for the events, or leave out --json")
+    clash = journal_clash(path, store, "appending the events there")
+    if clash:
+        return clash
     try:
         return JsonlSink(path)
     except OSError as exc:
@@ -602,6 +614,15 @@ def main() -> None:
     Ctrl-C outside a run (while typer builds the command line, or a slow tool module
     imports) ends it with exit code 130 and one line, as during a run.
     """
+    with guarded():  # a reader that stops reading (| head -1) fails no call, changes no code
+        code = _command()
+        if presses() and code not in (EXIT_INTERRUPTED, EXIT_TERMINATED):  # a press whose
+            code = _interrupted()  # KeyboardInterrupt was lost
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _command() -> Any:
+    """Run the command line; its exit code (or what typer returned)."""
     try:
         install_log_handler()  # the library's warnings quote node ids and errors: escape them
         code = app(standalone_mode=False)  # so that errors come back here to be escaped
@@ -617,9 +638,7 @@ def main() -> None:
         code = _cannot_write(exc) if exc.errno in _FULL else _crashed()
     except Exception as exc:
         code = _command_line_error(exc) if _is_usage_error(exc) else _crashed()
-    if presses() and code not in (EXIT_INTERRUPTED, EXIT_TERMINATED):  # a press whose
-        code = _interrupted()  # KeyboardInterrupt was lost
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    return code
 
 
 def _interrupted(by_sigterm: bool = False) -> int:

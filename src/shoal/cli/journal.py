@@ -30,6 +30,7 @@ from rich.text import Text
 
 from shoal.cli import agent_journal, tree_nodes
 from shoal.cli.agent_journal import is_agent_record
+from shoal.cli.outputs import journal_clash
 from shoal.cli.render import (
     ID_WIDTH,
     STATUS_STYLES,
@@ -39,11 +40,12 @@ from shoal.cli.render import (
     seconds,
     settle_hint,
 )
-from shoal.cli.safe import clean, one_line, shorten
+from shoal.cli.safe import clean, one_line, others_to_stderr, shorten
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
 from shoal.exceptions import (
     JournalDamagedError,
+    PlanError,
     RunActiveError,
     RunNotFoundError,
     ShoalError,
@@ -53,6 +55,7 @@ from shoal.exceptions import (
 )
 from shoal.outcome import STATUSES, Outcome, json_text, jsonable
 from shoal.plandata import DataError, read_text
+from shoal.planfile import load_plan
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.claims import lock_names
 from shoal.store.claims import process_alive as _alive
@@ -440,6 +443,9 @@ def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None,
     ``--html -`` writes the page to standard output instead (and says nothing else there).
     """
     to_stdout = str(path) == "-"
+    clash = "" if to_stdout else journal_clash(path, store, "writing the timeline page there")
+    if clash:  # checked before the run is read: a slip of --html for --store loses nothing
+        raise ShoalError(clash)
     if to_stdout and as_json:
         raise ShoalError("--html - writes the page to standard output, where --json would "
                          "write too: give --html a file name, or leave out --json")
@@ -1103,7 +1109,7 @@ def resume_command(
                 max_concurrency, None, deadline, events, approve=approve, store=store,
                 resume=run_id, force=force, rerun_in_doubt=tuple(rerun_in_doubt or ()),
                 mark_done=parse_mark_done(mark_done or []) or None))
-        plan_file = _recorded_plan(record, store)
+        plan_file = _recorded_plan(record, store, as_json)
         done = parse_mark_done(mark_done or [])
     except RunActiveError as exc:
         raise typer.Exit(_fail(str(exc), as_json, "run_active")) from None
@@ -1169,8 +1175,8 @@ def _agent_of_step(journal: SQLiteStore, run_id: str) -> str | None:
     return root if record is not None and is_agent_record(record) else None
 
 
-def _recorded_plan(record: RunRecord, store: Path) -> Path:
-    """The run's plan file; if it is gone, a copy of the text the journal kept."""
+def _recorded_plan(record: RunRecord, store: Path, as_json: bool) -> Path:
+    """The run's plan file; if it is gone (or no longer loads), a copy of the journal's text."""
     source = record.source
     if not source.get("path"):
         raise ShoalError(f"run {record.run_id!r} was not started from a plan file; resume it "
@@ -1178,11 +1184,15 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
     _on_path(str(source.get("cwd") or ""))
     path = Path(str(source["path"]))
     text, why = _plan_text(path)
+    if text is not None and hashlib.sha256(text.encode("utf-8")).hexdigest() == source.get(
+            "sha256"):
+        return path
     if text is not None:
-        if hashlib.sha256(text.encode("utf-8")).hexdigest() != source.get("sha256"):
+        why = _broken_since(path, as_json) if "text" in source else ""
+        if not why:
             sys.stderr.write(f"note: {clean(str(path))} changed since the run started; resuming "
                              f"only if it still describes the same plan\n")
-        return path
+            return path
     if "text" not in source:
         raise ShoalError(f"the plan file {str(path)!r} of run {record.run_id!r} {why}")
     copy = store.parent / f"plan-{_file_safe(record.run_id)}{path.suffix}"
@@ -1195,6 +1205,24 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
     sys.stderr.write(f"note: {clean(str(path))} {clean(why)}; resuming with the copy kept in "
                      f"the journal ({clean(str(copy))})\n")
     return copy
+
+
+def _broken_since(path: Path, as_json: bool) -> str:
+    """Why the plan file at ``path``, changed since its run started, does not load ('': it does).
+
+    Such a file cannot describe the run's plan, whose text the journal kept: resume uses that
+    (it refused with the file's problems, as if the run could not be resumed).
+    """
+    from shoal.cli.app import plan_modules  # the app imports this module
+
+    try:
+        with others_to_stderr(as_json):  # a tool module printing as it imports
+            load_plan(path, modules=plan_modules(None))
+    except PlanError as exc:
+        count = len(exc.problems)
+        return f"changed since the run started and no longer loads ({count} problem" + (
+            "s)" if count != 1 else ")")
+    return ""
 
 
 def _plan_text(path: Path) -> tuple[str | None, str]:

@@ -39,18 +39,18 @@ import pickle
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
-from shoal.outcome import BYTES_TAG, bytes_tagged, huge_int_text, itself_text
+from shoal.outcome import BYTES_TAG, bytes_tagged, huge_int_text, itself_text, jsonable
 
 __all__ = [
     "BYTES_TAG", "ENCODE_TIMEOUT", "MAX_VALUE_BYTES", "VIEW_ITEMS", "VIEW_TEXT",
-    "DamagedValueError", "Encoded", "Encoding",
+    "DamagedValueError", "Encoded", "Encoding", "decode_arguments", "encode_arguments",
     "decode_value", "encode_value", "is_plain_json", "untag_bytes", "view_value",
 ]  # fmt: skip
 
@@ -408,6 +408,38 @@ def decode_value(encoding: str, payload: bytes, view: str | None) -> tuple[Any, 
             raise DamagedValueError(f"the pickle does not load ({type(exc).__name__}: "
                                     f"{str(exc)[:200]})") from None
     return view_value(view if view is not None else payload.decode("utf-8")), False
+
+
+_PICKLED = "pickle:"  # how an arguments cell holding a pickle begins (a JSON one: '{')
+
+
+def encode_arguments(args: Mapping[str, Any]) -> str:
+    """Arguments (those an approver's edit ran) as journal text that reads back exactly.
+
+    Plain JSON as JSON text, as ever; anything else (a date, a model the tool's schema made)
+    as ``pickle:``, the pickle in base64, a newline and its JSON view: read back as JSON, a
+    resumed run's outcome had ``"2030-01-01"`` where the fresh run's had the date. What does
+    not pickle is kept as its JSON form.
+    """
+    encoded = encode_value(dict(args))
+    if encoded.encoding == "pickle":
+        payload = base64.b64encode(encoded.payload).decode("ascii")
+        return f"{_PICKLED}{payload}\n{encoded.view}"
+    return json.dumps(jsonable(args))
+
+
+def decode_arguments(text: str, decode: bool = True) -> Any:
+    """What :func:`encode_arguments` wrote; ``decode=False``: its JSON view, never unpickled.
+
+    Raises :class:`ValueError` (or :class:`DamagedValueError`) for text that is neither.
+    """
+    if not text.startswith(_PICKLED):
+        return json.loads(text)
+    payload, _, view = text[len(_PICKLED):].partition("\n")
+    if not decode:
+        return view_value(view)
+    value, _ = decode_value("pickle", base64.b64decode(payload, validate=True), view)
+    return value
 
 
 def _raised_by_its_code(exc: BaseException) -> bool:

@@ -67,7 +67,14 @@ from shoal.store.claims import (
     record_beats,
     write_lock_holder,
 )
-from shoal.store.codec import DamagedValueError, decode_value, encode_value, view_value
+from shoal.store.codec import (
+    DamagedValueError,
+    decode_arguments,
+    decode_value,
+    encode_arguments,
+    encode_value,
+    view_value,
+)
 
 __all__ = ["DEFAULT_PATH", "SCHEMA_VERSION", "SQLiteStore"]
 
@@ -977,7 +984,7 @@ def _outcome_row(record: OutcomeRecord) -> tuple[Any, ...]:
     return (record.run_id, record.position, o.node_id, o.tool, o.status, encoding, payload,
             view, error, o.reason, o.attempts, o.queued_at, o.started_at, o.finished_at,
             o.executor, int(o.abandoned), o.where, "1" if o.interrupted else "0",
-            "" if o.edited_args is None else json.dumps(jsonable(o.edited_args)))
+            "" if o.edited_args is None else encode_arguments(o.edited_args))
 
 
 def _effect_row(record: EffectRecord) -> tuple[Any, ...]:
@@ -1016,7 +1023,7 @@ def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
             _number(started_at, "started_at", optional=True),
             _number(finished_at, "finished_at", optional=True), _text(executor, "executor"),
             bool(_int(abandoned, "abandoned")), _loose_text(where),
-            edited_args=_json(edited, "edited", dict) if edited else None)
+            edited_args=_edited_args(edited, decode) if edited else None)
         _check_order(outcome)
         said = _loose_text(interrupted)
         if outcome.status in _STOPPED and said != "0" and (said or outcome.attempts):
@@ -1030,6 +1037,20 @@ def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
                                      reason=f"damaged in the journal: {what}"),
                              False, "repr", damaged=what)
     return StoredOutcome(outcome, real, encoding)
+
+
+def _edited_args(cell: Any, decode: bool) -> dict[str, Any]:
+    """An outcome's ``edited`` cell (see :func:`~shoal.store.codec.encode_arguments`)."""
+    text = _str(cell)
+    try:
+        if not isinstance(text, str):
+            raise ValueError("not text")
+        args = decode_arguments(text, decode)
+    except (ValueError, UnicodeError, DamagedValueError) as exc:
+        raise _Damaged(f"edited: not JSON ({_shown(cell)}: {exc})") from None
+    if not isinstance(args, dict):
+        raise _Damaged(f"edited: {_shown(cell)} is not a mapping of arguments")
+    return args
 
 
 def _check_order(outcome: Outcome) -> None:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from shoal.events import writing_fd
 from shoal.exceptions import ConfigError
 from shoal.merge import shown
 from shoal.outcome import jsonable
@@ -71,7 +72,8 @@ def write(data: Any, path: str | os.PathLike[str]) -> str:
                           f"{type(path).__name__} {shown(path)}")
     page = render(data)
     try:
-        target.write_text(page, encoding="ascii")
+        with open(writing_fd(str(target), append=False), "w", encoding="ascii") as file:
+            file.write(page)
     except ValueError as exc:  # a NUL, a lone surrogate (the page itself is ASCII)
         raise ConfigError(f"cannot write the timeline to {shown(path)}: {exc}") from None
     return page
