@@ -14,6 +14,12 @@ _Frozen = TypeVar("_Frozen", bound=type)
 #: A field with a ``default_factory`` whose argument was not given (see :func:`slot_init`).
 _UNGIVEN: Any = object()
 
+#: The classes :func:`slot_init` made, each with its field names: frozen, slotted dataclasses
+#: of shoal's own whose pickle (the dataclass's ``__getstate__``) and view read their fields
+#: and run no other code. The journal encodes one of exactly such a class, whose fields hold
+#: only built-in values or such records, where it is asked (see :mod:`shoal.store.codec`).
+RECORD_FIELDS: dict[type, tuple[str, ...]] = {}
+
 
 def slot_init(cls: _Frozen) -> _Frozen:
     """Give a frozen, slotted dataclass an ``__init__`` that sets each slot directly.
@@ -54,4 +60,8 @@ def slot_init(cls: _Frozen) -> _Frozen:
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
     cls.__init__ = init  # type: ignore[misc]
+    # (a class that pickles in a way of its own is no such record)
+    if all(getattr(cls, name) is getattr(object, name) for name in ("__reduce_ex__",
+                                                                     "__reduce__")):
+        RECORD_FIELDS[cls] = tuple(item.name for item in dataclasses.fields(cls))
     return cls
