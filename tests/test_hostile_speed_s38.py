@@ -127,3 +127,47 @@ async def _journaled_then_resumed(store: Path) -> None:
     assert resumed.ok and resumed.output == "report"
     assert resumed.turns == first.turns == 2 and resumed.usage.requests >= 2
     assert len(resumed.calls) == 5 and all(c.ok for c in resumed.calls)
+
+
+# ---- the journal's writer binds each row's text once, as SQLite can hold it ------------------
+
+
+@shoal.tool
+async def echo(text: str) -> str:
+    """Return ``text`` as it came."""
+    return text
+
+
+@shoal.tool
+async def fail(text: str) -> str:
+    """Fail, saying ``text``."""
+    raise ValueError(text)
+
+
+def test_rows_of_ascii_other_text_and_lone_surrogates_are_kept_exactly(tmp_path: Path) -> None:
+    # most rows are ASCII alone and are bound as they are; a row with text SQLite cannot
+    # hold (a lone surrogate) anywhere in it, even past its ASCII fields, is bound as bytes
+    texts = ["plain", "caf\u00e9 \u2603", "lone \ud800 high", "\udfff", "pair \ud83d\ude00"]
+    plan = shoal.Plan("binds")
+    for index, text in enumerate(texts):
+        plan.call(echo, text=text, node_id=f"echo{index}")
+        plan.call(fail, text=text, node_id=f"fail{index}")
+    store = tmp_path / "runs.db"
+
+    async def go() -> str:
+        runtime = shoal.Runtime(store=store)
+        try:
+            return (await runtime.run(plan)).run_id
+        finally:
+            await runtime.aclose()
+
+    run_id = asyncio.run(go())
+    from shoal.store.sqlite import SQLiteStore
+
+    kept = SQLiteStore(store).outcomes(run_id)
+    for index, text in enumerate(texts):
+        assert kept[f"echo{index}"].outcome.value == text
+        error = kept[f"fail{index}"].outcome.error
+        # (an error is kept as JSON, which reads a high and a low surrogate as one character)
+        assert error is not None and error.message == text.replace(
+            "\ud83d\ude00", "\U0001f600")
