@@ -131,8 +131,9 @@ def _scan(value: Any) -> tuple[str, int]:
             if id(item) in seen:
                 continue
             seen.add(id(item))
-            stack.extend([getattr(item, name) for name in fields])
-            size += 2 + len(fields)
+            values = fields(item)
+            stack.extend(values)
+            size += 2 + len(values)
         else:
             return "other", size
         if size > MAX_VALUE_BYTES:
