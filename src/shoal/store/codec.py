@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
+from shoal._slots import RECORD_FIELDS
 from shoal.outcome import BYTES_TAG, bytes_tagged, huge_int_text, itself_text, jsonable
 
 __all__ = [
@@ -96,9 +97,10 @@ def is_plain_json(value: Any) -> bool:
 def _scan(value: Any) -> tuple[str, int]:
     """(``json``, ``builtin``, ``other`` or ``big``, a lower bound of its size in bytes).
 
-    ``builtin``: exact built-in types only, but not plain JSON; ``other``: some value of
-    another type; ``big``: over :data:`MAX_VALUE_BYTES` even as JSON. Each container is
-    visited once, so a self-containing value ends the walk rather than looping.
+    ``builtin``: exact built-in types and shoal's own records only (see
+    :data:`~shoal._slots.RECORD_FIELDS`: a model turn's reply), but not plain JSON; ``other``:
+    some value of another type; ``big``: over :data:`MAX_VALUE_BYTES` even as JSON. Each
+    container is visited once, so a self-containing value ends the walk rather than looping.
     """
     plain, size = True, 0
     seen: set[int] = set()
@@ -122,6 +124,16 @@ def _scan(value: Any) -> tuple[str, int]:
             size += _add(item, kind, stack)
             plain = plain and (kind is list or (kind is dict and all(
                 type(k) is str for k in item)))
+        elif (fields := RECORD_FIELDS.get(kind)) is not None:
+            # exactly such a record: its fields are read as a container's items are (slots:
+            # no code of its own runs); pickled, never plain JSON
+            plain = False
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            values = fields(item)
+            stack.extend(values)
+            size += 2 + len(values)
         else:
             return "other", size
         if size > MAX_VALUE_BYTES:

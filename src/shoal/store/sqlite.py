@@ -168,7 +168,7 @@ class _Bound:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
         """``conn.executemany`` with bound parameters."""
-        return self.conn.executemany(sql, (_bind(row) for row in rows))
+        return self.conn.executemany(sql, map(_bind, rows))
 
 
 class SQLiteStore:
@@ -1120,15 +1120,22 @@ def _attempt(row: Sequence[Any]) -> AttemptRecord:
 # ---- text SQLite can hold, and cells read back with care -----------------------------------
 
 
-def _bind(params: Sequence[Any]) -> tuple[Any, ...]:
+def _bind(params: Sequence[Any]) -> Sequence[Any]:
     r"""``params`` as SQLite can bind them: text with lone surrogates goes as a BLOB.
 
     SQLite text must be valid UTF-8, and a model or a tool can hand shoal a lone surrogate
     (``"\ud800"`` is valid JSON). Such text is kept exactly, as the bytes of
     ``surrogatepass``; lookups bind the same bytes, so they still match, and reading turns
     them back into the same text (:func:`_str`).
+
+    A row whose text is all ASCII (most rows) is bound as it is: looked over in one loop,
+    not rebuilt through a generator and a call per text (the journal's writer binds a few
+    dozen rows per agent of a swarm, on the thread that waits for the GIL).
     """
-    return tuple(_sql_text(p) if type(p) is str else p for p in params)
+    for param in params:
+        if type(param) is str and not param.isascii():
+            return tuple(_sql_text(p) if type(p) is str else p for p in params)
+    return params
 
 
 def _sql_text(text: str) -> str | bytes:
