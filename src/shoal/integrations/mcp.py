@@ -405,8 +405,11 @@ class _Session:
         self._dead: asyncio.Future[str] | None = None  # its result: why the session ended
         self._stop = asyncio.Event()
         self._errlog: TextIO | None = None
-        # the listing of its tools made once it started (see open())
+        # the listing of its tools made once it started (see open()), and anew each time the
+        # server says its tools changed (``_again``: once more, it said so while listing)
         self._listing: asyncio.Future[list[mcp_types.Tool]] | None = None
+        self._again = False
+        self.tool_names: frozenset[str] | None = None  # what the last listing found
         self.terminated = False  # an HTTP server ended it, unread request and all (404)
         # the HTTP status (and its phrase) each request the server failed got, by request id
         self.http_failed: dict[Any, tuple[int, str]] = {}
@@ -430,7 +433,7 @@ class _Session:
         """
         client = await self._connect()
         if self._listing is None:
-            self._listing = asyncio.ensure_future(self._list_all(client))
+            self._listing = asyncio.ensure_future(self._relisting(client))
             self._listing.add_done_callback(_retrieve)
         # shielded: one caller's cancellation must not cancel the listing for the others
         await asyncio.shield(self._listing)
@@ -483,6 +486,30 @@ class _Session:
                 cause = _cause(exc, self._client is None, self.server)
             finally:
                 self._end(cause)
+
+    def tools_changed(self) -> None:
+        """The server said its tools changed: list them anew before the next call is sent.
+
+        The first listing was kept for good: a tool it removed was still called (and a server
+        need not answer a call of a tool it no longer has), and the MCP SDK checked each result
+        against the output schema listed first, failing a call whose tool had changed it.
+        """
+        listing, client = self._listing, self._client
+        if listing is None or client is None or self.dead:  # the first listing is to come
+            return
+        if not listing.done():  # it may have been read before the change: once more
+            self._again = True
+            return
+        self._listing = asyncio.ensure_future(self._relisting(client))
+        self._listing.add_done_callback(_retrieve)
+
+    async def _relisting(self, client: Client) -> list[mcp_types.Tool]:
+        """List the tools, again while the server says they changed meanwhile."""
+        while True:
+            self._again = False
+            found = await self._list_all(client)
+            if not self._again:
+                return found
 
     def output_ended(self) -> None:
         """The server's output ended (it exited, or closed its stdout): the session is over.
@@ -560,6 +587,12 @@ class _Session:
             if connected and self.server.command:  # it was up, and ended before this call
                 raise _NotSent(exc) from None
             raise
+        if self.tool_names is not None and name not in self.tool_names:
+            raise MCPToolError(self.server.described, name, (
+                f"MCP server {self.server.described} does not list tool {name!r} now (its "
+                f"tools changed since they were listed; it lists "
+                f"{bounded_text(', '.join(sorted(self.tool_names)), 500) or 'none'}): the "
+                "call was not sent; list its tools again (shoal.mcp.tools)"))
         sent = _Sent()
         token = _SENDING.set(sent)  # the request's task, made now, copies it: the writer's mark
         try:
@@ -606,6 +639,7 @@ class _Session:
             found += page.tools
             cursor = page.next_cursor
             if not cursor:
+                self.tool_names = frozenset(t.name for t in found)
                 return found
             if cursor in cursors:  # it would page on for good, its tools over and over
                 self._end(f"pages the listing of its tools in a loop (its cursor "
@@ -812,6 +846,7 @@ class _WatchedReader(_Watched):
             item = self._batched.popleft()
         if isinstance(item.message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
             self._session.answered(item.message)
+        _heard(self._session, item.message)
         return item
 
     async def _received(self) -> Any:
@@ -824,6 +859,17 @@ class _WatchedReader(_Watched):
         except anyio.ClosedResourceError:
             self._session.output_ended()
             raise
+
+
+def _heard(session: _Session, message: Any) -> None:
+    """Tell ``session`` of a notification it acts on, as it arrives (before what follows it).
+
+    Read here rather than by the SDK's notification handler, which runs in a task of its
+    own: an answer that came after the notification could reach its call first.
+    """
+    if (isinstance(message, mcp_types.JSONRPCNotification)
+            and message.method == "notifications/tools/list_changed"):
+        session.tools_changed()
 
 
 #: The ``data`` of the error that stands for an answer the MCP SDK could not read.
@@ -991,6 +1037,7 @@ class _StatusReader(_Watched):
         message = getattr(item, "message", None)
         if isinstance(message, mcp_types.JSONRPCResponse):
             self._session.answered(message)
+        _heard(self._session, message)
         if not isinstance(message, mcp_types.JSONRPCError):
             return item
         self._session.answered(message)

@@ -1,0 +1,263 @@
+"""Hostile MCP servers against shoal's MCP client, found in session 38.
+
+Each server is real: a subprocess speaking MCP over stdio (tests/hostile_mcp_s38_server.py,
+JSON-RPC by hand), or a local HTTP server (the ones of session 37's tests). Whatever it does,
+every call ends in a recorded outcome (its answer, or a typed error a person can act on).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install -e '.[mcp]'")
+
+import shoal
+from tests.conftest import arun
+from tests.test_hostile_mcp_s35 import _OffProtocolHTTP
+from tests.test_hostile_mcp_s37 import _BatchingHTTP, http_serving
+
+SERVER = [sys.executable, str(Path(__file__).parent / "hostile_mcp_s38_server.py")]
+SLOW = 60.0  # seconds a test may take: only a bound for a hang (servers start in a second)
+
+
+class _EventBatchingHTTP(_BatchingHTTP):
+    """:class:`_BatchingHTTP`, and an event stream of other shapes.
+
+    ``/sse_cr``: its lines end in CR alone, and the batch's event comes after an event that
+    is no batch (a log notification) and carries an id; ``/sse_split``: the batch's data is
+    on two lines; ``/sse_after``: the answer comes first in the batch, then a notification.
+    """
+
+    _real = ""  # the path posted to (``self.path`` is made ``/sse`` for the base class)
+
+    def _send(self, body: bytes, kind: str = "application/json") -> None:
+        if kind == "text/event-stream" and self._real != "/sse":
+            event = body.decode()
+            batch = json.loads(event[event.index("data: ") + 6:])
+            if self._real == "/sse_cr":
+                note = json.dumps(batch[0])
+                body = (f": hello\revent: message\rdata: {note}\r\rid: 7\rdata: "
+                        f"{json.dumps(batch)}\r\r").encode()
+            elif self._real == "/sse_split":
+                lines = json.dumps(batch, indent=1).split("\n")
+                body = ("".join(f"data: {line}\n" for line in lines) + "\n").encode()
+            elif self._real == "/sse_after":
+                body = f"data: {json.dumps(batch[::-1])}\n\n".encode()
+        super()._send(body, kind)
+
+    def do_POST(self) -> None:
+        """As :class:`_BatchingHTTP`, each event stream path answered as an event stream."""
+        self._real = self.path
+        if self.path.startswith("/sse"):
+            self.path = "/sse"
+        super().do_POST()
+
+
+@pytest.mark.parametrize("path", ["sse", "sse_cr", "sse_split", "sse_after"])
+def test_an_answer_in_a_json_rpc_batch_in_an_event_stream_reaches_its_call(path: str) -> None:
+    # the MCP SDK reads one message an event: an event holding a batch failed its call as a
+    # parse error ("answered off-protocol"), though its answer was there
+    async def main(base: str) -> None:
+        (tool,) = await shoal.mcp.tools(url=f"{base}/{path}", timeout=20)
+        plan = shoal.Plan()
+        ref = plan.call(tool)
+        result = (await shoal.run(plan))[ref]
+        assert (result.status, result.value) == ("ok", "batched"), result.error
+
+    with http_serving(_EventBatchingHTTP) as base:
+        arun(main(base), timeout=SLOW)
+
+
+@pytest.mark.parametrize("path", ["json", "sse_after"])
+def test_a_notification_after_the_answer_in_a_batch_is_not_dropped(path: str) -> None:
+    # the MCP SDK stops reading a request's answer at its answer: a notification after it in
+    # the batch (here: the tools changed, the tool 'gone' removed) was dropped
+    class Changing(_EventBatchingHTTP):
+        def _listed_tools(self) -> list[dict[str, Any]]:
+            tools = super()._listed_tools()
+            return tools if getattr(self.server, "shrunk", False) else [
+                *tools, {**tools[0], "name": "gone"}]
+
+        method = ""
+
+        def _read(self) -> dict[str, Any]:
+            message = super()._read()
+            self.method = message.get("method", "")
+            return message
+
+        def _send(self, body: bytes, kind: str = "application/json") -> None:
+            sent = json.loads(body.decode().removeprefix("event: message\ndata: "))
+            if self.method == "tools/call":  # the tools change with its answer
+                self.server.shrunk = True  # type: ignore[attr-defined]
+                sent[0] = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+                body = json.dumps(sent[::-1]).encode()  # the answer first
+                if kind == "text/event-stream":
+                    body = b"data: " + body + b"\n\n"
+            _OffProtocolHTTP._send(self, body, kind)
+
+    async def main(base: str) -> None:
+        srv = shoal.mcp.server(url=f"{base}/{path}", name="changer")
+        tools = {t.name: t for t in await srv.tools(timeout=20)}
+        async with srv:
+            assert await tools["t"]() == "batched"
+            with pytest.raises(shoal.MCPToolError) as caught:
+                await tools["gone"]()
+        assert str(caught.value) == (
+            "MCP server 'changer' (" + base + "/" + path + ") does not list tool 'gone' now "
+            "(its tools changed since they were listed; it lists t): the call was not sent; "
+            "list its tools again (shoal.mcp.tools)")
+
+    with http_serving(Changing) as base:
+        arun(main(base), timeout=SLOW)
+
+
+def test_a_tool_whose_output_schema_changed_mid_session_is_checked_against_the_new_one(
+        ) -> None:
+    # the first listing was kept for the whole session: the MCP SDK checked 'shape's result
+    # against the output schema listed first, and failed it as off-protocol
+    async def main() -> None:
+        tools = {t.name: t for t in await shoal.mcp.tools(command=SERVER, timeout=20,
+                                                          approval=False)}
+        plan = shoal.Plan()
+        changed = plan.call(tools["reshape"])
+        shape = plan.call(tools["shape"], after=changed)
+        result = await shoal.run(plan)
+        assert (result[shape].status, result[shape].value) == ("ok", {"b": "x"}), (
+            result[shape].error)
+
+    arun(main(), timeout=SLOW)
+
+
+@pytest.mark.parametrize("remover", ["shrink", "batch_changed"])
+def test_a_tool_the_server_stopped_listing_is_refused_saying_so(remover: str) -> None:
+    # its call was sent, and the server (which no longer knows the tool) never answered it:
+    # the call waited until its timeout, or for good without one
+    async def main() -> None:
+        tools = {t.name: t for t in await shoal.mcp.tools(command=SERVER, name="changer",
+                                                          timeout=30, approval=False)}
+        plan = shoal.Plan()
+        removed = plan.call(tools[remover])
+        gone = plan.call(tools["gone"], after=removed)
+        sibling = plan.call(tools["echo"], text="still", after=removed)
+        result = await shoal.run(plan)
+        assert result[removed].status == "ok"
+        assert (result[sibling].status, result[sibling].value) == ("ok", "echo: still")
+        error = result[gone].error
+        assert result[gone].status == "failed" and error is not None
+        assert error.type == "shoal.exceptions.MCPToolError"
+        assert error.message.startswith("MCP server 'changer' (")
+        assert error.message.endswith(
+            ") does not list tool 'gone' now (its tools changed since they were listed; it "
+            "lists batch_changed, echo, grow, reshape, shape, shrink): the call was not sent; "
+            "list its tools again (shoal.mcp.tools)")
+
+    arun(main(), timeout=SLOW)
+
+
+def test_a_tool_the_server_started_listing_mid_session_can_be_called() -> None:
+    async def main() -> None:
+        srv = shoal.mcp.server(SERVER)
+        async with srv:
+            (grow,) = await srv.tools(only=["grow"])
+            with pytest.raises(shoal.ConfigError):  # not there yet
+                await srv.tools(only=["fresh"])
+            assert await grow() == "grow: done"
+            (fresh,) = await srv.tools(only=["fresh"])
+            assert await fresh() == {"b": "fresh"}
+
+    arun(main(), timeout=SLOW)
+
+
+STREAM = (b": hi\r\nid: 1\r\ndata: {\"jsonrpc\": \"2.0\", \"method\": \"n\"}\r\n\r\n"
+          b"event: message\rdata: [{\"jsonrpc\": \"2.0\", \"method\": \"a\"},\rdata: "
+          b"{\"jsonrpc\": \"2.0\", \"id\": 3, \"result\": {}}, {\"jsonrpc\": \"2.0\", "
+          b"\"method\": \"b\"}]\rid: 2\rretry: 5\r\r"
+          b"event: other\ndata: [1]\n\ndata: [\"no\", \"batch\"]\n\n")
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 7, 1000])
+def test_an_event_stream_cut_anywhere_reads_as_the_same_events(cut: int) -> None:
+    from shoal.integrations._mcp_transports import EventRewriter
+
+    rewriter = EventRewriter(3)
+    out = b"".join(rewriter.feed(STREAM[i:i + cut]) for i in range(0, len(STREAM), cut))
+    assert (out + rewriter.end()).decode() == (
+        ': hi\nid: 1\ndata: {"jsonrpc": "2.0", "method": "n"}\n\n'
+        'event: message\ndata: {"jsonrpc": "2.0", "method": "a"}\n\n'
+        'event: message\ndata: {"jsonrpc": "2.0", "method": "b"}\n\n'  # the answer last
+        'event: message\ndata: {"jsonrpc": "2.0", "id": 3, "result": {}}\nid: 2\nretry: 5\n\n'
+        'event: other\ndata: [1]\n\n'  # not a message: as it came
+        'data: ["no", "batch"]\n\n')  # no JSON-RPC batch: as it came
+
+
+def test_an_event_that_is_no_batch_is_handed_on_before_it_ends() -> None:
+    from shoal.integrations._mcp_transports import MAX_HELD_EVENT, EventRewriter
+
+    rewriter = EventRewriter(None)
+    assert rewriter.feed(b"id: 4\ndata: {\"jsonrpc\"") == b""  # its line is not over
+    assert rewriter.feed(b": \"2.0\"}\n") == b'id: 4\ndata: {"jsonrpc": "2.0"}\n'
+    assert rewriter.feed(b"data: more\n") == b"data: more\n"
+    assert rewriter.feed(b"\n") == b"\n"
+    assert rewriter.feed(b"data: [\n") == b""  # it may be a batch: held
+    big = b"data: " + b"1," * MAX_HELD_EVENT + b"\n"
+    assert rewriter.feed(big) == b"data: [\n" + big  # past what is held: as it comes
+    assert rewriter.feed(b"data: 2]\n\n") == b"data: 2]\n\n"
+
+
+class _ProxyingHTTP(_EventBatchingHTTP):
+    """An HTTP proxy (it takes a request for a whole URL) that is the MCP server it proxies.
+
+    It keeps the URLs asked of it in ``asked`` (a list of each subclass's own).
+    """
+
+    asked: ClassVar[list[str]]
+
+    def do_POST(self) -> None:
+        """Note the URL asked for, and answer as the server at its path."""
+        self.asked.append(self.path)
+        self.path = "/" + self.path.split("/", 3)[3] if "://" in self.path else self.path
+        super().do_POST()
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY", "http_proxy"])
+def test_an_mcp_server_over_http_is_reached_through_the_environments_proxy(
+        variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a transport of its own (which unpacks batches), httpx used no proxy of the
+    # environment: the server was reached straight, past the proxy the MCP SDK's own client
+    # goes through (a server only the proxy reaches could not be reached at all)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+    async def main(url: str) -> None:
+        (tool,) = await shoal.mcp.tools(url=url, timeout=20)
+        plan = shoal.Plan()
+        ref = plan.call(tool)
+        result = (await shoal.run(plan))[ref]
+        assert (result.status, result.value) == ("ok", "batched"), result.error
+
+    asked: list[str] = []
+    proxying = type("Proxying", (_ProxyingHTTP,), {"asked": asked})
+    url = "http://mcp.invalid/sse_cr"  # a name no resolver knows: only the proxy answers
+    with http_serving(proxying) as proxy:
+        monkeypatch.setenv(variable, proxy)
+        arun(main(url), timeout=SLOW)
+    assert url in asked
+
+
+def test_no_proxy_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the discard port: nothing there
+    with http_serving(_EventBatchingHTTP) as base:
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+        async def main() -> None:
+            (tool,) = await shoal.mcp.tools(url=f"{base}/json", timeout=20)
+            assert await tool() == "batched"
+
+        arun(main(), timeout=SLOW)
+
