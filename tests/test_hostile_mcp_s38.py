@@ -7,10 +7,11 @@ every call ends in a recorded outcome (its answer, or a typed error a person can
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pytest
 
@@ -261,3 +262,82 @@ def test_no_proxy_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
 
         arun(main(), timeout=SLOW)
 
+
+def test_the_argument_facts_of_a_schema_of_4900_properties_are_made_at_once() -> None:
+    # a pydantic field an argument: 0.7-1.2 s for 4,900 properties, on every listing
+    import time
+
+    from shoal.integrations.mcp import _facts_model
+
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(4900)},
+              "required": [f"p{i}" for i in range(0, 4900, 7)]}
+    _facts_model("warm", {"type": "object"})
+    started = time.perf_counter()
+    _facts_model("wide", schema)
+    took = time.perf_counter() - started
+    assert took < 0.1, f"{took:.2f} s"
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"a b": {}, "max-chars": {"type": "integer"}, "x": {}},
+     "required": ["x", "not-a-property"], "additionalProperties": False},
+    {"type": "object", "properties": {"q": {"default": 3}}, "required": ["q"]},
+    {"type": "object"},
+])
+def test_an_mcp_tools_argument_facts_are_those_its_fields_made(schema: dict[str, Any]) -> None:
+    import pydantic
+
+    from shoal.integrations.mcp import MCPTool, RemoteTool, _facts_model
+    from shoal.policy import ToolPolicy
+    from shoal.schema import ModelFacts, model_facts
+
+    properties = schema.get("properties") or {}
+    fields: dict[str, Any] = {  # as the arguments' model was made, one field an argument
+        f"p{i}": (Any, pydantic.Field(... if p in schema.get("required", ()) else None, alias=p))
+        for i, p in enumerate(properties)}
+    extra: Literal["forbid", "allow"] = (
+        "forbid" if schema.get("additionalProperties") is False else "allow")
+    fielded = ModelFacts.of(pydantic.create_model(
+        "m", __config__=pydantic.ConfigDict(extra=extra), **fields), {})
+    facts = model_facts(_facts_model("t", schema))
+    assert set(facts.inputs) == set(fielded.inputs) and facts.required == fielded.required
+    assert (facts.accepts_extra, facts.fresh_defaults) == (fielded.accepts_extra, False)
+    srv = shoal.mcp.server(["unused"])
+    tool = MCPTool(RemoteTool(srv, "t", "", schema), "t", ToolPolicy(isolation="inline"))
+    assert tool.parameters == frozenset(properties)
+    assert tool.defaults == {p: None for p in properties if p not in facts.required}
+
+
+def _notices(log: Path, method: str) -> list[Any]:
+    """The params of each notification ``method`` the server logged."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [n["params"] for n in map(json.loads, lines) if n["method"] == method]
+
+
+def test_a_call_that_times_out_or_is_cancelled_is_cancelled_on_the_server(tmp_path: Path,
+                                                                         ) -> None:
+    log = tmp_path / "log"
+
+    async def main() -> None:
+        (echo,) = await shoal.mcp.tools(command=[*SERVER, f"log={log}"], only=["echo"],
+                                         timeout=0.5, approval=False)
+        plan = shoal.Plan()
+        slow = plan.call(echo, text="slow", n=30)
+        result = await shoal.run(plan)
+        assert result[slow].status == "timed_out"
+        srv = echo.remote.server
+        async with srv:
+            task = asyncio.ensure_future(echo.options(timeout=None)(text="slower", n=30))
+            await asyncio.sleep(0.5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):  # another process writes the log: polled, for a moment
+                if len(_notices(log, "notifications/cancelled")) == 2:
+                    break
+                await asyncio.sleep(0.05)
+        cancelled = _notices(log, "notifications/cancelled")
+        assert len(cancelled) == 2, cancelled
+        assert all(isinstance(c.get("requestId"), int) for c in cancelled), cancelled
+
+    arun(main(), timeout=SLOW)

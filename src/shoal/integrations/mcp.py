@@ -1369,6 +1369,12 @@ class MCPTool(Tool[..., Any]):
                          description=remote.description, policy=policy,
                          _model=_model or _facts_model(name, remote.schema))
 
+    @functools.cached_property
+    def defaults(self) -> dict[str, Any]:
+        """Each optional argument's default: None (the server applies its own defaults)."""
+        facts = self.model_facts
+        return {name: None for name in facts.inputs if name not in facts.required}
+
     def options(self, **overrides: Any) -> MCPTool:
         """A copy with some policy fields replaced (as :meth:`Tool.options`)."""
         return MCPTool(self.remote, self.name, policy_from(self.policy, overrides),
@@ -1485,23 +1491,24 @@ def _error_text(error: Any) -> str:
 
 
 def _facts_model(name: str, schema: Mapping[str, Any]) -> type[pydantic.BaseModel]:
-    """A pydantic model of the schema's top-level arguments (names, which are required).
+    """A pydantic model standing for the schema's top-level arguments (names, which required).
 
-    The runtime reads a tool's argument names and required ones off its model (a map's item
-    argument, plan checks); the values are checked against the JSON schema itself. The
-    model also marks the parameter through which the runtime hands a call its run.
+    The runtime reads a tool's argument names and required ones off its model's facts (a
+    map's item argument, plan checks); the values are checked against the JSON schema
+    itself. The model also marks the parameter through which the runtime hands a call its run.
+    It has no field of its own: a pydantic field an argument took 0.7-1.2 s for a schema of
+    4,900 properties, on every listing; the facts are set as its fields would have made them.
     """
-    required = set(schema.get("required") or ())
-    fields: dict[str, Any] = {}
-    for i, prop in enumerate(schema.get("properties") or {}):
-        default = ... if prop in required else None
-        fields[f"p{i}"] = (Any, pydantic.Field(default, alias=str(prop)))
+    properties = [str(prop) for prop in schema.get("properties") or {}]
+    required = {str(prop) for prop in schema.get("required") or ()}
     extra: Literal["forbid", "allow"] = (
         "forbid" if schema.get("additionalProperties") is False else "allow")
     model: type[pydantic.BaseModel] = pydantic.create_model(
-        re.sub(r"\W", "_", name) + "_args", __config__=pydantic.ConfigDict(extra=extra),
-        **fields)
-    model_facts(model).injected = {_SCOPE_PARAM: "shoal.mcp"}
+        re.sub(r"\W", "_", name) + "_args", __config__=pydantic.ConfigDict(extra=extra))
+    facts = model_facts(model)
+    facts.inputs = {prop: prop for prop in properties}
+    facts.required = frozenset(required.intersection(properties))
+    facts.injected = {_SCOPE_PARAM: "shoal.mcp"}
     return model
 
 
