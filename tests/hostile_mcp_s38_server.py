@@ -11,6 +11,7 @@ the client (``notifications/tools/list_changed``), as MCP lets a server:
   never answered (a server that no longer knows a tool need not answer);
 - ``grow`` lists ``fresh`` from then on, says so, then answers; ``fresh`` answers ``fresh``
   and has an output schema (so the client needs its listing to check the answer);
+- ``deep`` answers structured content nested ``n`` levels deep (``{"a": {"a": ... 1}}``);
 - ``batch_changed`` answers in a JSON-RPC batch whose notification that the tools changed
   (``gone`` removed) comes after the answer.
 
@@ -45,7 +46,7 @@ CHANGED = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
 
 def listed() -> list[dict[str, Any]]:
     """What ``tools/list`` answers now."""
-    names = ["echo", "reshape", "shrink", "grow", "batch_changed"]
+    names = ["echo", "reshape", "shrink", "grow", "batch_changed", "deep"]
     names += ["gone"] if STATE["gone"] else []
     tools: list[dict[str, Any]] = [{"name": name, "inputSchema": ARGS} for name in names]
     tools.append({"name": "shape", "inputSchema": ARGS, "outputSchema": SHAPES[STATE["shape"]]})
@@ -82,6 +83,13 @@ def call(request: Any, name: str, arguments: dict[str, Any]) -> None:
     elif name == "batch_changed":
         STATE["gone"] = False
         send([answer(request, "batch_changed: done"), CHANGED])
+    elif name == "deep":  # structured content nested n levels deep, written by hand
+        depth = int(arguments.get("n") or 0)
+        nested = '{"a": ' * depth + "1" + "}" * depth
+        with _LOCK:
+            sys.stdout.write(f'{{"jsonrpc": "2.0", "result": {{"content": [], '
+                             f'"structuredContent": {nested}}}, "id": {json.dumps(request)}}}\n')
+            sys.stdout.flush()
     elif name == "gone":
         if STATE["gone"]:
             send(answer(request, "gone: here"))

@@ -341,3 +341,44 @@ def test_a_call_that_times_out_or_is_cancelled_is_cancelled_on_the_server(tmp_pa
         assert all(isinstance(c.get("requestId"), int) for c in cancelled), cancelled
 
     arun(main(), timeout=SLOW)
+
+
+@pytest.mark.parametrize("depth", [2000, 100_000])
+def test_an_answer_nested_too_deeply_to_parse_fails_its_call_at_once(depth: int) -> None:
+    # neither the MCP SDK's parser nor Python's can read it: the line was dropped as "not
+    # JSON-RPC", and its call waited until its timeout, or for good without one
+    async def main() -> None:
+        (deep,) = await shoal.mcp.tools(command=SERVER, name="deep", only=["deep"],
+                                         approval=False, timeout=SLOW)
+        plan = shoal.Plan()
+        ref = plan.call(deep, n=depth)
+        sibling = plan.call(deep, n=3)
+        result = await shoal.run(plan)
+        assert (result[sibling].status, result[sibling].value) == ("ok", {"a": {"a": {"a": 1}}})
+        error = result[ref].error
+        assert result[ref].status == "failed" and error is not None
+        assert error.type == "shoal.exceptions.MCPServerError"
+        assert error.message.startswith("MCP server 'deep' (")
+        assert error.message.endswith(
+            "): answered off-protocol while calling 'deep': its answer is JSON the MCP SDK "
+            "cannot read (nested too deeply: recursion limit exceeded at line 1 column 1261)")
+
+    arun(main(), timeout=SLOW)
+
+
+@pytest.mark.parametrize(("line", "request_id"), [
+    ('{"jsonrpc": "2.0", "result": {"x": [[["}"]]]}, "id": 7}', 7),
+    ('{"id" : "a\\"b", "error": {"code": 1}}', 'a"b'),
+    ('{"result": {"id": 3}, "id": -2}', -2),
+    ('{"result": {"id": 3}}', None),  # only a nested id
+    ('{"method": "x", "id": 3}', None),  # a request, not an answer
+    ('[{"result": 1, "id": 3}]', None),  # no object
+    ('{"result": 1, "id": true}', None),  # no id an answer can have
+    ('{"result": 1, "note": "\\"id\\": 4", "id": 5}', 5),
+])
+def test_the_id_of_an_answer_is_read_off_its_outermost_object(line: str,
+                                                                request_id: Any) -> None:
+    from shoal.integrations._mcp_transports import shallow_answer
+
+    found = shallow_answer(line)
+    assert (found and found["id"]) == request_id

@@ -391,3 +391,43 @@ class EventRewriter:
         events = [b"event: message\ndata: " + json.dumps(m).encode() + b"\n" for m in messages]
         events[-1] += b"".join(line + b"\n" for line in kept)
         return b"\n".join(events) + b"\n"
+
+
+#: A JSON string, or a bracket: what :func:`shallow_answer` reads a line as.
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[][{}]')
+#: An answer's id (a number or a string) after its key's colon.
+_ID_VALUE = re.compile(r'\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")\s*[,}]')
+#: The most tokens :func:`shallow_answer` reads of a line before it gives up.
+MAX_SHALLOW_TOKENS = 2_000_000
+
+
+def shallow_answer(line: str) -> dict[str, Any] | None:
+    """The id of the answer ``line`` holds, as ``{"id": ..., "result": None}``, else None.
+
+    For a line too deeply nested to parse: only its outermost object's keys are read (the
+    strings and brackets in between are counted, not parsed). None when the line is no
+    object, has no ``result`` or ``error`` key, names no id, or is too long to read so.
+    """
+    depth, keys, found = 0, set(), None
+    for count, token in enumerate(_TOKENS.finditer(line)):
+        text = token.group()
+        if count > MAX_SHALLOW_TOKENS or (depth == 0 and text != "{"):
+            return None
+        if text in "{[":
+            depth += 1
+        elif text in "}]":
+            depth -= 1
+        elif depth == 1:  # a string in the outermost object: a key if a colon follows
+            key = line[token.end():token.end() + 64].lstrip()
+            if not key.startswith(":"):
+                continue
+            keys.add(text)
+            value = _ID_VALUE.match(line, token.end()) if text == '"id"' else None
+            if value is not None:
+                found = json.loads(value.group(1))
+        if depth == 0:
+            break
+    if found is None or not keys & {'"result"', '"error"'}:
+        return None
+    return {"id": found, "result": None}
+

@@ -887,8 +887,12 @@ def _salvaged(error: Exception) -> list[Any]:
     - an answer the SDK refuses (a lone surrogate's escape, say, which its parser refuses but
       JSON allows) is an error answer to the request it names.
 
-    A line Python cannot read either (nested too deeply) names no request.
+    A line Python cannot read either, nested too deeply, is an error answer to the request
+    its outermost object names (read off the line without parsing what is nested), if any:
+    that call waited until its timeout, or for good without one.
     """
+    from shoal.integrations._mcp_transports import shallow_answer
+
     errors = getattr(error, "errors", None)
     found = errors() if callable(errors) else None
     if not (isinstance(found, list) and found and isinstance(found[0], dict)):
@@ -896,7 +900,10 @@ def _salvaged(error: Exception) -> list[Any]:
     line, reason = found[0].get("input"), found[0].get("ctx", {}).get("error")
     try:  # a batch arrives parsed already (its items are what the SDK refused)
         message = json.loads(line) if isinstance(line, str) else line
-    except (ValueError, RecursionError):
+    except RecursionError:
+        message = shallow_answer(line) if isinstance(line, str) else None
+        reason = f"nested too deeply: {reason}"
+    except ValueError:
         return []
     read = ([_batched_message(item) for item in message] if isinstance(message, list)
             else [_error_answer(message, reason)])
