@@ -196,8 +196,12 @@ def test_an_event_stream_cut_anywhere_reads_as_the_same_events(cut: int) -> None
         'data: ["no", "batch"]\n\n')  # no JSON-RPC batch: as it came
 
 
-def test_an_event_that_is_no_batch_is_handed_on_before_it_ends() -> None:
-    from shoal.integrations._mcp_transports import MAX_HELD_EVENT, EventRewriter
+def test_an_event_that_is_no_batch_is_handed_on_before_it_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.integrations import _mcp_transports
+    from shoal.integrations._mcp_transports import EventRewriter
+
+    monkeypatch.setattr(_mcp_transports, "MAX_EVENT_BYTES", 1000)
 
     rewriter = EventRewriter(None)
     assert rewriter.feed(b"id: 4\ndata: {\"jsonrpc\"") == b""  # its line is not over
@@ -205,7 +209,7 @@ def test_an_event_that_is_no_batch_is_handed_on_before_it_ends() -> None:
     assert rewriter.feed(b"data: more\n") == b"data: more\n"
     assert rewriter.feed(b"\n") == b"\n"
     assert rewriter.feed(b"data: [\n") == b""  # it may be a batch: held
-    big = b"data: " + b"1," * MAX_HELD_EVENT + b"\n"
+    big = b"data: " + b"1," * 1000 + b"\n"
     assert rewriter.feed(big) == b"data: [\n" + big  # past what is held: as it comes
     assert rewriter.feed(b"data: 2]\n\n") == b"data: 2]\n\n"
 
@@ -382,3 +386,57 @@ def test_the_id_of_an_answer_is_read_off_its_outermost_object(line: str,
 
     found = shallow_answer(line)
     assert (found and found["id"]) == request_id
+
+
+class _BigHTTP(_OffProtocolHTTP):
+    """An MCP server over HTTP that answers a call with a text of 2,000,000 characters.
+
+    ``/json``: as JSON; ``/batch``: in a JSON batch; ``/sse``: as an event; ``/cut``: an
+    event stream that ends without the answer (a log notification only).
+    """
+
+    def do_POST(self) -> None:
+        """Answer the handshake and the listing; a call with a big text."""
+        answer = self._call_to_answer()
+        if answer is None:
+            return
+        answer["result"] = {"content": [{"type": "text", "text": "x" * 2_000_000}]}
+        if self.path == "/cut":
+            answer = {"jsonrpc": "2.0", "method": "notifications/message",
+                      "params": {"level": "info", "data": "about to answer"}}
+        if self.path in ("/sse", "/cut"):
+            self._send(f"data: {json.dumps(answer)}\n\n".encode(), "text/event-stream")
+        else:
+            self._send(json.dumps([answer] if self.path == "/batch" else answer).encode())
+
+
+@pytest.mark.parametrize("path", ["json", "batch", "sse", "too_big", "cut"])
+def test_an_answer_of_2_mb_over_http_is_read_whatever_its_form(
+        path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the MCP SDK reads at most 1 MiB of one event: an answer of 2 MB as an event failed (and
+    # as a JSON batch, which shoal hands on as events), read whole as JSON; and its failure, or
+    # a stream that ended without the answer, read as "the server refused the call"
+    from shoal.integrations import _mcp_transports
+
+    if path == "too_big":
+        monkeypatch.setattr(_mcp_transports, "MAX_EVENT_BYTES", 1_000_000)
+
+    async def main(base: str) -> None:
+        where = "sse" if path == "too_big" else path
+        (tool,) = await shoal.mcp.tools(url=f"{base}/{where}", name="big", timeout=20)
+        plan = shoal.Plan()
+        ref = plan.call(tool)
+        result = (await shoal.run(plan))[ref]
+        if path in ("json", "batch", "sse"):
+            assert (result.status, result.value) == ("ok", "x" * 2_000_000), result.error
+            return
+        error = result.error
+        assert result.status == "failed" and error is not None
+        assert error.type == "shoal.exceptions.MCPServerError"
+        said = ("SSE stream failed: Server-sent event exceeded the 1000000 byte limit."
+                if path == "too_big" else "SSE stream ended without a response")
+        assert error.message == (f"MCP server 'big' ({base}/{where}): its event stream failed "
+                                 f"while calling 't': {said}")
+
+    with http_serving(_BigHTTP) as base:
+        arun(main(base), timeout=SLOW)

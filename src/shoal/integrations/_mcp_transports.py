@@ -276,9 +276,11 @@ def _batch(body: bytes, request: Any) -> list[Any] | None:
     return [m for m in messages if not any(m is a for a in answers)] + answers
 
 
-#: The most bytes of an event held back to see whether it is a batch (the SDK's own limit of
-#: an event's size): a larger event passes on as it came.
-MAX_HELD_EVENT = 1024 * 1024
+#: The most bytes of one event of an HTTP server's event stream. The MCP SDK's own limit, 1 MiB,
+#: failed a tool's answer of 2 MB sent as an event (and, unpacked, as a JSON batch), which as a
+#: JSON answer or on stdio reads whole; this one only bounds what a hostile server makes held.
+#: An event that may be a batch is held back up to this size too; a larger one passes as it came.
+MAX_EVENT_BYTES = 128 * 1024 * 1024
 
 
 def _rewritten(response: httpx2.Response, request: Any) -> httpx2.Response:
@@ -318,7 +320,7 @@ class EventRewriter:
     Such an event is one event a message (answers last; see :func:`_batch`): the MCP SDK
     reads one message an event and failed a batch as a parse error. An event is held back only
     while it may still be a batch: until its first data shows it is not (it starts with no
-    ``[``), or it grows past :data:`MAX_HELD_EVENT`; then it passes on as it comes. Lines end
+    ``[``), or it grows past :data:`MAX_EVENT_BYTES`; then it passes on as it comes. Lines end
     in a newline on the way out, whatever ended them (CR LF, CR or LF, as SSE allows).
     """
 
@@ -359,7 +361,7 @@ class EventRewriter:
             self._array = value.startswith(b"[")
             if not self._array:
                 return self._pass()
-        if self._size > MAX_HELD_EVENT or (field == b"event" and value != b"message"):
+        if self._size > MAX_EVENT_BYTES or (field == b"event" and value != b"message"):
             return self._pass()
         return b""
 

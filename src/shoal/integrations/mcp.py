@@ -321,7 +321,10 @@ class MCPServer:
     def _http_transport(self, http_client: Any) -> Any:
         from mcp.client.streamable_http import streamable_http_client
 
-        return streamable_http_client(str(self.url), http_client=http_client)
+        from shoal.integrations import _mcp_transports
+
+        return streamable_http_client(str(self.url), http_client=http_client,
+                                      max_sse_event_size=_mcp_transports.MAX_EVENT_BYTES)
 
     def _http_client(self) -> Any:
         """The HTTP client of a session: the MCP SDK's timeouts, no redirects, the headers.
@@ -676,6 +679,9 @@ class _Session:
                 self._end("the server no longer knows the session (it answered 404 to its "
                           "id: it restarted, or let the session expire)")
                 raise self._error(f" (while {doing})") from None
+            if _stream_failed(exc):  # the event stream of its answer broke: no tool's doing
+                raise MCPServerError(self.server.described, f"its event stream failed while "
+                                     f"{doing}: {bounded_text(exc.message, 2000)}") from None
             if exc.data == _HTTP_FAILED:  # a status for an answer (500, 401 ...): no tool's
                 raise MCPServerError(self.server.described, f"answered {exc.message} while "
                                      f"{doing}") from None
@@ -743,6 +749,16 @@ def _connection_closed(exc: MCPError) -> bool:
     """
     return (exc.code == mcp_types.CONNECTION_CLOSED and exc.message == "Connection closed"
             and exc.data is None)
+
+
+def _stream_failed(exc: MCPError) -> bool:
+    """Whether the MCP SDK's HTTP client raised ``exc`` because an answer's event stream broke.
+
+    It failed (an event past the size limit, say), or ended without the answer: the SDK
+    answers the request with an error of its own, which read as the server refusing the call.
+    """
+    return (exc.code == mcp_types.CONNECTION_CLOSED and exc.data is None
+            and exc.message.startswith("SSE stream "))
 
 
 def _session_terminated(exc: MCPError) -> bool:
