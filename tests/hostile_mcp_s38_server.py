@@ -12,6 +12,7 @@ the client (``notifications/tools/list_changed``), as MCP lets a server:
 - ``grow`` lists ``fresh`` from then on, says so, then answers; ``fresh`` answers ``fresh``
   and has an output schema (so the client needs its listing to check the answer);
 - ``deep`` answers structured content nested ``n`` levels deep (``{"a": {"a": ... 1}}``);
+- ``refuse`` answers with a JSON-RPC error whose message holds escape sequences and a CR;
 - ``batch_changed`` answers in a JSON-RPC batch whose notification that the tools changed
   (``gone`` removed) comes after the answer.
 
@@ -46,7 +47,7 @@ CHANGED = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
 
 def listed() -> list[dict[str, Any]]:
     """What ``tools/list`` answers now."""
-    names = ["echo", "reshape", "shrink", "grow", "batch_changed", "deep"]
+    names = ["echo", "reshape", "shrink", "grow", "batch_changed", "deep", "refuse"]
     names += ["gone"] if STATE["gone"] else []
     tools: list[dict[str, Any]] = [{"name": name, "inputSchema": ARGS} for name in names]
     tools.append({"name": "shape", "inputSchema": ARGS, "outputSchema": SHAPES[STATE["shape"]]})
@@ -90,6 +91,9 @@ def call(request: Any, name: str, arguments: dict[str, Any]) -> None:
             sys.stdout.write(f'{{"jsonrpc": "2.0", "result": {{"content": [], '
                              f'"structuredContent": {nested}}}, "id": {json.dumps(request)}}}\n')
             sys.stdout.flush()
+    elif name == "refuse":  # an error answer whose message holds control characters
+        send({"jsonrpc": "2.0", "id": request, "error": {
+            "code": -32602, "message": "no\x1b[2J\rway\x9b31m, \x1b]0;title\x07really\nnot"}})
     elif name == "gone":
         if STATE["gone"]:
             send(answer(request, "gone: here"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -154,8 +155,8 @@ def test_a_tool_the_server_stopped_listing_is_refused_saying_so(remover: str) ->
         assert error.message.startswith("MCP server 'changer' (")
         assert error.message.endswith(
             ") does not list tool 'gone' now (its tools changed since they were listed; it "
-            "lists batch_changed, echo, grow, reshape, shape, shrink): the call was not sent; "
-            "list its tools again (shoal.mcp.tools)")
+            "lists batch_changed, deep, echo, grow, refuse, reshape, shape, shrink): the call "
+            "was not sent; list its tools again (shoal.mcp.tools)")
 
     arun(main(), timeout=SLOW)
 
@@ -439,4 +440,64 @@ def test_an_answer_of_2_mb_over_http_is_read_whatever_its_form(
                                  f"while calling 't': {said}")
 
     with http_serving(_BigHTTP) as base:
+        arun(main(base), timeout=SLOW)
+
+
+def test_a_servers_error_message_is_quoted_without_its_control_characters() -> None:
+    # it went into MCPToolError as it was: an escape sequence reached the terminal that shows
+    # the error (here: clear the screen, set the window's title), a CR overwrote its start
+    async def main() -> None:
+        (refuse,) = await shoal.mcp.tools(command=SERVER, only=["refuse"], approval=False)
+        with pytest.raises(shoal.MCPToolError) as caught:
+            await refuse()
+        assert str(caught.value) == (
+            "the server refused the call: no\nway, really\nnot (error -32602)")
+
+    arun(main(), timeout=SLOW)
+
+
+class _ResettingHTTP(_OffProtocolHTTP):
+    """An MCP server over HTTP whose calls answer after ``n`` seconds, but for one.
+
+    A call whose ``text`` is ``reset`` gets no answer: its connection is closed at once.
+    """
+
+    def do_POST(self) -> None:
+        """Answer the handshake and the listing; a call after a while, or not at all."""
+        answer = self._call_to_answer()
+        if answer is None:
+            return
+        arguments = json.loads(self._posted)["params"]["arguments"]
+        if arguments.get("text") == "reset":
+            self.close_connection = True  # nothing written: the client sees it disconnect
+            return
+        time.sleep(float(arguments.get("n", 0)))
+        answer["result"] = {"content": [{"type": "text", "text": f"echo: {arguments['text']}"}]}
+        self._send(json.dumps(answer).encode())
+
+    def _read(self) -> dict[str, Any]:
+        message = super()._read()
+        self._posted = json.dumps(message)
+        return message
+
+
+def test_a_call_whose_http_exchange_fails_fails_alone() -> None:
+    # the MCP SDK's transport ended with the exception of one request's POST: every other call
+    # on the session failed with it ("the connection closed ... the server may have crashed")
+    async def main(base: str) -> None:
+        (tool,) = await shoal.mcp.tools(url=f"{base}/mcp", name="resetter", timeout=20)
+        plan = shoal.Plan()
+        slow = [plan.call(tool, text=f"slow{i}", n=1.5) for i in range(5)]
+        reset = plan.call(tool, text="reset")
+        result = await shoal.run(plan)
+        for i, ref in enumerate(slow):
+            assert (result[ref].status, result[ref].value) == ("ok", f"echo: slow{i}")
+        error = result[reset].error
+        assert result[reset].status == "failed" and error is not None
+        assert error.type == "shoal.exceptions.MCPServerError"
+        assert error.message == (
+            f"MCP server 'resetter' ({base}/mcp): its HTTP request failed while calling 't': "
+            "RemoteProtocolError: Server disconnected without sending a response.")
+
+    with http_serving(_ResettingHTTP) as base:
         arun(main(base), timeout=SLOW)

@@ -172,7 +172,10 @@ def unbatching_client(headers: dict[str, str] | None) -> Any:
     from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 
     return _UnbatchingClient(
-        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT),
+        # no bound on the wait for a free connection (the SDK's: 30 s): with 100 calls
+        # running, the next ones wait their turn (bounded by their own timeouts)
+        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT,
+                               pool=None),
         headers=headers)
 
 
@@ -200,7 +203,22 @@ class _Unbatching(httpx2.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        """The answer to ``request``: a JSON batch made an event stream, all else as it came."""
+        """The answer to ``request``: a JSON batch made an event stream, all else as it came.
+
+        A request's POST that fails (its connection reset, no answer within the read
+        timeout ...) is answered with a JSON-RPC error (:data:`REQUEST_FAILED`): raised, it
+        ended the MCP SDK's transport, and every other call on the session failed with it
+        ("Connection closed").
+        """
+        try:
+            return await self._answer(request)
+        except httpx2.TransportError as exc:
+            request_id = _request_id(request)
+            if request.method != "POST" or request_id is None:  # no call to fail alone
+                raise
+            return _failed(request_id, exc)
+
+    async def _answer(self, request: httpx2.Request) -> httpx2.Response:
         response = await self._inner.handle_async_request(request)
         kind = response.headers.get("content-type", "").lower()
         if response.status_code >= 400:
@@ -218,6 +236,20 @@ class _Unbatching(httpx2.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Close the transport."""
         await self._inner.aclose()
+
+
+#: The ``data`` of the error that stands for a request whose HTTP exchange failed.
+REQUEST_FAILED = "shoal: the HTTP request failed"
+
+
+def _failed(request: Any, exc: httpx2.TransportError) -> httpx2.Response:
+    """A JSON answer failing the request ``request`` because ``exc`` ended its exchange."""
+    said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, httpx2.ReadTimeout):
+        said += " (no byte of the answer came within the HTTP read timeout)"
+    error = {"code": -32603, "message": said, "data": REQUEST_FAILED}
+    return httpx2.Response(200, headers=[("content-type", "application/json")],
+                           content=json.dumps({"jsonrpc": "2.0", "id": request, "error": error}))
 
 
 def _request_id(request: httpx2.Request) -> Any:

@@ -98,6 +98,7 @@ from shoal.integrations._mcp_schema import (
     objects_past,
     ref_loop,
 )
+from shoal.integrations._mcp_transports import REQUEST_FAILED
 
 if TYPE_CHECKING:
     from shoal.executors.base import Call
@@ -633,7 +634,8 @@ class _Session:
                           "is dropped and logged; connect_timeout= gives a slow server longer)")
                 raise self._error() from None
             except MCPError as exc:  # an error answer: its listing failed on its side
-                self._end(f"answered the listing of its tools with an error: {exc.message} "
+                self._end(f"answered the listing of its tools with an error: "
+                          f"{_server_words(exc.message)} "
                           f"(error {exc.code})")
                 raise self._error() from None
             except MCPServerError as exc:  # off-protocol, say: the session ends with it, so
@@ -679,6 +681,9 @@ class _Session:
                 self._end("the server no longer knows the session (it answered 404 to its "
                           "id: it restarted, or let the session expire)")
                 raise self._error(f" (while {doing})") from None
+            if exc.data == REQUEST_FAILED:  # its HTTP exchange failed: no tool's doing
+                raise MCPServerError(self.server.described, f"its HTTP request failed while "
+                                     f"{doing}: {bounded_text(exc.message, 2000)}") from None
             if _stream_failed(exc):  # the event stream of its answer broke: no tool's doing
                 raise MCPServerError(self.server.described, f"its event stream failed while "
                                      f"{doing}: {bounded_text(exc.message, 2000)}") from None
@@ -1032,6 +1037,16 @@ async def _http_statuses(srv: MCPServer, session: _Session) -> AsyncIterator[tup
         yield _StatusReader(read, session), _NotingWriter(write, session)
 
 
+def _server_words(text: str) -> str:
+    r"""A server's error message as an error of shoal's quotes it: plain (lines kept), cut.
+
+    It went into the error as it was: an escape sequence (``\x1b[2J``, or C1's ``\x9b``)
+    reached the terminal that shows the error, a carriage return overwrote its start (it
+    now reads as a line break).
+    """
+    return bounded_text(_prompt_text(text), 2000)
+
+
 #: The most characters of an HTTP reason phrase an error quotes (the standard ones are short).
 REASON_PHRASE_CHARS = 100
 
@@ -1292,7 +1307,8 @@ async def _invoke(remote: RemoteTool, **arguments: Any) -> Any:
                 raise unsent.error from None
         except MCPError as exc:  # the server refused the call (unknown tool, bad params ...)
             raise MCPToolError(remote.server.described, remote.name,
-                               f"the server refused the call: {exc.message} (error {exc.code})"
+                               f"the server refused the call: {_server_words(exc.message)} "
+                               f"(error {exc.code})"
                                ) from None
         finally:
             if own:
