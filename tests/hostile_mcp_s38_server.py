@@ -16,7 +16,8 @@ the client (``notifications/tools/list_changed``), as MCP lets a server:
 - ``batch_changed`` answers in a JSON-RPC batch whose notification that the tools changed
   (``gone`` removed) comes after the answer.
 
-MODEs: ``fresh`` lists ``fresh`` from the start; ``log=PATH`` appends each notification the
+MODEs: ``fresh`` lists ``fresh`` from the start; ``restless`` says its tools changed each
+time it lists them (before the listing); ``log=PATH`` appends each notification the
 client sends (its method and params, as JSON) to the file PATH.
 """
 
@@ -121,6 +122,8 @@ def main() -> None:
                 "capabilities": {"tools": {"listChanged": True}},
                 "serverInfo": {"name": "raw38", "version": "1"}}})
         elif method == "tools/list":
+            if "restless" in MODES:  # its tools change while it lists them, every time
+                send(CHANGED)
             send({"jsonrpc": "2.0", "id": request, "result": {"tools": listed()}})
         elif method == "tools/call":
             call(request, message["params"]["name"], message["params"].get("arguments") or {})

@@ -501,3 +501,19 @@ def test_a_call_whose_http_exchange_fails_fails_alone() -> None:
 
     with http_serving(_ResettingHTTP) as base:
         arun(main(base), timeout=SLOW)
+
+
+def test_a_server_whose_tools_change_whenever_it_lists_them_is_still_called() -> None:
+    # listed anew while it said they changed meanwhile, it was listed for good, and every call
+    # waited for that listing to end
+    async def main() -> None:
+        tools = {t.name: t for t in await shoal.mcp.tools(command=[*SERVER, "restless"],
+                                                          approval=False, timeout=20)}
+        plan = shoal.Plan()
+        first = plan.call(tools["echo"], text="one")
+        then = plan.call(tools["shape"], after=first)
+        result = await shoal.run(plan)
+        assert (result[first].status, result[first].value) == ("ok", "echo: one")
+        assert (result[then].status, result[then].value) == ("ok", {"a": 1})
+
+    arun(main(), timeout=SLOW)

@@ -169,6 +169,7 @@ CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancel
 STDERR_TAIL = 2000  # characters of a server's stderr quoted when it fails
 MAX_ARGUMENT_DEPTH = 250  # levels of nesting of an argument's value a call can send
 MAX_PAGES = 1000  # tools/list pages read from one server (one that pages on: MCPServerError)
+MAX_RELISTINGS = 5  # listings in a row while a server says its tools changed during each
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what model APIs accept as tool names
 _SESSIONS = "shoal.mcp.sessions"  # the key of a run's sessions in RunScope.shared
 _SCOPE_PARAM = "_shoal_mcp_scope"  # the injected parameter that brings a call its run's scope
@@ -508,12 +509,17 @@ class _Session:
         self._listing.add_done_callback(_retrieve)
 
     async def _relisting(self, client: Client) -> list[mcp_types.Tool]:
-        """List the tools, again while the server says they changed meanwhile."""
-        while True:
+        """List the tools, again while the server says they changed meanwhile.
+
+        At most :data:`MAX_RELISTINGS` times in a row: a server that says so each time it
+        lists them was listed for good, and every call waited for that to end.
+        """
+        for _ in range(MAX_RELISTINGS):
             self._again = False
             found = await self._list_all(client)
             if not self._again:
-                return found
+                break
+        return found
 
     def output_ended(self) -> None:
         """The server's output ended (it exited, or closed its stdout): the session is over.
