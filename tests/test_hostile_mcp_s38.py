@@ -8,6 +8,7 @@ every call ends in a recorded outcome (its answer, or a typed error a person can
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -517,3 +518,49 @@ def test_a_server_whose_tools_change_whenever_it_lists_them_is_still_called() ->
         assert (result[then].status, result[then].value) == ("ok", {"a": 1})
 
     arun(main(), timeout=SLOW)
+
+
+class _SlowHTTP(_OffProtocolHTTP):
+    """An MCP server over HTTP whose calls answer after 3 s; it keeps what is posted to it.
+
+    ``posted``: each message posted (a list of each subclass's own).
+    """
+
+    posted: ClassVar[list[dict[str, Any]]]
+
+    def _read(self) -> dict[str, Any]:
+        message = super()._read()
+        self.posted.append(message)
+        return message
+
+    def do_POST(self) -> None:
+        """Answer the handshake and the listing; a call after 3 s; no other request."""
+        answer = self._call_to_answer()
+        if answer is None:
+            return
+        if self.posted[-1]["method"] != "tools/call":  # the SDK's probe of newer revisions
+            answer["error"] = {"code": -32601, "message": "no such method"}
+            self._send(json.dumps(answer).encode())
+            return
+        time.sleep(3)
+        answer["result"] = {"content": []}
+        with contextlib.suppress(OSError):  # the client may be gone
+            self._send(json.dumps(answer).encode())
+
+
+def test_a_call_over_http_that_times_out_is_cancelled_on_the_server() -> None:
+    # the run ended at once, and closing its session cut off the POST of the cancel: the
+    # server never learnt that the call's work was no longer wanted
+    posted: list[dict[str, Any]] = []
+
+    async def main(base: str) -> None:
+        (tool,) = await shoal.mcp.tools(url=f"{base}/mcp", timeout=0.5)
+        plan = shoal.Plan()
+        ref = plan.call(tool)
+        assert (await shoal.run(plan))[ref].status == "timed_out"
+
+    with http_serving(type("Slow", (_SlowHTTP,), {"posted": posted})) as base:
+        arun(main(base), timeout=SLOW)
+    (call,) = [m for m in posted if m["method"] == "tools/call"]
+    cancels = [m for m in posted if m["method"] == "notifications/cancelled"]
+    assert [c["params"]["requestId"] for c in cancels] == [call["id"]]

@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
@@ -189,6 +189,17 @@ class _UnbatchingClient(httpx2.AsyncClient):
     transport it makes is wrapped.
     """
 
+    #: Called when the POST of a ``notifications/cancelled`` has been answered (or failed).
+    cancel_posted: Callable[[], None] | None = None
+
+    async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        """Send ``request`` (as httpx does), telling :attr:`cancel_posted` of a cancel's end."""
+        try:
+            return await super().send(request, **kwargs)
+        finally:
+            if self.cancel_posted is not None and _is_cancel(request):
+                self.cancel_posted()
+
     def _init_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
         return _Unbatching(super()._init_transport(*args, **kwargs))
 
@@ -250,6 +261,17 @@ def _failed(request: Any, exc: httpx2.TransportError) -> httpx2.Response:
     error = {"code": -32603, "message": said, "data": REQUEST_FAILED}
     return httpx2.Response(200, headers=[("content-type", "application/json")],
                            content=json.dumps({"jsonrpc": "2.0", "id": request, "error": error}))
+
+
+def _is_cancel(request: httpx2.Request) -> bool:
+    """Whether ``request`` posts a ``notifications/cancelled``."""
+    if request.method != "POST" or b"notifications/cancelled" not in request.content:
+        return False
+    try:
+        sent = json.loads(request.content)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(sent, dict) and sent.get("method") == "notifications/cancelled"
 
 
 def _request_id(request: httpx2.Request) -> Any:

@@ -166,6 +166,7 @@ logging.getLogger("mcp.client.streamable_http").addFilter(_OneLineNoise())
 
 CONNECT_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake
 CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancelled
+CANCEL_POST_WAIT = 2.0  # seconds a closing HTTP session waits for its cancels to be posted
 STDERR_TAIL = 2000  # characters of a server's stderr quoted when it fails
 MAX_ARGUMENT_DEPTH = 250  # levels of nesting of an argument's value a call can send
 MAX_PAGES = 1000  # tools/list pages read from one server (one that pages on: MCPServerError)
@@ -422,6 +423,18 @@ class _Session:
         # and any id that is no number
         self.top_request = 0
         self.named_requests: set[str] = set()
+        # notifications/cancelled handed to an HTTP transport and not yet posted: a close waits
+        # (boundedly) for them, or the server never learnt its work was no longer wanted
+        self.cancels = _Pending()
+
+    @property
+    def modern(self) -> bool:
+        """Whether the session speaks a revision of MCP that cancels by closing a request."""
+        from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+        client = self._client
+        return client is not None and client.session.protocol_version in (
+            MODERN_PROTOCOL_VERSIONS)
 
     @property
     def dead(self) -> bool:
@@ -730,6 +743,7 @@ class _Session:
         ("the server exited, or closed its stdout").
         """
         task = self._task
+        await self.cancels.drained(CANCEL_POST_WAIT)  # a call's cancel, still being posted
         if self._client is not None:
             self._end(_CLOSED_UNDER)
         self._stop.set()
@@ -744,6 +758,33 @@ class _Session:
             await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
         if task.done():
             _retrieve(task)
+
+
+class _Pending:
+    """A count of things under way, and a wait (bounded) until there are none."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    def add(self) -> None:
+        """One more under way."""
+        self._count += 1
+        self._none.clear()
+
+    def done(self) -> None:
+        """One fewer under way."""
+        self._count = max(0, self._count - 1)
+        if not self._count:
+            self._none.set()
+
+    async def drained(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
+        """Wait until none is under way, at most ``timeout`` seconds."""
+        if self._count:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._none.wait()
 
 
 #: Why the calls running when a session was closed got no answer.
@@ -975,8 +1016,15 @@ class _NotingWriter(_Watched):
         await self._inner.send(item)
 
     def _note(self, item: Any) -> None:
-        """Note a request's id before it is written (its answer may come at once)."""
+        """Note a request's id before it is written (its answer may come at once).
+
+        Over HTTP, a cancel to be posted is noted too (see :attr:`_Session.cancels`).
+        """
         message = getattr(item, "message", None)
+        if (isinstance(message, mcp_types.JSONRPCNotification)
+                and message.method == "notifications/cancelled"
+                and self._session.server.url is not None and not self._session.modern):
+            self._session.cancels.add()  # (a modern revision posts none: it closes the POST)
         if isinstance(message, mcp_types.JSONRPCRequest):
             if isinstance(message.id, int):
                 self._session.top_request = max(self._session.top_request, message.id)
@@ -1039,6 +1087,7 @@ async def _http_statuses(srv: MCPServer, session: _Session) -> AsyncIterator[tup
                                             _reason_phrase(response.reason_phrase))
 
     http_client.event_hooks["response"].append(noted)
+    http_client.cancel_posted = session.cancels.done
     async with http_client, srv._http_transport(http_client) as (read, write):
         yield _StatusReader(read, session), _NotingWriter(write, session)
 
