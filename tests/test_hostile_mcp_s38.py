@@ -564,3 +564,37 @@ def test_a_call_over_http_that_times_out_is_cancelled_on_the_server() -> None:
     (call,) = [m for m in posted if m["method"] == "tools/call"]
     cancels = [m for m in posted if m["method"] == "notifications/cancelled"]
     assert [c["params"]["requestId"] for c in cancels] == [call["id"]]
+
+
+class _CancelResettingHTTP(_SlowHTTP):
+    """:class:`_SlowHTTP`, which closes the connection of a posted notification unanswered."""
+
+    def _notified(self, message: dict[str, Any]) -> bool:
+        if message.get("method") == "notifications/cancelled":
+            self.close_connection = True  # nothing written: the client sees it disconnect
+            return True
+        return super()._notified(message)
+
+
+def test_a_notification_that_cannot_be_posted_fails_no_call(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # the POST of a call's cancel failed, and the MCP SDK's transport ended with it: the call
+    # beside it failed ("the connection closed ... the server may have crashed")
+    posted: list[dict[str, Any]] = []
+
+    async def main(base: str) -> None:
+        (tool,) = await shoal.mcp.tools(url=f"{base}/mcp", name="slow", timeout=20)
+        plan = shoal.Plan()
+        short = plan.call(tool.options(timeout=0.5))
+        long = plan.call(tool)
+        result = await shoal.run(plan)
+        assert (result[short].status, result[long].status) == ("timed_out", "ok"), (
+            result[long].error)
+
+    with http_serving(type("Resetting", (_CancelResettingHTTP,), {"posted": posted})) as base:
+        arun(main(base), timeout=SLOW)
+    assert [m["method"] for m in posted].count("notifications/cancelled") == 1
+    said = [r.getMessage() for r in caplog.records if "notification" in r.getMessage()]
+    assert said == [f"Could not post a notification to the MCP server at {base}/mcp (it is "
+                    "lost): RemoteProtocolError: Server disconnected without sending a "
+                    "response."]

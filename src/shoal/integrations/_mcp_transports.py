@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from mcp import StdioServerParameters
 
 log = logging.getLogger("mcp.client.stdio")  # the SDK's: what filters its noise filters ours
+http_log = logging.getLogger("mcp.client.streamable_http")
 
 
 #: The SDK's private helpers this transport reuses.
@@ -219,14 +220,19 @@ class _Unbatching(httpx2.AsyncBaseTransport):
         A request's POST that fails (its connection reset, no answer within the read
         timeout ...) is answered with a JSON-RPC error (:data:`REQUEST_FAILED`): raised, it
         ended the MCP SDK's transport, and every other call on the session failed with it
-        ("Connection closed").
+        ("Connection closed"). A notification's POST that fails is logged and taken as
+        accepted, for the same reason.
         """
         try:
             return await self._answer(request)
         except httpx2.TransportError as exc:
-            request_id = _request_id(request)
-            if request.method != "POST" or request_id is None:  # no call to fail alone
+            if request.method != "POST":  # the GET stream, the closing DELETE: the SDK's
                 raise
+            request_id = _request_id(request)
+            if request_id is None:  # a notification (a cancel, say): lost, and said so
+                http_log.warning("Could not post a notification to the MCP server at %s (it "
+                                 "is lost): %s: %s", request.url, type(exc).__name__, exc)
+                return httpx2.Response(202)
             return _failed(request_id, exc)
 
     async def _answer(self, request: httpx2.Request) -> httpx2.Response:
