@@ -209,7 +209,11 @@ class _UnbatchingClient(httpx2.AsyncClient):
 
 
 class _Unbatching(httpx2.AsyncBaseTransport):
-    """An HTTP transport that hands a JSON answer holding a batch on as an event stream."""
+    """An HTTP transport that unpacks batches, and fails a request alone when its POST fails.
+
+    A JSON answer holding a batch is handed on as an event stream, an event stream is read
+    through :class:`EventRewriter`; see :meth:`handle_async_request` for failures.
+    """
 
     def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
         self._inner = inner
