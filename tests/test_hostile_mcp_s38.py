@@ -598,3 +598,19 @@ def test_a_notification_that_cannot_be_posted_fails_no_call(
     assert said == [f"Could not post a notification to the MCP server at {base}/mcp (it is "
                     "lost): RemoteProtocolError: Server disconnected without sending a "
                     "response."]
+
+
+def test_an_http_server_nothing_listens_for_says_so_plainly() -> None:
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on once it is closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+
+    async def main() -> None:
+        with pytest.raises(shoal.MCPServerError) as caught:
+            await shoal.mcp.tools(url=f"http://127.0.0.1:{port}/mcp")
+        assert str(caught.value) == (f"MCP server 'http://127.0.0.1:{port}/mcp': could not "
+                                     "start: ConnectError: All connection attempts failed")
+
+    arun(main(), timeout=SLOW)

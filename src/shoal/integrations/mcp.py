@@ -835,7 +835,9 @@ def _cause(exc: BaseException, starting: bool, server: MCPServer) -> str:
             stack.extend(item.exceptions)
         else:
             leaves.append(item)
-    said = "; ".join(dict.fromkeys(describe_exception(e) for e in leaves)) or repr(exc)
+    said = "; ".join(dict.fromkeys(
+        e.message if isinstance(e, MCPError) and e.data == REQUEST_FAILED  # (the HTTP error)
+        else describe_exception(e) for e in leaves)) or repr(exc)
     if starting and isinstance(exc, FileNotFoundError | PermissionError) and server.command:
         return f"cannot start {server.command[0]!r}: {said}"
     return f"{'could not start' if starting else 'failed'}: {said}"
