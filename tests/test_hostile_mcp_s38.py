@@ -614,3 +614,51 @@ def test_an_http_server_nothing_listens_for_says_so_plainly() -> None:
                                      "start: ConnectError: All connection attempts failed")
 
     arun(main(), timeout=SLOW)
+
+
+def test_a_served_request_the_sdk_cannot_read_is_answered_with_an_error() -> None:
+    # shoal mcp serve (the MCP SDK's server) dropped a line it could not read: a lone
+    # surrogate's escape (which JSON allows) or nesting too deep, and the client's call
+    # waited for good; the request it names is now answered with an error saying why
+    import os
+    import select
+    import subprocess
+
+    from tests.test_mcp import ROOT, SHOAL_SERVE
+
+    served = subprocess.Popen(SHOAL_SERVE, cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert served.stdin is not None and served.stdout is not None
+
+    def ask(line: str) -> Any:
+        assert served.stdin is not None and served.stdout is not None
+        served.stdin.write(line.encode() + b"\n")
+        served.stdin.flush()
+        if '"id"' not in line:
+            return None
+        ready, _, _ = select.select([served.stdout], [], [], SLOW)
+        assert ready, f"no answer to {line[:100]}"
+        return json.loads(served.stdout.readline())
+
+    def call(request: int, arguments: str) -> str:
+        return ('{"jsonrpc": "2.0", "id": ' + str(request) + ', "method": "tools/call", '
+                '"params": {"name": "add", "arguments": ' + arguments + '}}')
+
+    with served:  # (its pipes closed at the end)
+        try:
+            ask(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"}}}))
+            ask('{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+            surrogate = ask(call(2, '{"a": "\\ud800", "b": 2}'))
+            deep = ask(call(3, '{"a": 1, "b": ' + '[' * 5000 + ']' * 5000 + '}'))
+            fine = ask(call(4, '{"a": 1, "b": 2}'))
+        finally:
+            served.kill()
+    assert surrogate["id"] == 2 and surrogate["error"]["code"] == -32600
+    assert surrogate["error"]["message"].startswith("the request could not be read (")
+    assert deep["id"] == 3 and deep["error"]["code"] == -32600
+    assert deep["error"]["message"].startswith(
+        "the request could not be read (nested too deeply: ")
+    assert fine["id"] == 4 and fine["result"]["structuredContent"] == {"result": 3}

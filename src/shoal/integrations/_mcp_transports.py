@@ -467,12 +467,12 @@ _ID_VALUE = re.compile(r'\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")\s*[,}]')
 MAX_SHALLOW_TOKENS = 2_000_000
 
 
-def shallow_answer(line: str) -> dict[str, Any] | None:
-    """The id of the answer ``line`` holds, as ``{"id": ..., "result": None}``, else None.
+def shallow_message(line: str) -> dict[str, Any] | None:
+    """The outermost object of ``line``: its keys (each value None) and its id, else None.
 
     For a line too deeply nested to parse: only its outermost object's keys are read (the
     strings and brackets in between are counted, not parsed). None when the line is no
-    object, has no ``result`` or ``error`` key, names no id, or is too long to read so.
+    object or is too long to read so; ``id`` is None when it names none (a number or string).
     """
     depth, keys, found = 0, set(), None
     for count, token in enumerate(_TOKENS.finditer(line)):
@@ -493,7 +493,16 @@ def shallow_answer(line: str) -> dict[str, Any] | None:
                 found = json.loads(value.group(1))
         if depth == 0:
             break
-    if found is None or not keys & {'"result"', '"error"'}:
-        return None
-    return {"id": found, "result": None}
+    return {**{json.loads(key): None for key in keys}, "id": found}
 
+
+def shallow_answer(line: str) -> dict[str, Any] | None:
+    """The id of the answer ``line`` holds, as ``{"id": ..., "result": None}``, else None.
+
+    Read as :func:`shallow_message` reads it; None when it has no ``result`` or ``error`` key,
+    or names no id.
+    """
+    found = shallow_message(line)
+    if found is None or found["id"] is None or not {"result", "error"} & found.keys():
+        return None
+    return {"id": found["id"], "result": None}
