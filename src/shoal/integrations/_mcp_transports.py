@@ -13,9 +13,8 @@ period, then the process tree killed), so the two behave alike but for speed. Th
 helpers are private: an SDK that lacks them gets its own ``stdio_client``.
 
 Over HTTP, the SDK's transport is used with an HTTP client (:func:`unbatching_client`) that
-hands a JSON batch on as an event stream. Not yet: a batch inside an event stream's event
-(the SDK fails it as a parse error too); unpacking it means rewriting the stream as it comes,
-event by event, without holding back the events that are no batch.
+hands a JSON batch on as an event stream, and rewrites an event stream as it comes so that an
+event holding a batch is one event a message (an event that is no batch is not held back).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from mcp import StdioServerParameters
 
 log = logging.getLogger("mcp.client.stdio")  # the SDK's: what filters its noise filters ours
+http_log = logging.getLogger("mcp.client.streamable_http")
 
 
 #: The SDK's private helpers this transport reuses.
@@ -172,23 +172,81 @@ def unbatching_client(headers: dict[str, str] | None) -> Any:
     """
     from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 
-    return httpx2.AsyncClient(
-        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT),
-        headers=headers, transport=_Unbatching(httpx2.AsyncHTTPTransport()))
+    return _UnbatchingClient(
+        # no bound on the wait for a free connection (the SDK's: 30 s): with 100 calls
+        # running, the next ones wait their turn (bounded by their own timeouts)
+        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT,
+                               pool=None),
+        headers=headers)
+
+
+class _UnbatchingClient(httpx2.AsyncClient):
+    """An HTTP client each of whose transports, a proxy's too, is :class:`_Unbatching`.
+
+    Given a transport (``transport=``), httpx uses no proxy of the environment: the MCP
+    server was reached straight, past the ``HTTPS_PROXY`` or ``HTTP_PROXY`` that the SDK's own
+    client goes through (a server behind the proxy could not be reached at all). Built as
+    httpx builds its own, the environment's proxies (and ``NO_PROXY``) hold, and each
+    transport it makes is wrapped.
+    """
+
+    #: Called when the POST of a ``notifications/cancelled`` has been answered (or failed).
+    cancel_posted: Callable[[], None] | None = None
+
+    async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        """Send ``request`` (as httpx does), telling :attr:`cancel_posted` of a cancel's end."""
+        try:
+            return await super().send(request, **kwargs)
+        finally:
+            if self.cancel_posted is not None and _is_cancel(request):
+                self.cancel_posted()
+
+    def _init_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
+        return _Unbatching(super()._init_transport(*args, **kwargs))
+
+    def _init_proxy_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
+        return _Unbatching(super()._init_proxy_transport(*args, **kwargs))
 
 
 class _Unbatching(httpx2.AsyncBaseTransport):
-    """An HTTP transport that hands a JSON answer holding a batch on as an event stream."""
+    """An HTTP transport that unpacks batches, and fails a request alone when its POST fails.
+
+    A JSON answer holding a batch is handed on as an event stream, an event stream is read
+    through :class:`EventRewriter`; see :meth:`handle_async_request` for failures.
+    """
 
     def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
         self._inner = inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        """The answer to ``request``: a JSON batch made an event stream, all else as it came."""
+        """The answer to ``request``: a JSON batch made an event stream, all else as it came.
+
+        A request's POST that fails (its connection reset, no answer within the read
+        timeout ...) is answered with a JSON-RPC error (:data:`REQUEST_FAILED`): raised, it
+        ended the MCP SDK's transport, and every other call on the session failed with it
+        ("Connection closed"). A notification's POST that fails is logged and taken as
+        accepted, for the same reason.
+        """
+        try:
+            return await self._answer(request)
+        except httpx2.TransportError as exc:
+            if request.method != "POST":  # the GET stream, the closing DELETE: the SDK's
+                raise
+            request_id = _request_id(request)
+            if request_id is None:  # a notification (a cancel, say): lost, and said so
+                http_log.warning("Could not post a notification to the MCP server at %s (it "
+                                 "is lost): %s: %s", request.url, type(exc).__name__, exc)
+                return httpx2.Response(202)
+            return _failed(request_id, exc)
+
+    async def _answer(self, request: httpx2.Request) -> httpx2.Response:
         response = await self._inner.handle_async_request(request)
         kind = response.headers.get("content-type", "").lower()
-        if (request.method != "POST" or response.status_code >= 400
-                or not kind.startswith("application/json")):
+        if response.status_code >= 400:
+            return response
+        if kind.startswith("text/event-stream"):  # a POST's answer, or the GET stream
+            return _rewritten(response, _request_id(request))
+        if request.method != "POST" or not kind.startswith("application/json"):
             return response
         try:
             body = await response.aread()  # read whole by the SDK anyway
@@ -199,6 +257,31 @@ class _Unbatching(httpx2.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Close the transport."""
         await self._inner.aclose()
+
+
+#: The ``data`` of the error that stands for a request whose HTTP exchange failed.
+REQUEST_FAILED = "shoal: the HTTP request failed"
+
+
+def _failed(request: Any, exc: httpx2.TransportError) -> httpx2.Response:
+    """A JSON answer failing the request ``request`` because ``exc`` ended its exchange."""
+    said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, httpx2.ReadTimeout):
+        said += " (no byte of the answer came within the HTTP read timeout)"
+    error = {"code": -32603, "message": said, "data": REQUEST_FAILED}
+    return httpx2.Response(200, headers=[("content-type", "application/json")],
+                           content=json.dumps({"jsonrpc": "2.0", "id": request, "error": error}))
+
+
+def _is_cancel(request: httpx2.Request) -> bool:
+    """Whether ``request`` posts a ``notifications/cancelled``."""
+    if request.method != "POST" or b"notifications/cancelled" not in request.content:
+        return False
+    try:
+        sent = json.loads(request.content)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(sent, dict) and sent.get("method") == "notifications/cancelled"
 
 
 def _request_id(request: httpx2.Request) -> Any:
@@ -234,7 +317,7 @@ _ARRAY_START = re.compile(rb"[ \t\r\n]*\[")
 
 
 def _batch(body: bytes, request: Any) -> list[Any] | None:
-    """The messages of ``body`` if it is a JSON-RPC batch (a non-empty array), else None.
+    """The messages of ``body`` if it is a JSON-RPC batch (an array of objects), else None.
 
     None too if an answer in it names another request than ``request``: the SDK gives an
     event stream's answer the id of the request posted, so such an answer would reach that
@@ -246,9 +329,180 @@ def _batch(body: bytes, request: Any) -> list[Any] | None:
         messages = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    if not (isinstance(messages, list) and messages):
-        return None
-    answers = [m for m in messages if isinstance(m, dict) and ("result" in m or "error" in m)]
+    if not (isinstance(messages, list) and messages
+            and all(isinstance(m, dict) for m in messages)):
+        return None  # no JSON-RPC batch (which holds objects): it fails as it is
+    answers = [m for m in messages if "result" in m or "error" in m]
     if any(m.get("id") != request for m in answers):
         return None
-    return messages
+    # the answers last: the SDK stops reading a request's stream at its answer, and a
+    # notification after it in the batch was dropped (a batch's order carries no meaning)
+    return [m for m in messages if not any(m is a for a in answers)] + answers
+
+
+#: The most bytes of one event of an HTTP server's event stream. The MCP SDK's own limit, 1 MiB,
+#: failed a tool's answer of 2 MB sent as an event (and, unpacked, as a JSON batch), which as a
+#: JSON answer or on stdio reads whole; this one only bounds what a hostile server makes held.
+#: An event that may be a batch is held back up to this size too; a larger one passes as it came.
+MAX_EVENT_BYTES = 128 * 1024 * 1024
+
+
+def _rewritten(response: httpx2.Response, request: Any) -> httpx2.Response:
+    """``response``, an event stream, read through :class:`EventRewriter` as it comes."""
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-length", "content-encoding")]
+    return httpx2.Response(response.status_code, extensions=response.extensions,
+                           headers=headers, stream=_RewrittenStream(response, request))
+
+
+class _RewrittenStream(httpx2.AsyncByteStream):
+    """The (decoded) body of an event stream, each event that is a batch made its messages."""
+
+    def __init__(self, response: httpx2.Response, request: Any) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """The stream's bytes, rewritten, as they come."""
+        rewriter = EventRewriter(self._request)
+        async for chunk in self._response.aiter_bytes():
+            out = rewriter.feed(chunk)
+            if out:
+                yield out
+        out = rewriter.end()
+        if out:
+            yield out
+
+    async def aclose(self) -> None:
+        """Close the stream (the connection under it)."""
+        await self._response.aclose()
+
+
+class EventRewriter:
+    """An event stream's bytes in, the same out but for events holding a JSON-RPC batch.
+
+    Such an event is one event a message (answers last; see :func:`_batch`): the MCP SDK
+    reads one message an event and failed a batch as a parse error. An event is held back only
+    while it may still be a batch: until its first data shows it is not (it starts with no
+    ``[``), or it grows past :data:`MAX_EVENT_BYTES`; then it passes on as it comes. Lines end
+    in a newline on the way out, whatever ended them (CR LF, CR or LF, as SSE allows).
+    """
+
+    def __init__(self, request: Any) -> None:
+        self._request = request  # the id of the request the stream answers (None: the GET)
+        self._pieces: list[bytes] = []  # the line not ended yet
+        self._held: list[bytes] = []  # the lines of the event that may be a batch
+        self._size = 0
+        self._array = False  # the event's data starts with "[": it may be a batch
+        self._passing = False  # the event is no batch (or too big): its lines pass on
+        self._cr = False  # the last chunk ended in CR: a LF starting the next ends no line
+
+    def feed(self, chunk: bytes) -> bytes:
+        """What to hand on now of the stream, given its next ``chunk``."""
+        if self._cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._cr = chunk.endswith(b"\r")
+        chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        return b"".join(self._line(line) for line in split_lines(self._pieces, chunk))
+
+    def end(self) -> bytes:
+        """What is left to hand on when the stream ends (an event never ended: as it came)."""
+        rest = b"".join(line + b"\n" for line in self._held) + b"".join(self._pieces)
+        self._held, self._pieces = [], []
+        return rest
+
+    def _line(self, line: bytes) -> bytes:
+        if self._passing:
+            self._passing = bool(line)  # a blank line ends the event
+            return line + b"\n"
+        if not line:
+            return self._event()
+        self._held.append(line)
+        self._size += len(line)
+        field, _, value = line.partition(b":")
+        value = value.strip()
+        if field == b"data" and value and not self._array:  # its data's first character
+            self._array = value.startswith(b"[")
+            if not self._array:
+                return self._pass()
+        if self._size > MAX_EVENT_BYTES or (field == b"event" and value != b"message"):
+            return self._pass()
+        return b""
+
+    def _pass(self) -> bytes:
+        """Hand on the event held back, and the rest of it as it comes: it is no batch."""
+        self._passing = True
+        return self._release()
+
+    def _release(self) -> bytes:
+        """The lines held back, as they came."""
+        out = b"".join(line + b"\n" for line in self._held)
+        self._held, self._size, self._array = [], 0, False
+        return out
+
+    def _event(self) -> bytes:
+        """The event held back, which its blank line ended: its messages if it is a batch."""
+        data, kept = [], []
+        for line in self._held:
+            field, _, value = line.partition(b":")
+            if field == b"data":
+                data.append(value[1:] if value.startswith(b" ") else value)
+            elif field in (b"id", b"retry"):
+                kept.append(line)
+        messages = _batch(b"\n".join(data), self._request) if data else None
+        if messages is None:
+            return self._release() + b"\n"
+        self._held, self._size, self._array = [], 0, False
+        # the event's id (and retry) go with its last message: the batch is read by then
+        events = [b"event: message\ndata: " + json.dumps(m).encode() + b"\n" for m in messages]
+        events[-1] += b"".join(line + b"\n" for line in kept)
+        return b"\n".join(events) + b"\n"
+
+
+#: A JSON string, or a bracket: what :func:`shallow_answer` reads a line as.
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[][{}]')
+#: An answer's id (a number or a string) after its key's colon.
+_ID_VALUE = re.compile(r'\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")\s*[,}]')
+#: The most tokens :func:`shallow_answer` reads of a line before it gives up.
+MAX_SHALLOW_TOKENS = 2_000_000
+
+
+def shallow_message(line: str) -> dict[str, Any] | None:
+    """The outermost object of ``line``: its keys (each value None) and its id, else None.
+
+    For a line too deeply nested to parse: only its outermost object's keys are read (the
+    strings and brackets in between are counted, not parsed). None when the line is no
+    object or is too long to read so; ``id`` is None when it names none (a number or string).
+    """
+    depth, keys, found = 0, set(), None
+    for count, token in enumerate(_TOKENS.finditer(line)):
+        text = token.group()
+        if count > MAX_SHALLOW_TOKENS or (depth == 0 and text != "{"):
+            return None
+        if text in "{[":
+            depth += 1
+        elif text in "}]":
+            depth -= 1
+        elif depth == 1:  # a string in the outermost object: a key if a colon follows
+            key = line[token.end():token.end() + 64].lstrip()
+            if not key.startswith(":"):
+                continue
+            keys.add(text)
+            value = _ID_VALUE.match(line, token.end()) if text == '"id"' else None
+            if value is not None:
+                found = json.loads(value.group(1))
+        if depth == 0:
+            break
+    return {**{json.loads(key): None for key in keys}, "id": found}
+
+
+def shallow_answer(line: str) -> dict[str, Any] | None:
+    """The id of the answer ``line`` holds, as ``{"id": ..., "result": None}``, else None.
+
+    Read as :func:`shallow_message` reads it; None when it has no ``result`` or ``error`` key,
+    or names no id.
+    """
+    found = shallow_message(line)
+    if found is None or found["id"] is None or not {"result", "error"} & found.keys():
+        return None
+    return {"id": found["id"], "result": None}

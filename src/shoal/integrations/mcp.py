@@ -98,6 +98,7 @@ from shoal.integrations._mcp_schema import (
     objects_past,
     ref_loop,
 )
+from shoal.integrations._mcp_transports import REQUEST_FAILED
 
 if TYPE_CHECKING:
     from shoal.executors.base import Call
@@ -165,9 +166,11 @@ logging.getLogger("mcp.client.streamable_http").addFilter(_OneLineNoise())
 
 CONNECT_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake
 CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancelled
+CANCEL_POST_WAIT = 2.0  # seconds a closing HTTP session waits for its cancels to be posted
 STDERR_TAIL = 2000  # characters of a server's stderr quoted when it fails
 MAX_ARGUMENT_DEPTH = 250  # levels of nesting of an argument's value a call can send
 MAX_PAGES = 1000  # tools/list pages read from one server (one that pages on: MCPServerError)
+MAX_RELISTINGS = 5  # listings in a row while a server says its tools changed during each
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what model APIs accept as tool names
 _SESSIONS = "shoal.mcp.sessions"  # the key of a run's sessions in RunScope.shared
 _SCOPE_PARAM = "_shoal_mcp_scope"  # the injected parameter that brings a call its run's scope
@@ -321,7 +324,10 @@ class MCPServer:
     def _http_transport(self, http_client: Any) -> Any:
         from mcp.client.streamable_http import streamable_http_client
 
-        return streamable_http_client(str(self.url), http_client=http_client)
+        from shoal.integrations import _mcp_transports
+
+        return streamable_http_client(str(self.url), http_client=http_client,
+                                      max_sse_event_size=_mcp_transports.MAX_EVENT_BYTES)
 
     def _http_client(self) -> Any:
         """The HTTP client of a session: the MCP SDK's timeouts, no redirects, the headers.
@@ -405,8 +411,11 @@ class _Session:
         self._dead: asyncio.Future[str] | None = None  # its result: why the session ended
         self._stop = asyncio.Event()
         self._errlog: TextIO | None = None
-        # the listing of its tools made once it started (see open())
+        # the listing of its tools made once it started (see open()), and anew each time the
+        # server says its tools changed (``_again``: once more, it said so while listing)
         self._listing: asyncio.Future[list[mcp_types.Tool]] | None = None
+        self._again = False
+        self.tool_names: frozenset[str] | None = None  # what the last listing found
         self.terminated = False  # an HTTP server ended it, unread request and all (404)
         # the HTTP status (and its phrase) each request the server failed got, by request id
         self.http_failed: dict[Any, tuple[int, str]] = {}
@@ -414,6 +423,18 @@ class _Session:
         # and any id that is no number
         self.top_request = 0
         self.named_requests: set[str] = set()
+        # notifications/cancelled handed to an HTTP transport and not yet posted: a close waits
+        # (boundedly) for them, or the server never learnt its work was no longer wanted
+        self.cancels = _Pending()
+
+    @property
+    def modern(self) -> bool:
+        """Whether the session speaks a revision of MCP that cancels by closing a request."""
+        from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+        client = self._client
+        return client is not None and client.session.protocol_version in (
+            MODERN_PROTOCOL_VERSIONS)
 
     @property
     def dead(self) -> bool:
@@ -430,7 +451,7 @@ class _Session:
         """
         client = await self._connect()
         if self._listing is None:
-            self._listing = asyncio.ensure_future(self._list_all(client))
+            self._listing = asyncio.ensure_future(self._relisting(client))
             self._listing.add_done_callback(_retrieve)
         # shielded: one caller's cancellation must not cancel the listing for the others
         await asyncio.shield(self._listing)
@@ -483,6 +504,35 @@ class _Session:
                 cause = _cause(exc, self._client is None, self.server)
             finally:
                 self._end(cause)
+
+    def tools_changed(self) -> None:
+        """The server said its tools changed: list them anew before the next call is sent.
+
+        The first listing was kept for good: a tool it removed was still called (and a server
+        need not answer a call of a tool it no longer has), and the MCP SDK checked each result
+        against the output schema listed first, failing a call whose tool had changed it.
+        """
+        listing, client = self._listing, self._client
+        if listing is None or client is None or self.dead:  # the first listing is to come
+            return
+        if not listing.done():  # it may have been read before the change: once more
+            self._again = True
+            return
+        self._listing = asyncio.ensure_future(self._relisting(client))
+        self._listing.add_done_callback(_retrieve)
+
+    async def _relisting(self, client: Client) -> list[mcp_types.Tool]:
+        """List the tools, again while the server says they changed meanwhile.
+
+        At most :data:`MAX_RELISTINGS` times in a row: a server that says so each time it
+        lists them was listed for good, and every call waited for that to end.
+        """
+        for _ in range(MAX_RELISTINGS):
+            self._again = False
+            found = await self._list_all(client)
+            if not self._again:
+                break
+        return found
 
     def output_ended(self) -> None:
         """The server's output ended (it exited, or closed its stdout): the session is over.
@@ -560,6 +610,12 @@ class _Session:
             if connected and self.server.command:  # it was up, and ended before this call
                 raise _NotSent(exc) from None
             raise
+        if self.tool_names is not None and name not in self.tool_names:
+            raise MCPToolError(self.server.described, name, (
+                f"MCP server {self.server.described} does not list tool {name!r} now (its "
+                f"tools changed since they were listed; it lists "
+                f"{bounded_text(', '.join(sorted(self.tool_names)), 500) or 'none'}): the "
+                "call was not sent; list its tools again (shoal.mcp.tools)"))
         sent = _Sent()
         token = _SENDING.set(sent)  # the request's task, made now, copies it: the writer's mark
         try:
@@ -597,7 +653,8 @@ class _Session:
                           "is dropped and logged; connect_timeout= gives a slow server longer)")
                 raise self._error() from None
             except MCPError as exc:  # an error answer: its listing failed on its side
-                self._end(f"answered the listing of its tools with an error: {exc.message} "
+                self._end(f"answered the listing of its tools with an error: "
+                          f"{_server_words(exc.message)} "
                           f"(error {exc.code})")
                 raise self._error() from None
             except MCPServerError as exc:  # off-protocol, say: the session ends with it, so
@@ -606,6 +663,7 @@ class _Session:
             found += page.tools
             cursor = page.next_cursor
             if not cursor:
+                self.tool_names = frozenset(t.name for t in found)
                 return found
             if cursor in cursors:  # it would page on for good, its tools over and over
                 self._end(f"pages the listing of its tools in a loop (its cursor "
@@ -642,6 +700,12 @@ class _Session:
                 self._end("the server no longer knows the session (it answered 404 to its "
                           "id: it restarted, or let the session expire)")
                 raise self._error(f" (while {doing})") from None
+            if exc.data == REQUEST_FAILED:  # its HTTP exchange failed: no tool's doing
+                raise MCPServerError(self.server.described, f"its HTTP request failed while "
+                                     f"{doing}: {bounded_text(exc.message, 2000)}") from None
+            if _stream_failed(exc):  # the event stream of its answer broke: no tool's doing
+                raise MCPServerError(self.server.described, f"its event stream failed while "
+                                     f"{doing}: {bounded_text(exc.message, 2000)}") from None
             if exc.data == _HTTP_FAILED:  # a status for an answer (500, 401 ...): no tool's
                 raise MCPServerError(self.server.described, f"answered {exc.message} while "
                                      f"{doing}") from None
@@ -679,6 +743,7 @@ class _Session:
         ("the server exited, or closed its stdout").
         """
         task = self._task
+        await self.cancels.drained(CANCEL_POST_WAIT)  # a call's cancel, still being posted
         if self._client is not None:
             self._end(_CLOSED_UNDER)
         self._stop.set()
@@ -695,6 +760,33 @@ class _Session:
             _retrieve(task)
 
 
+class _Pending:
+    """A count of things under way, and a wait (bounded) until there are none."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    def add(self) -> None:
+        """One more under way."""
+        self._count += 1
+        self._none.clear()
+
+    def done(self) -> None:
+        """One fewer under way."""
+        self._count = max(0, self._count - 1)
+        if not self._count:
+            self._none.set()
+
+    async def drained(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
+        """Wait until none is under way, at most ``timeout`` seconds."""
+        if self._count:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._none.wait()
+
+
 #: Why the calls running when a session was closed got no answer.
 _CLOSED_UNDER = ("the session was closed while the call waited for its answer (the `async "
                  "with` block that held the server open ended, or the run that started it did)")
@@ -709,6 +801,16 @@ def _connection_closed(exc: MCPError) -> bool:
     """
     return (exc.code == mcp_types.CONNECTION_CLOSED and exc.message == "Connection closed"
             and exc.data is None)
+
+
+def _stream_failed(exc: MCPError) -> bool:
+    """Whether the MCP SDK's HTTP client raised ``exc`` because an answer's event stream broke.
+
+    It failed (an event past the size limit, say), or ended without the answer: the SDK
+    answers the request with an error of its own, which read as the server refusing the call.
+    """
+    return (exc.code == mcp_types.CONNECTION_CLOSED and exc.data is None
+            and exc.message.startswith("SSE stream "))
 
 
 def _session_terminated(exc: MCPError) -> bool:
@@ -733,7 +835,9 @@ def _cause(exc: BaseException, starting: bool, server: MCPServer) -> str:
             stack.extend(item.exceptions)
         else:
             leaves.append(item)
-    said = "; ".join(dict.fromkeys(describe_exception(e) for e in leaves)) or repr(exc)
+    said = "; ".join(dict.fromkeys(
+        e.message if isinstance(e, MCPError) and e.data == REQUEST_FAILED  # (the HTTP error)
+        else describe_exception(e) for e in leaves)) or repr(exc)
     if starting and isinstance(exc, FileNotFoundError | PermissionError) and server.command:
         return f"cannot start {server.command[0]!r}: {said}"
     return f"{'could not start' if starting else 'failed'}: {said}"
@@ -812,6 +916,7 @@ class _WatchedReader(_Watched):
             item = self._batched.popleft()
         if isinstance(item.message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
             self._session.answered(item.message)
+        _heard(self._session, item.message)
         return item
 
     async def _received(self) -> Any:
@@ -824,6 +929,17 @@ class _WatchedReader(_Watched):
         except anyio.ClosedResourceError:
             self._session.output_ended()
             raise
+
+
+def _heard(session: _Session, message: Any) -> None:
+    """Tell ``session`` of a notification it acts on, as it arrives (before what follows it).
+
+    Read here rather than by the SDK's notification handler, which runs in a task of its
+    own: an answer that came after the notification could reach its call first.
+    """
+    if (isinstance(message, mcp_types.JSONRPCNotification)
+            and message.method == "notifications/tools/list_changed"):
+        session.tools_changed()
 
 
 #: The ``data`` of the error that stands for an answer the MCP SDK could not read.
@@ -841,8 +957,12 @@ def _salvaged(error: Exception) -> list[Any]:
     - an answer the SDK refuses (a lone surrogate's escape, say, which its parser refuses but
       JSON allows) is an error answer to the request it names.
 
-    A line Python cannot read either (nested too deeply) names no request.
+    A line Python cannot read either, nested too deeply, is an error answer to the request
+    its outermost object names (read off the line without parsing what is nested), if any:
+    that call waited until its timeout, or for good without one.
     """
+    from shoal.integrations._mcp_transports import shallow_answer
+
     errors = getattr(error, "errors", None)
     found = errors() if callable(errors) else None
     if not (isinstance(found, list) and found and isinstance(found[0], dict)):
@@ -850,7 +970,10 @@ def _salvaged(error: Exception) -> list[Any]:
     line, reason = found[0].get("input"), found[0].get("ctx", {}).get("error")
     try:  # a batch arrives parsed already (its items are what the SDK refused)
         message = json.loads(line) if isinstance(line, str) else line
-    except (ValueError, RecursionError):
+    except RecursionError:
+        message = shallow_answer(line) if isinstance(line, str) else None
+        reason = f"nested too deeply: {reason}"
+    except ValueError:
         return []
     read = ([_batched_message(item) for item in message] if isinstance(message, list)
             else [_error_answer(message, reason)])
@@ -895,8 +1018,15 @@ class _NotingWriter(_Watched):
         await self._inner.send(item)
 
     def _note(self, item: Any) -> None:
-        """Note a request's id before it is written (its answer may come at once)."""
+        """Note a request's id before it is written (its answer may come at once).
+
+        Over HTTP, a cancel to be posted is noted too (see :attr:`_Session.cancels`).
+        """
         message = getattr(item, "message", None)
+        if (isinstance(message, mcp_types.JSONRPCNotification)
+                and message.method == "notifications/cancelled"
+                and self._session.server.url is not None and not self._session.modern):
+            self._session.cancels.add()  # (a modern revision posts none: it closes the POST)
         if isinstance(message, mcp_types.JSONRPCRequest):
             if isinstance(message.id, int):
                 self._session.top_request = max(self._session.top_request, message.id)
@@ -959,8 +1089,19 @@ async def _http_statuses(srv: MCPServer, session: _Session) -> AsyncIterator[tup
                                             _reason_phrase(response.reason_phrase))
 
     http_client.event_hooks["response"].append(noted)
+    http_client.cancel_posted = session.cancels.done
     async with http_client, srv._http_transport(http_client) as (read, write):
         yield _StatusReader(read, session), _NotingWriter(write, session)
+
+
+def _server_words(text: str) -> str:
+    r"""A server's error message as an error of shoal's quotes it: plain (lines kept), cut.
+
+    It went into the error as it was: an escape sequence (``\x1b[2J``, or C1's ``\x9b``)
+    reached the terminal that shows the error, a carriage return overwrote its start (it
+    now reads as a line break).
+    """
+    return bounded_text(_prompt_text(text), 2000)
 
 
 #: The most characters of an HTTP reason phrase an error quotes (the standard ones are short).
@@ -991,6 +1132,7 @@ class _StatusReader(_Watched):
         message = getattr(item, "message", None)
         if isinstance(message, mcp_types.JSONRPCResponse):
             self._session.answered(message)
+        _heard(self._session, message)
         if not isinstance(message, mcp_types.JSONRPCError):
             return item
         self._session.answered(message)
@@ -1222,7 +1364,8 @@ async def _invoke(remote: RemoteTool, **arguments: Any) -> Any:
                 raise unsent.error from None
         except MCPError as exc:  # the server refused the call (unknown tool, bad params ...)
             raise MCPToolError(remote.server.described, remote.name,
-                               f"the server refused the call: {exc.message} (error {exc.code})"
+                               f"the server refused the call: {_server_words(exc.message)} "
+                               f"(error {exc.code})"
                                ) from None
         finally:
             if own:
@@ -1321,6 +1464,12 @@ class MCPTool(Tool[..., Any]):
         super().__init__(functools.partial(_invoke, remote), name=name,
                          description=remote.description, policy=policy,
                          _model=_model or _facts_model(name, remote.schema))
+
+    @functools.cached_property
+    def defaults(self) -> dict[str, Any]:
+        """Each optional argument's default: None (the server applies its own defaults)."""
+        facts = self.model_facts
+        return {name: None for name in facts.inputs if name not in facts.required}
 
     def options(self, **overrides: Any) -> MCPTool:
         """A copy with some policy fields replaced (as :meth:`Tool.options`)."""
@@ -1438,23 +1587,24 @@ def _error_text(error: Any) -> str:
 
 
 def _facts_model(name: str, schema: Mapping[str, Any]) -> type[pydantic.BaseModel]:
-    """A pydantic model of the schema's top-level arguments (names, which are required).
+    """A pydantic model standing for the schema's top-level arguments (names, which required).
 
-    The runtime reads a tool's argument names and required ones off its model (a map's item
-    argument, plan checks); the values are checked against the JSON schema itself. The
-    model also marks the parameter through which the runtime hands a call its run.
+    The runtime reads a tool's argument names and required ones off its model's facts (a
+    map's item argument, plan checks); the values are checked against the JSON schema
+    itself. The model also marks the parameter through which the runtime hands a call its run.
+    It has no field of its own: a pydantic field an argument took 0.7-1.2 s for a schema of
+    4,900 properties, on every listing; the facts are set as its fields would have made them.
     """
-    required = set(schema.get("required") or ())
-    fields: dict[str, Any] = {}
-    for i, prop in enumerate(schema.get("properties") or {}):
-        default = ... if prop in required else None
-        fields[f"p{i}"] = (Any, pydantic.Field(default, alias=str(prop)))
+    properties = [str(prop) for prop in schema.get("properties") or {}]
+    required = {str(prop) for prop in schema.get("required") or ()}
     extra: Literal["forbid", "allow"] = (
         "forbid" if schema.get("additionalProperties") is False else "allow")
     model: type[pydantic.BaseModel] = pydantic.create_model(
-        re.sub(r"\W", "_", name) + "_args", __config__=pydantic.ConfigDict(extra=extra),
-        **fields)
-    model_facts(model).injected = {_SCOPE_PARAM: "shoal.mcp"}
+        re.sub(r"\W", "_", name) + "_args", __config__=pydantic.ConfigDict(extra=extra))
+    facts = model_facts(model)
+    facts.inputs = {prop: prop for prop in properties}
+    facts.required = frozenset(required.intersection(properties))
+    facts.injected = {_SCOPE_PARAM: "shoal.mcp"}
     return model
 
 
@@ -1697,7 +1847,78 @@ async def _serve_stdio(srv: Any, ready: Callable[[], None] | None) -> None:
     async with stdio_server() as (read, write):
         if ready is not None:
             ready()
-        await srv.run(read, write, srv.create_initialization_options())
+        await srv.run(_AnsweringReader(read, write), write, srv.create_initialization_options())
+
+
+class _AnsweringReader:
+    """A served stdio session's read stream: a request the SDK cannot read gets an error.
+
+    The MCP SDK drops a line it cannot read (a lone surrogate's escape, which JSON allows;
+    nesting too deep), and the client's call waited for good; a request such a line names is
+    answered with a JSON-RPC error (invalid request) saying why.
+    """
+
+    def __init__(self, read: Any, write: Any) -> None:
+        self._read = read
+        self._write = write
+
+    async def __aenter__(self) -> Self:
+        await self._read.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._read.__aexit__(*exc)
+
+    def __aiter__(self) -> _AnsweringReader:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> Any:
+        """The next message (or a line the SDK could not read, which names no request)."""
+        while True:
+            item = await self._read.receive()
+            refused = _refused_request(item) if isinstance(item, Exception) else None
+            if refused is None:
+                return item
+            await self._write.send(refused)
+
+    async def aclose(self) -> None:
+        """Close the stream."""
+        await self._read.aclose()
+
+
+def _refused_request(error: Exception) -> Any:
+    """An error answer to the request a line the SDK could not read names (None: none)."""
+    from mcp.shared.message import SessionMessage
+
+    from shoal.integrations._mcp_transports import shallow_message
+
+    errors = getattr(error, "errors", None)
+    found = errors() if callable(errors) else None
+    if not (isinstance(found, list) and found and isinstance(found[0], dict)):
+        return None
+    line, reason = found[0].get("input"), found[0].get("ctx", {}).get("error")
+    if not isinstance(line, str):
+        return None
+    try:
+        message = json.loads(line)
+    except RecursionError:
+        message, reason = shallow_message(line), f"nested too deeply: {reason}"
+    except ValueError:  # no JSON: no request to name
+        return None
+    if not (isinstance(message, dict) and "method" in message):  # a request: it has one
+        return None
+    request = message.get("id")
+    if isinstance(request, bool) or not isinstance(request, int | str):
+        return None  # a notification, or no id an answer can name
+    said = mcp_types.ErrorData(code=mcp_types.INVALID_REQUEST,
+                               message=f"the request could not be read ({reason})")
+    return SessionMessage(mcp_types.JSONRPCError(jsonrpc="2.0", id=request, error=said))
 
 
 async def _serve_http(srv: Any, host: str, port: int, ready: Callable[[], None] | None) -> None:
