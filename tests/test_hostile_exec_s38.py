@@ -5,11 +5,21 @@ Each test here failed before the fix it names.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import shoal
+from shoal import Plan
 from shoal.testing import ScriptedModel, call
 from tests import hostile_exec_s38_tools as st
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
 
@@ -36,3 +46,59 @@ def test_an_agent_process_killed_mid_message_is_reported_killed_not_a_short_read
     assert "killed by signal SIGKILL" in message
     assert "100 of its 10,000 bytes" in message  # what came of the message it was sending
     assert result.output == "lead done"
+
+
+# ---- what a call lowers for good on its worker ------------------------------------------------
+
+
+def test_a_call_that_lowered_its_workers_soft_file_limit_leaves_the_next_call_the_old_one(
+        ) -> None:
+    # was: the next call on that worker (of any tool) failed with OSError [Errno 24] Too many
+    # open files: the earlier call's setrlimit(RLIMIT_NOFILE, (16, ...)) stayed
+    plan = Plan()
+    lowered = plan.call(st.lower_limits, hard=False)
+    after = plan.call(st.open_files_and_priority, count=100, after=[lowered])
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[after].status == "ok", result[after].error
+    assert result[after].value["pid"] == result[lowered].value  # the same worker, put back
+    assert result[after].value["opened"] == 100
+
+
+#: runs a command without the capabilities that raise hard limits and priorities again
+_UNPRIVILEGED = ["setpriv", "--bounding-set=-sys_resource,-sys_nice",
+                 "--inh-caps=-sys_resource,-sys_nice"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None,
+                    reason="root, and no setpriv to drop CAP_SYS_RESOURCE and CAP_SYS_NICE")
+@pytest.mark.parametrize("change", ["hard_file_limit", "priority"])
+def test_a_call_that_lowered_what_only_privilege_raises_gets_its_worker_replaced(
+        change: str) -> None:
+    # was: the worker served the next call so: out of files at 16 (a hard limit only goes
+    # down), or at a lower priority (os.nice() only goes up), whichever tool it ran
+    command = [*(_UNPRIVILEGED if os.geteuid() == 0 else []), sys.executable, "-m",
+               "tests.hostile_exec_s38_lowered", change]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["first"][0] == "ok"  # its own result is kept
+    status, value = seen["after"]
+    assert status == "ok", value
+    assert value["pid"] != seen["first"][1]  # a worker of its own
+    assert value["opened"] == 100 and value["nice"] == os.nice(0)
+
+
+@pytest.mark.parametrize("change", ["hard_file_limit", "priority"])
+def test_what_a_call_lowered_is_given_back_to_the_next_where_this_process_may(
+        change: str) -> None:
+    plan = Plan()
+    first = plan.call(st.lower_limits, hard=True) if change == "hard_file_limit" else plan.call(
+        st.lower_priority)
+    after = plan.call(st.open_files_and_priority, count=100, after=[first])
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[first].status == "ok", result[first].error
+    assert result[after].status == "ok", result[after].error
+    assert result[after].value["opened"] == 100
+    assert result[after].value["nice"] == os.nice(0)
+

@@ -112,7 +112,7 @@ from shoal.executors._reaper import kill_trees
 from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors._template import PID, STATUS, exit_code, fork_supported
-from shoal.executors._worker import ENDED, REPLY_HEADER, REPLY_MARK
+from shoal.executors._worker import ENDED, LAST_REPLY_MARK, REPLY_HEADER, REPLY_MARK
 from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
@@ -252,6 +252,8 @@ class _MessageReader(asyncio.Protocol):
         self.eof = False
         #: Bytes read where a reply's header was due that are none (written by the tool), if any
         self.garbled: bytes | None = None
+        #: Whether the worker marked a reply as its last (see ``_worker.LAST_REPLY_MARK``)
+        self.last = False
 
     def data_received(self, data: bytes) -> None:
         if self.garbled is not None:  # nothing more is read as replies
@@ -264,9 +266,10 @@ class _MessageReader(asyncio.Protocol):
                 view = view[need:]
                 if len(self._header) == REPLY_HEADER.size:
                     mark, self._size = REPLY_HEADER.unpack(self._header)
-                    if mark != REPLY_MARK:
+                    if mark not in (REPLY_MARK, LAST_REPLY_MARK):
                         self._garble()
                         return
+                    self.last = self.last or mark == LAST_REPLY_MARK
                     self._body = bytearray(min(self._size, _PREALLOCATE))
                     self._header.clear()
                     self._filled = 0
@@ -975,7 +978,10 @@ class ProcessExecutor(Executor):
         except BaseException:  # cancelled (a timeout too): the worker still runs the call
             await self._discard(worker)
             raise
-        self._release(worker)
+        if worker.reader.last:  # the call lowered its limits or priority for good
+            self._drop(worker)
+        else:
+            self._release(worker)
         call.ended_at = _unstamped(call, body)
         return _unwrap(call, body)
 
