@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,26 @@ def test_what_a_call_lowered_is_given_back_to_the_next_where_this_process_may(
     assert result[after].value["opened"] == 100
     assert result[after].value["nice"] == os.nice(0)
 
+
+# ---- a tool's module that takes long to import in its worker ----------------------------------
+
+
+def test_a_call_whose_module_import_outlasts_its_timeout_in_the_worker_ends_by_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # was: the import (warm-up, before the call's timeout starts) had no bound at all: the
+    # call given timeout=1 waited the 60 s the import took, then returned ok; an import that
+    # hangs (a connect at import time, no timeout) hung its run for good. Now the import
+    # gets a timeout's worth of its own, then counts against the call's
+    from tests import hostile_exec_s38_slow as slow
+
+    monkeypatch.setenv("SHOAL_S38_SLOW_IMPORT", "60")
+    plan = Plan()
+    slowed = plan.call(slow.after_a_slow_import)
+    other = plan.call(st.open_files_and_priority, count=1)
+    began = time.monotonic()
+    result = shoal.run_sync(plan, process_workers=2, pass_env=["SHOAL_S38_SLOW_IMPORT"])
+    assert time.monotonic() - began < 20
+    assert result[other].status == "ok"
+    outcome = result[slowed]
+    assert outcome.status == "timed_out", outcome  # within its timeout's second and its own
+    assert outcome.error is not None and outcome.error.type.endswith("ToolTimeoutError")

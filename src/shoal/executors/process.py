@@ -299,6 +299,12 @@ class _MessageReader(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    async def arrived(self) -> None:
+        """Wait until a message, or the pipe's end, is there; take nothing (cancel-safe)."""
+        while not self._messages and not self.eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
     async def receive(self) -> bytearray:
         """The next message's body; :class:`_WorkerDied` if the pipe ends first."""
         while not self._messages:
@@ -641,6 +647,7 @@ class _Worker:
         self._write_pipe: asyncio.WriteTransport | None = None
         self.retired = False  # stopped by the pool itself (close), not by a crash
         self.loaded: set[bytes] = set()  # tool functions this worker has imported already
+        self.loading: bytes | None = None  # the tool function it is importing (see _load)
         self.kill_queued: _KillBatch | None = None  # to be killed on the loop's next turn
         self._reaping: asyncio.Future[int] | None = None  # see reap()
         self.dropped = False  # ended by drop(), its pipes closed: nothing left to reap here
@@ -942,8 +949,31 @@ class ProcessExecutor(Executor):
         call.lease = worker
 
     async def _load(self, call: Call, worker: _Worker, fn_blob: bytes) -> None:
+        """Have ``worker`` import the tool's module, for as long as the call's timeout at most.
+
+        The import is warm-up, not the call, and gets a timeout's worth of time of its own;
+        one still going then (a module that connects somewhere as it is imported, and hangs)
+        is waited for by :meth:`execute`, under the call's own timeout: a call with a timeout
+        ends by it, whatever its module does.
+        """
+        worker.send(pickle.dumps(("load", fn_blob), pickle.HIGHEST_PROTOCOL))
+        worker.loading = fn_blob
+        if call.timeout is not None:
+            try:
+                async with asyncio.timeout(call.timeout):
+                    await worker.reader.arrived()
+            except TimeoutError:
+                return  # see execute()
+            except BaseException:
+                await self._discard(worker)
+                raise
+        await self._loaded(call, worker)
+
+    async def _loaded(self, call: Call, worker: _Worker) -> None:
+        """Take the reply to the load :meth:`_load` sent: raise the module's import error."""
+        fn_blob, worker.loading = worker.loading, None
+        assert fn_blob is not None
         try:
-            worker.send(pickle.dumps(("load", fn_blob), pickle.HIGHEST_PROTOCOL))
             body = await worker.reader.receive()
         except _WorkerDied:
             raise await self._crash_error(call, worker) from None
@@ -964,6 +994,8 @@ class ProcessExecutor(Executor):
             await self.prepare(call)
         worker: _Worker = call.lease
         call.lease = None
+        if worker.loading is not None:  # its module still imports: now in the call's timeout
+            await self._loaded(call, worker)
         try:
             message = _call_message(call)
         except BaseException:
