@@ -52,3 +52,10 @@ def open_files_and_priority(count: int) -> dict[str, int]:
     finally:
         for file in files:
             file.close()
+
+
+@tool(isolation="process")
+def stop_myself() -> int:
+    """Stop this process (``SIGSTOP``), as ``kill -STOP`` would; its pid, should it go on."""
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return os.getpid()

@@ -112,9 +112,11 @@ def test_a_call_whose_module_import_outlasts_its_timeout_in_the_worker_ends_by_i
     # was: the import (warm-up, before the call's timeout starts) had no bound at all: the
     # call given timeout=1 waited the 60 s the import took, then returned ok; an import that
     # hangs (a connect at import time, no timeout) hung its run for good. Now the import
-    # gets a timeout's worth of its own, then counts against the call's
+    # gets _IMPORT_WAIT seconds of its own (60; 1 here), then counts against the call's
+    from shoal.executors import process
     from tests import hostile_exec_s38_slow as slow
 
+    monkeypatch.setattr(process, "_IMPORT_WAIT", 1.0)
     monkeypatch.setenv("SHOAL_S38_SLOW_IMPORT", "60")
     plan = Plan()
     slowed = plan.call(slow.after_a_slow_import)
@@ -126,3 +128,28 @@ def test_a_call_whose_module_import_outlasts_its_timeout_in_the_worker_ends_by_i
     outcome = result[slowed]
     assert outcome.status == "timed_out", outcome  # within its timeout's second and its own
     assert outcome.error is not None and outcome.error.type.endswith("ToolTimeoutError")
+
+
+# ---- a worker stopped mid-call ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_stopped_mid_call_is_killed_and_its_call_fails_saying_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # was: a call with no timeout whose worker was stopped (SIGSTOP, kill -STOP) waited for
+    # good, and its run with it: a stopped process answers nothing and its pipe stays open
+    # (an agent's process found stopped was killed after STOPPED_GRACE already)
+    from shoal.executors import process
+
+    monkeypatch.setattr(process, "_STOPPED_GRACE", 1.0)
+    monkeypatch.setattr(process, "_STOPPED_CHECK", 0.1)
+    plan = Plan()
+    stopped = plan.call(st.stop_myself)
+    sibling = plan.call(st.open_files_and_priority, count=1)
+    result = shoal.run_sync(plan, process_workers=2)
+    assert result[sibling].status == "ok"
+    outcome = result[stopped]
+    assert outcome.status == "failed" and outcome.error is not None, outcome
+    assert outcome.error.type.endswith("WorkerCrashedError")
+    assert "stopped (SIGSTOP or SIGTSTP)" in outcome.error.message
+    assert "did not answer for 1 s" in outcome.error.message
