@@ -12,11 +12,12 @@ from shoal.tools import tool
 
 
 @shoal.tool
-def half_send_then_die() -> str:
-    """In an agent's process: send part of a message to the parent, then die by SIGKILL.
+def half_send_then(signal_name: str) -> str:
+    """In an agent's process: send part of a message to the parent, then take a signal.
 
-    As the kernel's OOM killer ends a process that is sending a large message (its result, a
-    long event): the parent sees its socket end in the middle of one.
+    ``SIGKILL``: as the kernel's OOM killer ends a process that is sending a large message
+    (its result, a long event): the parent sees its socket end in the middle of one.
+    ``SIGSTOP``: as ``kill -STOP`` stops it there: the rest never comes.
     """
     from shoal.agents._process import Link
     from shoal.agents.remote import HEADER
@@ -24,7 +25,7 @@ def half_send_then_die() -> str:
     link = next(o for o in gc.get_objects() if isinstance(o, Link))
     with link._send_lock:  # no other message of the agent's between the two parts
         link._sock.sendall(HEADER.pack(10_000) + b"\x80" * 100)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, signal_name))
     return "unreachable"
 
 

@@ -387,21 +387,22 @@ async def read_body(reader: asyncio.StreamReader, what: str) -> bytes | None:
         raise _CutShort(what, size, f"its socket failed before all came ({exc})",
                         f"its socket failed before all {size:,} bytes came") from None
     except TimeoutError:
-        came = f"not all came within {wait:g} s"
-    raise SerializationError(
-        f"{what} announced {size:,} bytes, but {came}: a short read (something wrote part of a "
-        f"message to its socket, or its process died while writing one)")
+        raise _CutShort(what, size, f"not all came within {wait:g} s",
+                        f"not all of its {size:,} bytes", stopped_after=wait) from None
 
 
 class _CutShort(SerializationError):
     """A message whose sender's socket ended in its middle (its process died sending it?)."""
 
-    def __init__(self, what: str, size: int, came: str, sent: str) -> None:
+    def __init__(self, what: str, size: int, came: str, sent: str,
+                 stopped_after: float | None = None) -> None:
         super().__init__(
             f"{what} announced {size:,} bytes, but {came}: a short read (something wrote part "
             f"of a message to its socket, or its process died while writing one)")
         #: what came of the message, for an error that names how the process ended
         self.sent = sent
+        #: seconds the rest was waited for, when the socket is still open
+        self.stopped_after = stopped_after
 
 
 #: The shape of each message an agent sends (see the module docstring): its length, and a
@@ -1600,12 +1601,17 @@ async def _died_sending(run: AgentRun, channel: Channel, short: _CutShort) -> Ex
     """The error of an agent whose socket ended in the middle of a message.
 
     Its process killed as it sent it (the kernel's OOM killer ends the process that holds the
-    memory: one sending a large result): the signal is the cause. One that exited by itself
-    (a tool wrote part of a message, then ended it) or still runs keeps the short read's
-    error, which then says how it ended.
+    memory: one sending a large result): the signal is the cause; one stopped (``kill
+    -STOP``) before the rest came: that is. One that exited by itself (a tool wrote part of a
+    message, then ended it) or still runs keeps the short read's error, which then says how
+    it ended.
     """
     if not isinstance(channel, ProcessChannel):
         return short
+    if short.stopped_after is not None and process_state(channel.pid) == b"T":
+        return AgentError(  # killed as the channel closes
+            f"agent {run.lineage}: its process was stopped (SIGSTOP or SIGTSTP) in the middle "
+            f"of a message ({short.sent} came within {short.stopped_after:.3g} s): it was killed")
     try:
         code = await asyncio.wait_for(asyncio.shield(channel.proc.wait()), 2.0)
     except TimeoutError:
