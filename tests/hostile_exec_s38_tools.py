@@ -60,3 +60,33 @@ def stop_myself() -> int:
     """Stop this process (``SIGSTOP``), as ``kill -STOP`` would; its pid, should it go on."""
     os.kill(os.getpid(), signal.SIGSTOP)
     return os.getpid()
+
+
+@tool(isolation="process")
+def change_the_interpreter() -> int:
+    """Lower the recursion limit, set trace and profile hooks, turn the collector off; pid."""
+    import gc
+    import sys
+    import threading
+
+    sys.setrecursionlimit(40)
+    sys.settrace(lambda *args: None)
+    sys.setprofile(lambda *args: None)
+    threading.settrace(lambda *args: None)
+    gc.disable()
+    return os.getpid()
+
+
+@tool(isolation="process")
+def interpreter_state() -> dict[str, object]:
+    """What a call finds of the interpreter, and a result nested 60 lists deep; the pid."""
+    import gc
+    import sys
+    import threading
+
+    nested: list[object] = []
+    for _ in range(60):
+        nested = [nested]
+    return {"pid": os.getpid(), "trace": sys.gettrace() is None,
+            "profile": sys.getprofile() is None, "threads": threading.gettrace() is None,
+            "gc": gc.isenabled(), "limit": sys.getrecursionlimit(), "nested": nested}

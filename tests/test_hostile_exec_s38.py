@@ -176,3 +176,23 @@ def test_a_worker_stopped_mid_call_is_killed_and_its_call_fails_saying_so(
     assert outcome.error.type.endswith("WorkerCrashedError")
     assert "stopped (SIGSTOP or SIGTSTP)" in outcome.error.message
     assert "did not answer for 1 s" in outcome.error.message
+
+
+# ---- the interpreter's settings a call changed -------------------------------------------------
+
+
+def test_a_call_after_one_that_changed_the_interpreter_finds_it_as_the_worker_started() -> None:
+    # was: the next call on that worker, of another tool, failed ("the result ... cannot be
+    # pickled: ... excessively deep recursion required": a list 60 deep, under the earlier
+    # call's recursion limit of 40), and ran under its trace and profile hooks (every line
+    # of it calling them) with the garbage collector off
+    plan = Plan()
+    changed = plan.call(st.change_the_interpreter)
+    after = plan.call(st.interpreter_state, after=[changed])
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[after].status == "ok", result[after].error
+    seen = result[after].value
+    assert seen["pid"] == result[changed].value  # the same worker, put back
+    assert seen["limit"] == sys.getrecursionlimit()
+    assert (seen["trace"], seen["profile"], seen["threads"], seen["gc"]) == (
+        True, True, True, True)

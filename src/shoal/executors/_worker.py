@@ -41,6 +41,7 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # no stubs: signal.py wraps it
 import contextlib
 import faulthandler
+import gc
 import os
 import pickle
 import resource
@@ -359,6 +360,40 @@ def note_imports_and_signals() -> None:
     _start_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     _start_limits = list(map(resource.getrlimit, _RESOURCES))
     _start_priority = os.getpriority(os.PRIO_PROCESS, 0)
+    global _start_interpreter
+    _start_interpreter = _interpreter()
+
+
+def _interpreter() -> tuple[Any, ...]:
+    """The interpreter's settings a call may change: see :func:`restore_interpreter`."""
+    return (sys.getrecursionlimit(), sys.gettrace(), sys.getprofile(), threading.gettrace(),
+            threading.getprofile(), gc.isenabled())
+
+
+#: :func:`_interpreter` when :func:`note_state` last ran
+_start_interpreter: tuple[Any, ...] = ()
+
+
+def restore_interpreter() -> None:
+    """Give the next call the worker's recursion limit, trace and profile hooks and collector.
+
+    A tool that lowers ``sys.setrecursionlimit`` would fail a later call's reply (a result
+    nested deeper cannot be pickled); one that sets a trace or profile hook (``sys.settrace``,
+    a coverage or profiling tool left running) would have it called on every line of later
+    calls; one that turns the garbage collector off would leave later calls' cycles unfreed.
+    """
+    now = _interpreter()
+    if now == _start_interpreter:
+        return
+    limit, trace, profile, thread_trace, thread_profile, collecting = _start_interpreter
+    with contextlib.suppress(RecursionError, ValueError):
+        sys.setrecursionlimit(limit)
+    sys.settrace(trace)
+    sys.setprofile(profile)
+    threading.settrace(thread_trace)
+    threading.setprofile(thread_profile)
+    if collecting != gc.isenabled():
+        (gc.enable if collecting else gc.disable)()
 
 
 #: The resource limits a later call would meet (its files, memory, stack, file sizes,
@@ -440,8 +475,9 @@ def _environ_data() -> dict[bytes, bytes]:
 def restore_state() -> None:
     """Give the next call the worker's state as it was noted (see :func:`note_state`).
 
-    That is its directory, mask, environment, standard streams, import path and modules, and
-    signal handlers (see :func:`restore_imports` and :func:`restore_signals`).
+    That is its directory, mask, environment, standard streams, import path and modules,
+    signal handlers and interpreter settings (see :func:`restore_imports`,
+    :func:`restore_signals` and :func:`restore_interpreter`).
 
     A standard descriptor a call closed or replaced (``os.close(1)``) names ``/dev/null``
     from then on: what it named is gone.
@@ -473,6 +509,7 @@ def restore_state() -> None:
     _restore_streams()
     restore_imports()
     restore_signals()
+    restore_interpreter()
 
 
 def restore_imports() -> None:
