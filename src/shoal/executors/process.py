@@ -666,6 +666,7 @@ class _Worker:
         self.serving_pid: int | None = None
         #: why the pool killed it, when it was found stopped (see :meth:`reply`)
         self.stalled: str | None = None
+        self._watch: asyncio.TimerHandle | None = None  # the next look at its state
         self.kill_queued: _KillBatch | None = None  # to be killed on the loop's next turn
         self._reaping: asyncio.Future[int] | None = None  # see reap()
         self.dropped = False  # ended by drop(), its pipes closed: nothing left to reap here
@@ -712,26 +713,34 @@ class _Worker:
 
         A worker found stopped (state ``T``) for :data:`_STOPPED_GRACE` s meanwhile is
         killed, saying so in :attr:`stalled`; one stopped by a debugger (``t``) is left
-        alone. On a virtual clock (its time is not the real one) nobody looks.
+        alone. One timer for it, looked at every :data:`_STOPPED_CHECK` s: a call that
+        answers sooner costs only setting and cancelling it.
         """
         reader = self.reader
-        pid = self.serving_pid
-        if pid is None or reader.has_message() or _virtual_clock():
+        if self.serving_pid is None or reader.has_message():
             return await reader.receive()
-        since: float | None = None
-        while True:
-            with suppress(TimeoutError):
-                async with asyncio.timeout(_STOPPED_CHECK):
-                    return await reader.receive()
-            if process_state(pid) != b"T" or self.stalled is not None:
-                since = None
-                continue
+        self._watch = asyncio.get_running_loop().call_later(_STOPPED_CHECK, self._look, None)
+        try:
+            return await reader.receive()
+        finally:
+            self._watch.cancel()
+
+    def _look(self, since: float | None) -> None:
+        """Look at the worker's state (stopped since ``since``); kill it, or look again later."""
+        if _virtual_clock():  # its seconds pass at once while the worker works: looking
+            return  # every one of them would spin the loop
+        assert self.serving_pid is not None
+        if process_state(self.serving_pid) != b"T":
+            since = None
+        else:
             now = time.monotonic()
             since = now if since is None else since
             if now - since >= _STOPPED_GRACE:
                 self.stalled = (f"it was stopped (SIGSTOP or SIGTSTP) and did not answer for "
                                 f"{_STOPPED_GRACE:g} s: shoal killed it")
                 self.kill()
+                return
+        self._watch = asyncio.get_running_loop().call_later(_STOPPED_CHECK, self._look, since)
 
     async def receive(self) -> Any:
         """The next reply, loaded with the restricted loader; :class:`_WorkerDied` at its end."""
