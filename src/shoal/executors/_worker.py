@@ -41,8 +41,10 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # no stubs: signal.py wraps it
 import contextlib
 import faulthandler
+import gc
 import os
 import pickle
+import resource
 import signal
 import struct
 import sys
@@ -70,6 +72,9 @@ HEADER = struct.Struct(">Q")
 #: write to the reply pipe's descriptor too; the mark tells its bytes from a reply's.
 REPLY_HEADER = struct.Struct(">4sQ")
 REPLY_MARK = b"shR\x01"
+#: The mark of a worker's last reply: its call lowered what no process raises again (a hard
+#: limit, its priority), so the parent replaces it rather than give it another call.
+LAST_REPLY_MARK = b"shR\x02"
 ENDED = struct.Struct(">d")  # before a reply to a command: when its work ended, see above
 
 
@@ -83,16 +88,19 @@ def read_message(stream: IO[bytes]) -> bytes | None:
     return body if len(body) == size else None
 
 
-def write_message(stream: IO[bytes], body: bytes, *, ended: float | None = None) -> None:
+def write_message(stream: IO[bytes], body: bytes, *, ended: float | None = None,
+                  last: bool = False) -> None:
     """Send one message, after ``ended`` if given; exit quietly if the parent stopped listening.
 
-    The stamp is written on its own, not joined to ``body``: a reply may be many megabytes.
+    ``last``: marked as this worker's last reply (see :data:`LAST_REPLY_MARK`). The stamp is
+    written on its own, not joined to ``body``: a reply may be many megabytes.
     """
+    mark = LAST_REPLY_MARK if last else REPLY_MARK
     try:
         if ended is None:
-            stream.write(REPLY_HEADER.pack(REPLY_MARK, len(body)))
+            stream.write(REPLY_HEADER.pack(mark, len(body)))
         else:
-            stream.write(REPLY_HEADER.pack(REPLY_MARK, ENDED.size + len(body)))
+            stream.write(REPLY_HEADER.pack(mark, ENDED.size + len(body)))
             stream.write(ENDED.pack(ended))
         stream.write(body)
         stream.flush()
@@ -102,8 +110,6 @@ def write_message(stream: IO[bytes], body: bytes, *, ended: float | None = None)
 
 def apply_limits(memory: int | None, open_files: int | None) -> None:
     """Lower this process's memory and file limits (soft = hard, so a tool cannot lift them)."""
-    import resource  # POSIX only, and only needed when a tool has limits
-
     for which, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_NOFILE, open_files)):
         if value is not None:
             _, hard = resource.getrlimit(which)
@@ -119,8 +125,6 @@ def cpu_budget(seconds: int | None) -> None:
     limit is a soft one moved forward per call: past it the kernel sends SIGXCPU, whose default
     action ends the process. The hard limit stays open so that it can be moved again.
     """
-    import resource
-
     if seconds is None:
         return
     # SIGXCPU's default action is the limit: an earlier call's handler for it (or its
@@ -346,13 +350,92 @@ def note_state() -> None:
 
 
 def note_imports_and_signals() -> None:
-    """Note what :func:`restore_imports` and :func:`restore_signals` give back."""
+    """Note what :func:`restore_imports`, :func:`restore_signals` and the limits give back."""
     global _start_path, _start_modules, _signals, _start_handlers, _start_mask
+    global _start_limits, _start_priority
     _start_path = (sys.path, list(sys.path))
     _start_modules = dict(sys.modules)
     _signals = [int(number) for number in signal.valid_signals()]
     _start_handlers = list(map(_signal.getsignal, _signals))
     _start_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    _start_limits = list(map(resource.getrlimit, _RESOURCES))
+    _start_priority = os.getpriority(os.PRIO_PROCESS, 0)
+    global _start_interpreter
+    _start_interpreter = _interpreter()
+
+
+def _interpreter() -> tuple[Any, ...]:
+    """The interpreter's settings a call may change: see :func:`restore_interpreter`."""
+    return (sys.getrecursionlimit(), sys.gettrace(), sys.getprofile(), threading.gettrace(),
+            threading.getprofile(), gc.isenabled())
+
+
+#: :func:`_interpreter` when :func:`note_state` last ran
+_start_interpreter: tuple[Any, ...] = ()
+
+
+def restore_interpreter() -> None:
+    """Give the next call the worker's recursion limit, trace and profile hooks and collector.
+
+    A tool that lowers ``sys.setrecursionlimit`` would fail a later call's reply (a result
+    nested deeper cannot be pickled); one that sets a trace or profile hook (``sys.settrace``,
+    a coverage or profiling tool left running) would have it called on every line of later
+    calls; one that turns the garbage collector off would leave later calls' cycles unfreed.
+    """
+    now = _interpreter()
+    if now == _start_interpreter:
+        return
+    limit, trace, profile, thread_trace, thread_profile, collecting = _start_interpreter
+    with contextlib.suppress(RecursionError, ValueError):
+        sys.setrecursionlimit(limit)
+    sys.settrace(trace)
+    sys.setprofile(profile)
+    threading.settrace(thread_trace)
+    threading.setprofile(thread_profile)
+    if collecting != gc.isenabled():
+        (gc.enable if collecting else gc.disable)()
+
+
+#: The resource limits a later call would meet (its files, memory, stack, file sizes,
+#: processes and CPU time), and their values and the process's priority (its niceness) when
+#: :func:`note_state` last ran. Not every limit: each look is a system call, on every call's
+#: way to its reply (these seven and the priority: a few microseconds).
+_RESOURCES = [getattr(resource, f"RLIMIT_{name}")
+              for name in ("NOFILE", "AS", "DATA", "STACK", "FSIZE", "NPROC", "CPU")
+              if hasattr(resource, f"RLIMIT_{name}")]
+_start_limits: list[tuple[int, int]] = []
+_start_priority = 0
+
+
+def restore_limits(cpu_seconds: int | None) -> bool:
+    """Give the next call the worker's resource limits and priority; ``False`` if it cannot.
+
+    A tool that lowers its process's limit on open files (``resource.setrlimit``), its memory
+    or its priority (``os.nice``) would otherwise leave them to whichever call the worker
+    runs next: that call ran out of files at the earlier tool's 16, or ran slow. A soft
+    limit is put back; a hard limit or a priority lowered are lowered for good (only
+    privileged processes raise them), and the worker then serves no more calls.
+
+    The soft CPU limit of a worker with ``cpu_seconds`` is the next call's to set (see
+    :func:`cpu_budget`): put back, it could fall below the CPU time used since.
+    """
+    kept = True
+    now = list(map(resource.getrlimit, _RESOURCES))
+    if now != _start_limits:
+        for which, was, is_ in zip(_RESOURCES, _start_limits, now, strict=True):
+            if which == resource.RLIMIT_CPU and cpu_seconds is not None:
+                was = (is_[0], was[1])
+            if is_ != was:
+                try:
+                    resource.setrlimit(which, was)
+                except (ValueError, OSError):  # a hard limit lowered: it stays so
+                    kept = False
+    if os.getpriority(os.PRIO_PROCESS, 0) != _start_priority:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, _start_priority)
+        except OSError:  # lowered (niced): only a privileged process raises it again
+            kept = False
+    return kept
 
 
 #: What the standard descriptors 0, 1 and 2 named when :func:`note_state` last ran (the
@@ -392,8 +475,9 @@ def _environ_data() -> dict[bytes, bytes]:
 def restore_state() -> None:
     """Give the next call the worker's state as it was noted (see :func:`note_state`).
 
-    That is its directory, mask, environment, standard streams, import path and modules, and
-    signal handlers (see :func:`restore_imports` and :func:`restore_signals`).
+    That is its directory, mask, environment, standard streams, import path and modules,
+    signal handlers and interpreter settings (see :func:`restore_imports`,
+    :func:`restore_signals` and :func:`restore_interpreter`).
 
     A standard descriptor a call closed or replaced (``os.close(1)``) names ``/dev/null``
     from then on: what it named is gone.
@@ -425,6 +509,7 @@ def restore_state() -> None:
     _restore_streams()
     restore_imports()
     restore_signals()
+    restore_interpreter()
 
 
 def restore_imports() -> None:
@@ -496,8 +581,11 @@ def main(argv: list[str]) -> int:
         ended = time.monotonic()  # not after flushing what the tool printed: the parent's work
         del body  # free a large call before sending a large reply
         flush_output()
-        write_message(replies, reply, ended=ended)
+        last = not restore_limits(cpu_seconds)  # before the reply, which says if it is the last
+        write_message(replies, reply, ended=ended, last=last)
         del reply
+        if last:  # the parent replaces this worker: nothing more to serve
+            return 0
         restore_state()  # after the reply: the caller need not wait for it
     return 0
 

@@ -98,7 +98,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
-from shoal.clock import running_loop
+from shoal.clock import clock_of, running_loop
 from shoal.exceptions import (
     ConfigError,
     ExecutorError,
@@ -112,7 +112,7 @@ from shoal.executors._reaper import kill_trees
 from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors._template import PID, STATUS, exit_code, fork_supported
-from shoal.executors._worker import ENDED, REPLY_HEADER, REPLY_MARK
+from shoal.executors._worker import ENDED, LAST_REPLY_MARK, REPLY_HEADER, REPLY_MARK
 from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
@@ -139,6 +139,15 @@ _TEMPLATE_WAIT = 120.0  # seconds the template gets to import (a loaded machine)
 _REPORT_WAIT = 10.0  # seconds a forked worker's report may come after its end (else: lost)
 _FROZEN_CHECK = 1.0  # seconds between looks at whether a template that does not answer is stopped
 _GONE_WAIT = 1.0  # seconds a template whose socket hung up gets to end by itself
+#: Seconds a worker's import of a tool's module may take outside the call's timeout (see
+#: ``ProcessExecutor._load``; the call's timeout instead, if longer)
+_IMPORT_WAIT = 60.0
+#: Seconds a worker may stay stopped (``SIGSTOP``, ``SIGTSTP``) during a call before it is
+#: killed and the call fails (as an agent's process, see ``agents.remote.STOPPED_GRACE``):
+#: stopped, it answers nothing, and a call with no timeout waited for good. Only its state
+#: counts, so a call busy for hours is never ended for it.
+_STOPPED_GRACE = 30.0
+_STOPPED_CHECK = 1.0  # seconds between looks at the state of a worker whose call goes on
 _OTHER_LOOP_CLOSE = 5.0  # seconds another thread's loop gets to close its pool (close())
 _EVICT_RETRY = 0.05  # seconds between looks at the pool while another loop is to make room
 _PIDFDS = pidfds_work()  # spawned workers are then reaped here, not by asyncio's watcher
@@ -252,6 +261,8 @@ class _MessageReader(asyncio.Protocol):
         self.eof = False
         #: Bytes read where a reply's header was due that are none (written by the tool), if any
         self.garbled: bytes | None = None
+        #: Whether the worker marked a reply as its last (see ``_worker.LAST_REPLY_MARK``)
+        self.last = False
 
     def data_received(self, data: bytes) -> None:
         if self.garbled is not None:  # nothing more is read as replies
@@ -264,9 +275,10 @@ class _MessageReader(asyncio.Protocol):
                 view = view[need:]
                 if len(self._header) == REPLY_HEADER.size:
                     mark, self._size = REPLY_HEADER.unpack(self._header)
-                    if mark != REPLY_MARK:
+                    if mark not in (REPLY_MARK, LAST_REPLY_MARK):
                         self._garble()
                         return
+                    self.last = self.last or mark == LAST_REPLY_MARK
                     self._body = bytearray(min(self._size, _PREALLOCATE))
                     self._header.clear()
                     self._filled = 0
@@ -295,6 +307,16 @@ class _MessageReader(asyncio.Protocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def has_message(self) -> bool:
+        """Whether a whole message is there to take."""
+        return bool(self._messages)
+
+    async def arrived(self) -> None:
+        """Wait until a message, or the pipe's end, is there; take nothing (cancel-safe)."""
+        while not self._messages and not self.eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
 
     async def receive(self) -> bytearray:
         """The next message's body; :class:`_WorkerDied` if the pipe ends first."""
@@ -638,6 +660,13 @@ class _Worker:
         self._write_pipe: asyncio.WriteTransport | None = None
         self.retired = False  # stopped by the pool itself (close), not by a crash
         self.loaded: set[bytes] = set()  # tool functions this worker has imported already
+        self.loading: bytes | None = None  # the tool function it is importing (see _load)
+        #: the pid of the process that runs its calls (under the stand-in that ``proc`` may
+        #: be: see ``_sandbox.split``), where it is known in this process's PID namespace
+        self.serving_pid: int | None = None
+        #: why the pool killed it, when it was found stopped (see :meth:`reply`)
+        self.stalled: str | None = None
+        self._watch: asyncio.TimerHandle | None = None  # the next look at its state
         self.kill_queued: _KillBatch | None = None  # to be killed on the loop's next turn
         self._reaping: asyncio.Future[int] | None = None  # see reap()
         self.dropped = False  # ended by drop(), its pipes closed: nothing left to reap here
@@ -678,6 +707,40 @@ class _Worker:
         assert self._write_pipe is not None
         self._write_pipe.write(_HEADER.pack(len(body)))
         self._write_pipe.write(body)
+
+    async def reply(self) -> bytearray:
+        """The next reply's body; :class:`_WorkerDied` at the pipe's end.
+
+        A worker found stopped (state ``T``) for :data:`_STOPPED_GRACE` s meanwhile is
+        killed, saying so in :attr:`stalled`; one stopped by a debugger (``t``) is left
+        alone. One timer for it, looked at every :data:`_STOPPED_CHECK` s: a call that
+        answers sooner costs only setting and cancelling it.
+        """
+        reader = self.reader
+        if self.serving_pid is None or reader.has_message():
+            return await reader.receive()
+        self._watch = asyncio.get_running_loop().call_later(_STOPPED_CHECK, self._look, None)
+        try:
+            return await reader.receive()
+        finally:
+            self._watch.cancel()
+
+    def _look(self, since: float | None) -> None:
+        """Look at the worker's state (stopped since ``since``); kill it, or look again later."""
+        if _virtual_clock():  # its seconds pass at once while the worker works: looking
+            return  # every one of them would spin the loop
+        assert self.serving_pid is not None
+        if process_state(self.serving_pid) != b"T":
+            since = None
+        else:
+            now = time.monotonic()
+            since = now if since is None else since
+            if now - since >= _STOPPED_GRACE:
+                self.stalled = (f"it was stopped (SIGSTOP or SIGTSTP) and did not answer for "
+                                f"{_STOPPED_GRACE:g} s: shoal killed it")
+                self.kill()
+                return
+        self._watch = asyncio.get_running_loop().call_later(_STOPPED_CHECK, self._look, since)
 
     async def receive(self) -> Any:
         """The next reply, loaded with the restricted loader; :class:`_WorkerDied` at its end."""
@@ -957,9 +1020,33 @@ class ProcessExecutor(Executor):
         call.lease = worker
 
     async def _load(self, call: Call, worker: _Worker, fn_blob: bytes) -> None:
+        """Have ``worker`` import the tool's module, waiting :data:`_IMPORT_WAIT` s at most.
+
+        The import is warm-up, not the call (a heavy one, on a loaded machine, takes seconds):
+        it gets :data:`_IMPORT_WAIT` seconds of its own, or the call's timeout if longer. One
+        still going then (a module that connects somewhere as it is imported, and hangs) is
+        waited for by :meth:`execute`, under the call's own timeout: a call with a timeout
+        ends by it, whatever its module does.
+        """
+        worker.send(pickle.dumps(("load", fn_blob), pickle.HIGHEST_PROTOCOL))
+        worker.loading = fn_blob
+        if call.timeout is not None:
+            try:
+                async with asyncio.timeout(max(call.timeout, _IMPORT_WAIT)):
+                    await worker.reader.arrived()
+            except TimeoutError:
+                return  # see execute()
+            except BaseException:
+                await self._discard(worker)
+                raise
+        await self._loaded(call, worker)
+
+    async def _loaded(self, call: Call, worker: _Worker) -> None:
+        """Take the reply to the load :meth:`_load` sent: raise the module's import error."""
+        fn_blob, worker.loading = worker.loading, None
+        assert fn_blob is not None
         try:
-            worker.send(pickle.dumps(("load", fn_blob), pickle.HIGHEST_PROTOCOL))
-            body = await worker.reader.receive()
+            body = await worker.reply()
         except _WorkerDied:
             raise await self._crash_error(call, worker) from None
         except BaseException:
@@ -979,6 +1066,8 @@ class ProcessExecutor(Executor):
             await self.prepare(call)
         worker: _Worker = call.lease
         call.lease = None
+        if worker.loading is not None:  # its module still imports: now in the call's timeout
+            await self._loaded(call, worker)
         try:
             message = _call_message(call)
         except BaseException:
@@ -987,13 +1076,16 @@ class ProcessExecutor(Executor):
         try:
             call.began_at = time.monotonic()
             worker.send(message)
-            body = await worker.reader.receive()
+            body = await worker.reply()
         except _WorkerDied:
             raise await self._crash_error(call, worker) from None
         except BaseException:  # cancelled (a timeout too): the worker still runs the call
             await self._discard(worker)
             raise
-        self._release(worker)
+        if worker.reader.last:  # the call lowered its limits or priority for good
+            self._drop(worker)
+        else:
+            self._release(worker)
         call.ended_at = _unstamped(call, body)
         return _unwrap(call, body)
 
@@ -1311,6 +1403,8 @@ class ProcessExecutor(Executor):
                       else "it sent a malformed reply")
             raise ExecutorError(f"a worker process could not apply its limits {limits}: "
                                 f"{detail}")
+        if self.sandbox == "none" and len(reply) == 2 and type(reply[1]) is int:
+            worker.serving_pid = reply[1]  # (in a sandbox, its pid in a namespace of its own)
 
     def _release(self, worker: _Worker) -> None:
         with self._books:
@@ -1389,7 +1483,8 @@ class ProcessExecutor(Executor):
         key = (call.run_id, call.tool.name)
         self._crashes[key] = self._crashes.get(key, 0) + 1
         self.workers_crashed += 1
-        cause = getattr(worker.proc, "lost", None) or describe_exit(code, worker.profile[0])
+        cause = (worker.stalled or getattr(worker.proc, "lost", None)
+                 or describe_exit(code, worker.profile[0]))
         if garbled is not None:
             cause = (f"killed by shoal, as its reply pipe carried bytes that are no reply "
                      f"({shown(garbled)}); the tool wrote to a file descriptor it did not open")
@@ -1408,6 +1503,15 @@ def check_sandbox(sandbox: str) -> str:
         raise ConfigError("process_sandbox='namespace' needs Linux (user, PID and mount "
                           "namespaces); use process_sandbox='none' here")
     return sandbox
+
+
+def _virtual_clock() -> bool:
+    """Whether the running loop's time is not the real one (``shoal.testing``'s clock).
+
+    There, a timer of a second fires at once while a worker works: looking at the worker
+    every second of it would spin the loop.
+    """
+    return clock_of().from_monotonic(0.0) is None
 
 
 def _profile(call: Call) -> Profile:
