@@ -403,9 +403,12 @@ class _Workers:
             send: _Send = None
             wake: _Completions | None = None
             ended, job = job, None
+            gone: PoolJob | None = None  # an abandoned call that ended: its loop is told
             with lock:
                 if ended is not None:
                     wake = self._ended_locked(ended)
+                    if ended.abandoned:
+                        gone = ended
                 if sent:
                     pool.coming = sent = False
                 while queue:
@@ -432,6 +435,9 @@ class _Workers:
             ended = taken = None
             if wake is not None:
                 wake.wake()
+            if gone is not None:
+                _released(gone)
+                gone = None
             if send is not None:
                 self._send(pool, send)
             if job is None:
@@ -572,6 +578,18 @@ def _run(job: PoolJob) -> None:
     # when it really ended: its end may wait for a busy loop (a journal's commits, thousands
     # of other ends), which is no part of the call's duration
     call.ended_at = time.monotonic()
+
+
+def _released(job: PoolJob) -> None:
+    """Tell the loop that handed ``job`` over that its abandoned call ended, if it asked to.
+
+    ``call.released`` is read after the end is recorded under the lock: one set before
+    then is called here; one set after it sees ``call.ended_at`` stamped (see :func:`_run`).
+    """
+    hook, loop = job.call.released, job.sink.loop
+    if hook is not None and loop is not None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: its run is over
+            loop.call_soon_threadsafe(hook, job.call)
 
 
 def _run_async(fn: Callable[..., Any], args: dict[str, Any]) -> Any:

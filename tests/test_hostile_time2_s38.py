@@ -1,0 +1,149 @@
+"""A hostile user of timeouts, abandoned threads, budgets and the virtual clock (sweep 38, round 2).
+
+Each test here failed before the fix it names; time runs on the virtual clock of
+:mod:`shoal.testing` wherever it matters.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import shoal
+from shoal.events import Event, NodeFinished, NodeHeld
+from shoal.testing import run_virtual
+
+# ---- an abandoned thread keeps its resource keys and exclusivity until it really ends ------
+
+
+class _Slow:
+    """A sync tool's work that outlives its timeout: it returns once let go, a while later."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.log: list[str] = []
+
+    def slow(self, p: str) -> None:
+        self.log.append("slow begins")
+        self.gate.wait(10)
+        time.sleep(0.2)  # (real time) long enough for a successor started early to log first
+        self.log.append("slow ends")
+
+    def after(self, p: str) -> None:
+        self.log.append("after runs")
+
+
+def _plan(work: _Slow, **after_options: Any) -> tuple[shoal.Plan, list[str]]:
+    slow = shoal.tool(work.slow, name="slow", writes=["file:{p}"], timeout=1)
+    after = shoal.tool(work.after, name="after", **after_options)
+    plan = shoal.Plan()
+    first = plan.call(slow, p="/p")
+    second = plan.call(after, p="/p")
+    return plan, [first.node, second.node]
+
+
+def _let_go_once_recorded(work: _Slow, events: list[Event]) -> Any:
+    def sink(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, NodeFinished) and event.tool == "slow":
+            work.gate.set()  # its outcome is recorded: its thread now ends, 0.2 s later
+    return sink
+
+
+def test_a_write_waits_for_the_thread_of_a_timed_out_write_to_the_same_key() -> None:
+    # was: 'slow' timed out and was abandoned, its thread still writing file:/p, and 'after'
+    # (writes file:/p too) started at once: the two writes overlapped
+    work, events = _Slow(), list[Event]()
+    plan, (first, second) = _plan(work, writes=["file:{p}"])
+    runtime = shoal.Runtime(on_event=_let_go_once_recorded(work, events))
+    result = run_virtual(runtime.run(plan))
+    assert result[first].status == "timed_out" and result[first].abandoned
+    assert result[second].status == "ok"
+    assert work.log == ["slow begins", "slow ends", "after runs"]
+    held = [e for e in events if isinstance(e, NodeHeld)]
+    assert len(held) == 1 and held[0].node_id == second and held[0].by == first
+    assert held[0].reason == (f"waiting for the thread of {first!r}, which timed out and "
+                              "still runs, to release file:/p")
+
+
+def test_an_exclusive_tool_waits_for_an_abandoned_thread_and_a_data_successor_is_skipped() -> None:
+    work, events = _Slow(), list[Event]()
+    slow = shoal.tool(work.slow, name="slow", timeout=1)
+    alone = shoal.tool(work.after, name="after", exclusive=True)
+    plan = shoal.Plan()
+    first = plan.call(slow, p="/p")
+    uses = plan.call(alone, p=first)  # needs its value: skipped at once, as before
+    last = plan.call(alone, p="/q")
+    runtime = shoal.Runtime(on_event=_let_go_once_recorded(work, events))
+    result = run_virtual(runtime.run(plan))
+    assert result[uses.node].status == "skipped"
+    assert result[last.node].status == "ok"
+    assert work.log == ["slow begins", "slow ends", "after runs"]
+    (held,) = [e for e in events if isinstance(e, NodeHeld)]
+    assert held.node_id == last.node and "to end (after#1 is exclusive)" in held.reason
+
+
+def test_a_run_cancelled_while_a_call_is_held_ends_that_call_cancelled() -> None:
+    work, events = _Slow(), list[Event]()
+    plan, (first, second) = _plan(work, writes=["file:{p}"])
+    handles: list[shoal.RunHandle] = []
+    held_seen: list[Any] = []
+
+    def sink(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, NodeHeld):
+            held_seen.append(handles[0].snapshot().held)
+            handles[0].cancel(reason="enough")
+
+    async def main() -> shoal.RunResult:
+        runtime = shoal.Runtime(on_event=sink)
+        handles.append(runtime.start(plan))
+        try:
+            return await handles[0]
+        finally:
+            work.gate.set()
+
+    result = run_virtual(main())
+    assert result[second].status == "cancelled"
+    assert "after runs" not in work.log
+    assert held_seen == [[(second, "after", f"waiting for the thread of {first!r}, which "
+                                              "timed out and still runs, to release file:/p")]]
+
+
+def test_on_the_real_clock_two_writes_to_one_key_never_overlap() -> None:
+    spans: dict[str, list[float]] = {}
+
+    def slow(p: str) -> None:
+        spans["slow"] = [time.monotonic()]
+        time.sleep(1.0)
+        spans["slow"].append(time.monotonic())
+
+    def quick(p: str) -> None:
+        spans["quick"] = [time.monotonic(), time.monotonic()]
+
+    plan = shoal.Plan()
+    first = plan.call(shoal.tool(slow, writes=["db:{p}"], timeout=0.1), p="t")
+    second = plan.call(shoal.tool(quick, writes=["db:{p}"]), p="t")
+    result = shoal.run_sync(plan)
+    assert result[first.node].status == "timed_out"
+    assert (result[first.node].finished_at or 0.0) < 0.9  # recorded at its timeout, not its end
+    assert result[second.node].status == "ok"
+    assert spans["quick"][0] >= spans["slow"][1]
+
+
+def test_the_live_view_says_which_calls_an_abandoned_thread_holds_up() -> None:
+    import io
+
+    from rich.console import Console
+
+    from shoal.cli.live import render_snapshot
+    from shoal.scheduler.driver import Snapshot
+
+    why = "waiting for the thread of 'w#1', which timed out and still runs, to release file:/p"
+    snap = Snapshot("r", 2, 3.0, {"timed_out": 1}, [], False, (),
+                    [("w#2\x1b[2J", "w", why)])
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(render_snapshot(snap, "plan"))
+    assert f"w#2\\x1b[2J: {why}" in out.getvalue()
+    assert "\x1b" not in out.getvalue()
