@@ -6,6 +6,7 @@ Each test here failed before the fix it names; time runs on the virtual clock of
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 from typing import Any
@@ -147,3 +148,56 @@ def test_the_live_view_says_which_calls_an_abandoned_thread_holds_up() -> None:
     Console(file=out, width=200, color_system=None).print(render_snapshot(snap, "plan"))
     assert f"w#2\\x1b[2J: {why}" in out.getvalue()
     assert "\x1b" not in out.getvalue()
+
+
+# ---- Budget(wall_clock=) that the virtual clock leapt to while a sync tool ran --------------
+
+
+def test_a_wall_clock_the_virtual_clock_leapt_to_past_a_thread_does_not_say_raise_it() -> None:
+    # was: "budget exceeded: wall_clock limit is 60, reached (at the whole tree); raise
+    # Budget(wall_clock=) to allow more", of a sync tool of 0.3 s: the clock leaps to any limit
+    # while a thread runs, so a larger one cannot help
+    from shoal.testing import ScriptedModel, call
+
+    def lookup(q: str) -> str:
+        time.sleep(0.3)
+        return q
+
+    model = ScriptedModel([[call("lookup", q="x")], "done"])
+    agent = shoal.Agent(name="lead", model=model, tools=[shoal.tool(lookup)])
+
+    async def main() -> shoal.BudgetExceeded:
+        try:
+            await agent.run("go", budget=shoal.Budget(wall_clock=60))
+        except shoal.BudgetExceeded as exc:
+            return exc
+        raise AssertionError("the budget was not exceeded")
+
+    exc = run_virtual(main())
+    message = str(exc)
+    assert str(pickle.loads(pickle.dumps(exc))) == message  # (a worker process sends it on)
+    assert "raise Budget(wall_clock=)" not in message
+    assert "virtual clock of shoal.testing" in message
+    assert "make the tool async, or test it on a real event loop" in message
+
+
+def test_a_wall_clock_reached_by_virtual_sleeps_still_says_raise_it() -> None:
+    from shoal.testing import ScriptedModel, call
+
+    async def nap() -> str:
+        import asyncio
+
+        await asyncio.sleep(100)
+        return "ok"
+
+    model = ScriptedModel([[call("nap")], "done"])
+    agent = shoal.Agent(name="lead", model=model, tools=[shoal.tool(nap)])
+
+    async def main() -> shoal.BudgetExceeded:
+        try:
+            await agent.run("go", budget=shoal.Budget(wall_clock=60))
+        except shoal.BudgetExceeded as exc:
+            return exc
+        raise AssertionError("the budget was not exceeded")
+
+    assert "raise Budget(wall_clock=) to allow more" in str(run_virtual(main()))

@@ -56,7 +56,7 @@ from shoal.exceptions import NoThreadError, describe_exception
 from shoal.executors._results import stop_iteration_error, tool_interrupt_error
 from shoal.executors.base import Call, Executor, check_count
 
-__all__ = ["DEFAULT_THREAD_WORKERS", "PoolJob", "ThreadExecutor"]
+__all__ = ["DEFAULT_THREAD_WORKERS", "PoolJob", "ThreadExecutor", "threads_at_work"]
 
 DEFAULT_THREAD_WORKERS = 64
 
@@ -682,6 +682,11 @@ class ThreadExecutor(Executor):
 
 #: Every executor's workers, for the interpreter's exit and for a fork.
 _all_workers: weakref.WeakSet[_Workers] = weakref.WeakSet()
+
+
+def threads_at_work() -> bool:
+    """Whether any thread executor's calls run or wait now (abandoned ones aside)."""
+    return any(workers.busy for workers in list(_all_workers))
 
 
 def _at_exit() -> None:
