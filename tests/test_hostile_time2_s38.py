@@ -201,3 +201,42 @@ def test_a_wall_clock_reached_by_virtual_sleeps_still_says_raise_it() -> None:
         raise AssertionError("the budget was not exceeded")
 
     assert "raise Budget(wall_clock=) to allow more" in str(run_virtual(main()))
+
+
+# ---- Decimal seconds and dollars (a config file read with Decimal, a price table's) --------
+
+
+def test_decimal_seconds_and_dollars_are_taken_as_floats() -> None:
+    # was: Decimal("1.5") was refused as "timeout must be positive ... got Decimal('1.5')"
+    # (and likewise backoff, Budget(cost=), Budget(wall_clock=), Runtime(deadline=))
+    from decimal import Decimal
+
+    def f(x: int) -> int:
+        return x
+
+    made = shoal.tool(f, timeout=Decimal("1.5"), retries=2, backoff=Decimal("0.25"),
+                      max_backoff=Decimal("4"), jitter=Decimal("0.5"))
+    policy = made.policy
+    assert (policy.timeout, policy.retry.backoff, policy.retry.max_backoff,
+            policy.retry.jitter) == (1.5, 0.25, 4.0, 0.5)
+    assert all(type(v) is float for v in (policy.timeout, policy.retry.backoff))
+    budget = shoal.Budget(cost=Decimal("0.10"), wall_clock=Decimal("30"))  # type: ignore[arg-type]
+    assert (budget.cost, budget.wall_clock) == (0.1, 30.0) and type(budget.cost) is float
+    no_limit = Decimal("Infinity")
+    assert shoal.Budget(cost=no_limit).cost == float("inf")  # type: ignore[arg-type]
+    runtime = shoal.Runtime(deadline=Decimal("5"))  # type: ignore[arg-type]
+    assert runtime.deadline == 5.0 and type(runtime.deadline) is float
+
+
+def test_a_decimal_no_float_can_hold_is_refused_saying_so() -> None:
+    from decimal import Decimal
+
+    import pytest
+
+    # Decimal("1e400") as a float is infinity: "no limit" is not what was meant
+    with pytest.raises(shoal.ConfigError, match=r"got Decimal Decimal\('1E\+400'\)"):
+        shoal.Budget(cost=Decimal("1e400"))  # type: ignore[arg-type]
+    with pytest.raises(shoal.ConfigError, match=r"Decimal Decimal\('NaN'\)"):
+        shoal.Budget(wall_clock=Decimal("NaN"))  # type: ignore[arg-type]
+    with pytest.raises(shoal.ToolDefinitionError, match="timeout must be positive"):
+        shoal.tool(lambda: 1, name="g", timeout=Decimal("-1"))

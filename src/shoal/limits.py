@@ -8,6 +8,7 @@ use (the gates of a runtime those threads share) is checked and taken under its 
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 import os
@@ -15,6 +16,7 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shoal.exceptions import (
     ConfigError,
@@ -24,11 +26,14 @@ from shoal.exceptions import (
 )
 from shoal.merge import shown
 
+_T = TypeVar("_T")
+
 __all__ = [
     "ConcurrencyLimit",
     "ProcessLimits",
     "Rate",
     "RateLimiter",
+    "decimal_as_float",
     "parse_process_limits",
     "parse_rate",
     "seeded",
@@ -84,6 +89,22 @@ def finite(value: float | numbers.Real) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
+
+
+def decimal_as_float(value: _T) -> _T | float:
+    """A ``Decimal`` as the float it stands for, where one holds it; anything else as it is.
+
+    Seconds and dollars are worked with as floats, which hold a config file's or a price
+    table's ``Decimal("0.10")`` closely enough. ``Decimal`` is no ``numbers.Real``, so one was
+    refused as "must be positive ... got Decimal('1.5')". A NaN, or one past a float's range
+    (``Decimal("1e400")`` would be infinity: no limit, not what was meant), is left as it is,
+    for the check to refuse; ``Decimal("Infinity")`` is infinity.
+    """
+    if isinstance(value, decimal.Decimal) and not value.is_nan():
+        number = float(value)
+        if math.isfinite(number) or value.is_infinite():
+            return number
+    return value
 
 
 def fits_a_float(number: float) -> bool:
