@@ -240,3 +240,91 @@ def test_a_decimal_no_float_can_hold_is_refused_saying_so() -> None:
         shoal.Budget(wall_clock=Decimal("NaN"))  # type: ignore[arg-type]
     with pytest.raises(shoal.ToolDefinitionError, match="timeout must be positive"):
         shoal.tool(lambda: 1, name="g", timeout=Decimal("-1"))
+
+
+# ---- more ways a call is abandoned while it holds a key ------------------------------------
+
+
+def test_a_deadline_ends_a_call_held_by_a_thread_that_never_returns_in_time() -> None:
+    work, events = _Slow(), list[Event]()
+    plan, (first, second) = _plan(work, writes=["file:{p}"])
+    runtime = shoal.Runtime(on_event=events.append, deadline=5)
+
+    async def main() -> shoal.RunResult:
+        try:
+            return await runtime.run(plan)
+        finally:
+            work.gate.set()
+
+    result = run_virtual(main())
+    assert result[first].status == "timed_out"
+    assert result[second].status == "cancelled"
+    assert "deadline" in result[second].reason
+    assert "after runs" not in work.log
+
+
+def test_a_sync_call_cancelled_on_its_thread_holds_its_key_until_that_thread_returns() -> None:
+    # the pool's task-less path (a sync tool without a timeout), stopped by a cancel of its node
+    work, events = _Slow(), list[Event]()
+    handles: list[shoal.RunHandle] = []
+
+    def cancels_itself(p: str) -> None:  # from its thread: the cancel finds it running
+        handles[0].cancel(first)
+        work.slow(p)
+
+    slow = shoal.tool(cancels_itself, name="slow", writes=["file:{p}"])
+    after = shoal.tool(work.after, name="after", writes=["file:{p}"])
+    plan = shoal.Plan()
+    first = plan.call(slow, p="/p").node
+    second = plan.call(after, p="/p").node
+
+    def sink(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, NodeFinished) and event.node_id == first:
+            work.gate.set()
+
+    async def main() -> shoal.RunResult:
+        handles.append(shoal.Runtime(on_event=sink).start(plan))
+        return await handles[0]
+
+    result = run_virtual(main())
+    assert result[first].status == "cancelled" and result[first].abandoned
+    assert result[second].status == "ok"
+    assert work.log == ["slow begins", "slow ends", "after runs"]
+    (held,) = [e for e in events if isinstance(e, NodeHeld)]
+    assert "which cancelled and still runs" in held.reason
+
+
+def test_an_async_tool_that_ignores_its_cancel_holds_its_key_until_its_task_ends() -> None:
+    import asyncio
+
+    log: list[str] = []
+
+    async def stubborn(p: str) -> None:
+        log.append("stubborn begins")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 100
+        while loop.time() < end:
+            with __import__("contextlib").suppress(asyncio.CancelledError):
+                await asyncio.sleep(end - loop.time())
+        log.append("stubborn ends")
+
+    async def after(p: str) -> None:
+        log.append(f"after runs at {asyncio.get_running_loop().time():g}")
+
+    events: list[Event] = []
+    plan = shoal.Plan()
+    first = plan.call(shoal.tool(stubborn, writes=["k:{p}"], timeout=1), p="x").node
+    second = plan.call(shoal.tool(after, writes=["k:{p}"]), p="x").node
+
+    async def main() -> tuple[shoal.RunResult, float]:
+        began = asyncio.get_running_loop().time()
+        result = await shoal.Runtime(on_event=events.append).run(plan)
+        return result, began
+
+    result, began = run_virtual(main())
+    assert result[first].status == "timed_out" and result[first].abandoned
+    assert result[second].status == "ok"
+    assert log == ["stubborn begins", "stubborn ends", f"after runs at {began + 100:g}"]
+    (held,) = [e for e in events if isinstance(e, NodeHeld)]
+    assert held.reason.startswith(f"waiting for the task of {first!r}, which timed out")
