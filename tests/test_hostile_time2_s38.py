@@ -328,3 +328,16 @@ def test_an_async_tool_that_ignores_its_cancel_holds_its_key_until_its_task_ends
     assert log == ["stubborn begins", "stubborn ends", f"after runs at {began + 100:g}"]
     (held,) = [e for e in events if isinstance(e, NodeHeld)]
     assert held.reason.startswith(f"waiting for the task of {first!r}, which timed out")
+
+
+def test_a_held_call_names_a_key_that_holds_a_slash_whole() -> None:
+    work, events = _Slow(), list[Event]()
+    slow = shoal.tool(work.slow, name="slow", writes=["file:{p}"], timeout=1)
+    after = shoal.tool(work.after, name="after", reads=["file:{p}"])
+    plan = shoal.Plan()
+    plan.call(slow, p="a / writes b")
+    plan.call(after, p="a / writes b")
+    run_virtual(shoal.Runtime(on_event=_let_go_once_recorded(work, events)).run(plan))
+    (held,) = [e for e in events if isinstance(e, NodeHeld)]
+    assert held.reason.endswith("to release file:a / writes b")
+    assert work.log == ["slow begins", "slow ends", "after runs"]

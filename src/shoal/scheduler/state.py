@@ -1989,13 +1989,28 @@ def _held_why(node_id: str, outcome: Outcome, edges: Sequence[Any]) -> str:
     """Why a node waits for ``node_id``'s abandoned work: what that work may still touch."""
     what: list[str] = []
     for edge in edges:
-        if edge.kind == "resource":  # "<mode> <key> / <mode> <key>": the first is node_id's
-            what.append(f"release {edge.detail.split(' / ')[0].partition(' ')[2]}")
+        if edge.kind == "resource":
+            what.append(f"release {_source_key(edge.detail)}")
         elif edge.kind == "exclusive":
             what.append(f"end ({edge.detail})")
     work = "thread" if outcome.executor == "thread" else "task"
     return (f"waiting for the {work} of {node_id!r}, which {outcome.status.replace('_', ' ')}"
             f" and still runs, to {' and '.join(what) or 'end'}")
+
+
+def _source_key(detail: str) -> str:
+    """The key a resource edge's source holds, from its detail ``"<mode> <key> / <mode> <key>"``.
+
+    Found by the shape of the whole (a key may hold " / " itself); where the two keys differ
+    (a wildcard met a key), the whole detail.
+    """
+    rest = detail.partition(" ")[2]  # (after the source's mode)
+    for other in ("reads", "writes", "merges"):
+        size, extra = divmod(len(rest) - len(other) - 4, 2)
+        key = rest[:size]
+        if size > 0 and not extra and rest == f"{key} / {other} {key}":
+            return key
+    return f"its key ({detail})"
 
 
 def _detail(outcome: Outcome) -> str:
