@@ -341,3 +341,16 @@ def test_a_held_call_names_a_key_that_holds_a_slash_whole() -> None:
     (held,) = [e for e in events if isinstance(e, NodeHeld)]
     assert held.reason.endswith("to release file:a / writes b")
     assert work.log == ["slow begins", "slow ends", "after runs"]
+
+
+def test_a_decimal_rate_period_and_approval_timeout_are_taken_as_floats() -> None:
+    from decimal import Decimal
+
+    def f(x: int) -> int:
+        return x
+
+    made = shoal.tool(f, rate=(10, Decimal("1.5")))
+    assert made.policy.rate == shoal.Rate(10.0, 1.5)
+    runtime = shoal.Runtime(approval_timeout=Decimal("5"))  # type: ignore[arg-type]
+    # (it was "approval_timeout must be positive seconds, got Decimal('5')")
+    assert runtime.approvals.timeout == 5.0 and type(runtime.approvals.timeout) is float

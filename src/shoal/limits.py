@@ -161,6 +161,8 @@ def parse_rate(spec: str | Rate | tuple[float, float]) -> Rate:
     if isinstance(spec, Rate):
         return spec
     if isinstance(spec, tuple | list):
+        if len(spec) == 2:  # a Decimal count or period (a config file's) as a float
+            spec = (decimal_as_float(spec[0]), decimal_as_float(spec[1]))
         if len(spec) != 2 or not all(_positive(v) for v in spec):
             raise ConfigError(f"cannot read rate {shown(spec)}: a pair needs a positive count "
                               f"and a positive number of seconds; {_FORMS}")

@@ -1280,9 +1280,10 @@ def _approval_desk(approver: Approver | Callback | None, timeout: float | None,
     """The runtime's approval desk, from its checked settings."""
     if approver is None and timeout is None and rate is None and budget is None:
         return ApprovalDesk(None)  # (the default: nothing to check, a runtime per shoal.run)
+    timeout = decimal_as_float(timeout)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(
             timeout, numbers.Real) or not timeout > 0):
-        raise ConfigError(f"approval_timeout must be positive seconds, got {timeout!r}")
+        raise ConfigError(f"approval_timeout must be positive seconds, got {shown(timeout)}")
     if timeout is not None:
         try:  # a desk times requests on the loop's float clock
             timeout = float(timeout)
