@@ -354,3 +354,26 @@ def test_a_decimal_rate_period_and_approval_timeout_are_taken_as_floats() -> Non
     runtime = shoal.Runtime(approval_timeout=Decimal("5"))  # type: ignore[arg-type]
     # (it was "approval_timeout must be positive seconds, got Decimal('5')")
     assert runtime.approvals.timeout == 5.0 and type(runtime.approvals.timeout) is float
+
+
+def test_a_journaled_run_holds_the_key_and_keeps_why_in_its_events(tmp_path: Any) -> None:
+    spans: dict[str, list[float]] = {}
+
+    def slow(p: str) -> None:
+        spans["slow"] = [time.monotonic()]
+        time.sleep(0.6)
+        spans["slow"].append(time.monotonic())
+
+    def quick(p: str) -> None:
+        spans["quick"] = [time.monotonic()]
+
+    plan = shoal.Plan()
+    first = plan.call(shoal.tool(slow, writes=["db:{p}"], timeout=0.1), p="t").node
+    second = plan.call(shoal.tool(quick, writes=["db:{p}"]), p="t").node
+    store = shoal.SQLiteStore(tmp_path / "runs.db", keep_events=True)
+    result = shoal.Runtime(store=store).run_sync(plan)
+    assert result[second].status == "ok" and spans["quick"][0] >= spans["slow"][1]
+    kept = {n: o.outcome.status for n, o in store.outcomes(result.run_id).items()}
+    assert kept == {first: "timed_out", second: "ok"}
+    held = [e for e in store.events(result.run_id) if e.get("kind") == "NodeHeld"]
+    assert [e["node_id"] for e in held] == [second]
