@@ -125,9 +125,10 @@ def test_call_sets_every_field_it_declares() -> None:
     params = inspect.signature(Call.__init__).parameters
     assert [f.name for f in fields(Call)] == [p for p in params if p not in ("self", "executor")]
     call = Call(0, "n", shoal.tool(_one), {}, 1, "thread", 2.0, "r", True, 1.5, "lease",
-                {"traceparent": "x"}, "held", "here", 2.5)
+                {"traceparent": "x"}, "held", "here", 2.5, released=print)
     assert [getattr(call, f.name) for f in fields(Call)][4:] == [
-        1, "thread", 2.0, "r", True, 1.5, "lease", {"traceparent": "x"}, "held", "here", 2.5]
+        1, "thread", 2.0, "r", True, 1.5, "lease", {"traceparent": "x"}, "held", "here", 2.5,
+        print]
 
 
 def test_call_executor_is_the_former_name_of_isolation() -> None:

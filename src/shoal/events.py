@@ -50,6 +50,7 @@ __all__ = [
     "ModelServerStarting",
     "NodeCancelled",
     "NodeFinished",
+    "NodeHeld",
     "NodeQueued",
     "NodeRetrying",
     "NodeSkipped",
@@ -177,6 +178,21 @@ class NodeSkipped(Event):
     node_id: str
     tool: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeHeld(Event):
+    """A node waits for the abandoned call ``by`` (timed out or cancelled) to really end.
+
+    ``by``'s outcome is recorded, but its work still runs (a thread cannot be killed), and
+    it shares a resource key with this node or one of them is exclusive: this node starts
+    once that work ends, or ends with the run's cancel or deadline. ``reason`` says so.
+    """
+
+    node_id: str
+    tool: str
+    reason: str
+    by: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -702,16 +702,18 @@ class BudgetExceeded(AgentError):
     ``fan_out``, ``wall_clock``; ``used`` and ``allowed`` give the figures. New calls stop at
     once. ``unheld`` says why the limit cannot be held at all (a ``cost`` limit with a model
     reply of unknown price), when that is what stopped the tree: it is stopped as for a
-    breach, since what it spends can no longer be counted.
+    breach, since what it spends can no longer be counted. ``advice``, when given, is what
+    the message says to do instead of raising the limit (one that cannot help).
     """
 
     def __init__(self, limit: str, used: float, allowed: float, where: str = "",
-                 unheld: str = "") -> None:
+                 unheld: str = "", advice: str = "") -> None:
         self.limit = limit
         self.used = used
         self.allowed = allowed
         self.where = where
         self.unheld = unheld
+        self.advice = advice
         at = f" (at {where})" if where else ""
         if unheld:
             super().__init__(f"budget {limit} limit of {allowed:g} cannot be held: "
@@ -720,10 +722,11 @@ class BudgetExceeded(AgentError):
             # the fix, for whoever reads the outcome: which argument of which class to raise
             super().__init__(f"budget exceeded: {limit} limit is {allowed:g}, "
                              f"{'reached' if used <= allowed else f'used {used:g}'}{at}; "
-                             f"raise Budget({limit}=) to allow more")
+                             f"{advice or f'raise Budget({limit}=) to allow more'}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (BudgetExceeded, (self.limit, self.used, self.allowed, self.where, self.unheld))
+        return (BudgetExceeded, (self.limit, self.used, self.allowed, self.where, self.unheld,
+                                 self.advice))
 
 
 class MaxTurnsExceeded(AgentError):

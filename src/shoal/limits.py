@@ -8,6 +8,7 @@ use (the gates of a runtime those threads share) is checked and taken under its 
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 import os
@@ -15,6 +16,7 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shoal.exceptions import (
     ConfigError,
@@ -24,11 +26,14 @@ from shoal.exceptions import (
 )
 from shoal.merge import shown
 
+_T = TypeVar("_T")
+
 __all__ = [
     "ConcurrencyLimit",
     "ProcessLimits",
     "Rate",
     "RateLimiter",
+    "decimal_as_float",
     "parse_process_limits",
     "parse_rate",
     "seeded",
@@ -86,6 +91,22 @@ def finite(value: float | numbers.Real) -> bool:
         return False
 
 
+def decimal_as_float(value: _T) -> _T | float:
+    """A ``Decimal`` as the float it stands for, where one holds it; anything else as it is.
+
+    Seconds and dollars are worked with as floats, which hold a config file's or a price
+    table's ``Decimal("0.10")`` closely enough. ``Decimal`` is no ``numbers.Real``, so one was
+    refused as "must be positive ... got Decimal('1.5')". A NaN, or one past a float's range
+    (``Decimal("1e400")`` would be infinity: no limit, not what was meant), is left as it is,
+    for the check to refuse; ``Decimal("Infinity")`` is infinity.
+    """
+    if isinstance(value, decimal.Decimal) and not value.is_nan():
+        number = float(value)
+        if math.isfinite(number) or value.is_infinite():
+            return number
+    return value
+
+
 def fits_a_float(number: float) -> bool:
     """Whether ``number`` is a float, or an int that can be one (one of 400 digits cannot).
 
@@ -140,6 +161,8 @@ def parse_rate(spec: str | Rate | tuple[float, float]) -> Rate:
     if isinstance(spec, Rate):
         return spec
     if isinstance(spec, tuple | list):
+        if len(spec) == 2:  # a Decimal count or period (a config file's) as a float
+            spec = (decimal_as_float(spec[0]), decimal_as_float(spec[1]))
         if len(spec) != 2 or not all(_positive(v) for v in spec):
             raise ConfigError(f"cannot read rate {shown(spec)}: a pair needs a positive count "
                               f"and a positive number of seconds; {_FORMS}")

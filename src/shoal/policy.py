@@ -24,6 +24,7 @@ from shoal.exceptions import (
 from shoal.limits import (
     ProcessLimits,
     Rate,
+    decimal_as_float,
     env_names,
     finite,
     parse_process_limits,
@@ -150,6 +151,8 @@ class RetryPolicy:
         backoff = _old_keyword("base_delay", base_delay, "backoff", backoff, _BACKOFF)
         max_backoff = _old_keyword("max_delay", max_delay, "max_backoff", max_backoff,
                                    _MAX_BACKOFF)
+        backoff, max_backoff, jitter = map(decimal_as_float, (backoff, max_backoff, jitter))
+        # (typed as given: a Decimal is a float from here on)
         if not _is_int(retries) or not 0 <= retries <= MAX_RETRIES:
             raise ToolDefinitionError(f"retries must be a whole number from 0 to {MAX_RETRIES}, "
                                       f"got {_short(retries)}")
@@ -262,8 +265,9 @@ class ToolPolicy:
         """
         for name in ("timeout", "estimate"):
             value = getattr(self, name)
-            if value is not None and type(value) is not float and _is_number(value):
-                object.__setattr__(self, name, float(value))
+            number = decimal_as_float(value)  # (a Decimal given: a float from here on)
+            if value is not None and type(value) is not float and _is_number(number):
+                object.__setattr__(self, name, float(number))
 
 
 _POLICY_KEYS = frozenset({

@@ -42,7 +42,7 @@ from shoal.exceptions import (
 from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
-from shoal.limits import Rate, env_names, fits_a_float, parse_rate, seeded
+from shoal.limits import Rate, decimal_as_float, env_names, fits_a_float, parse_rate, seeded
 from shoal.merge import _is_async, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
@@ -498,7 +498,7 @@ class Runtime:
                                      or executor not in ISOLATIONS):
             raise ConfigError(f"executor must be one of {ISOLATIONS}, got {shown(executor)}")
         if deadline is not None:  # (the defaults need no check: a runtime per shoal.run)
-            check_deadline(deadline)
+            deadline = check_deadline(deadline)
         if resource_limits is not None:
             _check_resource_limits(resource_limits)
         if fail_fast is not False:
@@ -902,7 +902,7 @@ class Runtime:
         if type(lineage) is not str:  # it starts every event's and approval's lineage
             lineage = _lineage_text(lineage)
         if deadline is not None:
-            check_deadline(deadline)
+            deadline = check_deadline(deadline)
         if fail_fast is not None:
             check_flag("fail_fast", fail_fast)
         if journaling.force is not False:
@@ -1280,9 +1280,10 @@ def _approval_desk(approver: Approver | Callback | None, timeout: float | None,
     """The runtime's approval desk, from its checked settings."""
     if approver is None and timeout is None and rate is None and budget is None:
         return ApprovalDesk(None)  # (the default: nothing to check, a runtime per shoal.run)
+    timeout = decimal_as_float(timeout)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(
             timeout, numbers.Real) or not timeout > 0):
-        raise ConfigError(f"approval_timeout must be positive seconds, got {timeout!r}")
+        raise ConfigError(f"approval_timeout must be positive seconds, got {shown(timeout)}")
     if timeout is not None:
         try:  # a desk times requests on the loop's float clock
             timeout = float(timeout)
@@ -1525,12 +1526,17 @@ def _check_plan(plan: object) -> None:
                           f"{shown(plan)}{hint}")
 
 
-def check_deadline(deadline: float | None) -> None:
-    """Refuse a deadline that is not a positive number of seconds (NaN compares false)."""
+def check_deadline(deadline: float | None) -> float | None:
+    """Refuse a deadline that is not a positive number of seconds (NaN compares false).
+
+    Returns it, a ``Decimal`` as a float (see :func:`~shoal.limits.decimal_as_float`).
+    """
+    deadline = decimal_as_float(deadline)
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(
             deadline, int | float) or not deadline > 0 or not fits_a_float(deadline)):
         raise ConfigError(f"deadline must be positive (a number of seconds), got "
                           f"{type(deadline).__name__} {shown(deadline)}")
+    return deadline
 
 
 def _custom_executors(executors: object) -> dict[str, Executor]:

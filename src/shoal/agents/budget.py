@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shoal.exceptions import BudgetExceeded, ConfigError
-from shoal.limits import fits_a_float
+from shoal.limits import decimal_as_float, fits_a_float
 from shoal.merge import shown
 from shoal.models.base import Usage
 
@@ -85,7 +85,10 @@ class Budget:
         for name in ("tokens", "requests", "subagents", "fan_out", "depth"):
             _check_whole(name, getattr(self, name), least=0 if name == "depth" else 1)
         for name in ("cost", "wall_clock"):
-            _check_amount(name, getattr(self, name))
+            value = decimal_as_float(getattr(self, name))
+            _check_amount(name, value)
+            if type(value) is float:  # (a Decimal given, say: dollars and seconds as floats)
+                object.__setattr__(self, name, value)
 
 
 def _check_whole(name: str, value: object, *, least: int) -> None:

@@ -357,7 +357,8 @@ class TreeContext:
         # the run it is part of, which may have begun long before)
         assert self._clock_origin is not None  # armed before the timer that calls this
         used = asyncio.get_running_loop().time() - self._clock_origin
-        over = BudgetExceeded("wall_clock", used, limit, "the whole tree")
+        over = BudgetExceeded("wall_clock", used, limit, "the whole tree",
+                              advice=_leapt_past_threads())
         # stop() records and broadcasts the breach, then raises it; the agents raise it
         # again where they stand, so here it is only swallowed
         spared = self.tracker.breach is not None  # the model turns the requests limit spared
@@ -486,3 +487,19 @@ def _among(sink: EventSink, sinks: Iterable[EventSink]) -> bool:
                 sink.__self__ is other.__self__ and sink.__func__ is other.__func__):
             return True
     return False
+
+
+def _leapt_past_threads() -> str:
+    """What to do, if not to raise ``wall_clock``: the virtual clock leapt past a thread's work.
+
+    On :class:`shoal.testing.VirtualClockLoop` a sync tool's thread takes no virtual time:
+    the clock leaps to the limit while it runs, whatever the limit, so a larger one cannot help.
+    """
+    from shoal.clock import clock_of
+    from shoal.executors.thread import threads_at_work
+
+    if clock_of().from_monotonic(0.0) is not None or not threads_at_work():
+        return ""
+    return ("the virtual clock of shoal.testing leapt to it while a tool ran on a thread "
+            "(work there takes no virtual time), so no larger limit can help: make the tool "
+            "async, or test it on a real event loop")

@@ -273,6 +273,9 @@ def render_snapshot(snap: Snapshot, title: str) -> RenderableType:
     parts: list[RenderableType] = [head, _counts(snap), _bar(snap)]
     if snap.running:
         parts.append(_in_flight(snap))
+    for node_id, _tool, why in snap.held[:MAX_RUNNING_ROWS]:  # what a stuck thread holds up
+        parts.append(Text.assemble(safe_text(node_id, "yellow", width=ID_WIDTH), ": ",
+                                   safe_text(why, "dim", width=ID_WIDTH * 4)))
     return Group(*parts)
 
 

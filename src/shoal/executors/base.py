@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,6 +53,10 @@ class Call:
     #: when the work really ended (``time.monotonic()``), for a backend that stamps it where the
     #: work ran (a pool thread): the outcome's end, not when the event loop got round to it
     ended_at: float | None
+    #: called on the loop that ran the call, with the call, once its work really ended after
+    #: it was abandoned (a pool thread returned): set by the scheduler, which holds the calls
+    #: that share its resource keys until then; ``None``: nobody waits for that
+    released: Callable[[Call], None] | None
 
     # Written out (not generated) for the deprecated ``executor=`` keyword; a test checks that
     # it sets every field. The scheduler creates one per attempt: keep it plain assignments.
@@ -61,7 +65,8 @@ class Call:
                  timeout: float | None = None, run_id: str = "", abandoned: bool = False,
                  began_at: float | None = None, lease: Any = None,
                  trace: dict[str, str] | None = None, held: str = "", where: str = "",
-                 ended_at: float | None = None, *, executor: Isolation | None = None) -> None:
+                 ended_at: float | None = None, *, executor: Isolation | None = None,
+                 released: Callable[[Call], None] | None = None) -> None:
         if executor is not None:
             isolation = _isolation_from_executor(isolation, executor)
         if isolation is None:
@@ -82,6 +87,7 @@ class Call:
         self.trace = trace
         self.held = held
         self.where = where
+        self.released = released
 
     @property
     def executor(self) -> Isolation:
@@ -116,6 +122,7 @@ def new_call(pos: int, node_id: str, tool: Tool[..., Any], args: dict[str, Any],
     call.trace = None
     call.held = held
     call.where = ""
+    call.released = None
     return call
 
 

@@ -56,7 +56,7 @@ from shoal.exceptions import NoThreadError, describe_exception
 from shoal.executors._results import stop_iteration_error, tool_interrupt_error
 from shoal.executors.base import Call, Executor, check_count
 
-__all__ = ["DEFAULT_THREAD_WORKERS", "PoolJob", "ThreadExecutor"]
+__all__ = ["DEFAULT_THREAD_WORKERS", "PoolJob", "ThreadExecutor", "threads_at_work"]
 
 DEFAULT_THREAD_WORKERS = 64
 
@@ -403,9 +403,12 @@ class _Workers:
             send: _Send = None
             wake: _Completions | None = None
             ended, job = job, None
+            gone: PoolJob | None = None  # an abandoned call that ended: its loop is told
             with lock:
                 if ended is not None:
                     wake = self._ended_locked(ended)
+                    if ended.abandoned:
+                        gone = ended
                 if sent:
                     pool.coming = sent = False
                 while queue:
@@ -432,6 +435,9 @@ class _Workers:
             ended = taken = None
             if wake is not None:
                 wake.wake()
+            if gone is not None:
+                _released(gone)
+                gone = None
             if send is not None:
                 self._send(pool, send)
             if job is None:
@@ -574,6 +580,18 @@ def _run(job: PoolJob) -> None:
     call.ended_at = time.monotonic()
 
 
+def _released(job: PoolJob) -> None:
+    """Tell the loop that handed ``job`` over that its abandoned call ended, if it asked to.
+
+    ``call.released`` is read after the end is recorded under the lock: one set before
+    then is called here; one set after it sees ``call.ended_at`` stamped (see :func:`_run`).
+    """
+    hook, loop = job.call.released, job.sink.loop
+    if hook is not None and loop is not None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: its run is over
+            loop.call_soon_threadsafe(hook, job.call)
+
+
 def _run_async(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
     return asyncio.run(fn(**args))
 
@@ -664,6 +682,11 @@ class ThreadExecutor(Executor):
 
 #: Every executor's workers, for the interpreter's exit and for a fork.
 _all_workers: weakref.WeakSet[_Workers] = weakref.WeakSet()
+
+
+def threads_at_work() -> bool:
+    """Whether any thread executor's calls run or wait now (abandoned ones aside)."""
+    return any(workers.busy for workers in list(_all_workers))
 
 
 def _at_exit() -> None:

@@ -180,6 +180,8 @@ class Snapshot:
     running: Sequence[tuple[str, str, str, float]]  # (node id, tool, executor, started at)
     finished: bool
     awaiting_approval: Sequence[tuple[str, str, float]] = ()  # (node id, tool, waiting since)
+    #: (node id, tool, why) of the calls held until an abandoned call's work ends
+    held: Sequence[tuple[str, str, str]] = ()
 
 
 class Driver:
@@ -910,7 +912,7 @@ class Driver:
         """Counts and in-flight calls now."""
         return Snapshot(self.state.run_id, self.state.size, self.now(),
                         dict(self.state.status_counts), self.state.running(), self.state.finished,
-                        self.state.awaiting_approval())
+                        self.state.awaiting_approval(), self.state.held())
 
     def pending_approvals(self) -> list[ApprovalRequest]:
         """The requests of this run waiting for a decision."""
@@ -1731,7 +1733,11 @@ class Driver:
                 self._journal.add(AttemptEnded(self.state.run_id, self._session, call.node_id,
                                                call.attempt, result.status, now, error,
                                                result.where))
+            if result.abandoned and call.isolation == "thread" and not result.running_on:
+                result.running_on = self._watch_end(call)
             self._apply(self.state.finish(call.pos, result, now))
+            if call.released is not None and not self.state.holds(call.pos):
+                call.released = None  # retried, or nothing to hold: its end is not wanted
             # this attempt's own values: a NodeContext points back to the call, a cycle only
             # a full pass would free. Not those of an abandoned attempt: its work may still
             # be about to read them (a pool thread takes the arguments when it starts it)
@@ -1743,6 +1749,33 @@ class Driver:
             return
         if interrupted is not None:  # raised once the call's end is in the books (see _settle)
             raise interrupted
+
+    def _watch_end(self, call: Call) -> bool:
+        """Ask to hear when abandoned ``call``'s thread returns; whether it still runs.
+
+        Asked before its end is looked at, so an end is either seen here or heard later
+        (see ``shoal.executors.thread._released``; both is harmless).
+        """
+        call.released = self._work_ended
+        return call.ended_at is None
+
+    def _work_ended(self, call: Call) -> None:
+        """An abandoned call's work really ended: the calls it held may start.
+
+        Run on the loop (a pool thread hands it over); ignored for an attempt that holds
+        nothing (it was retried, or the run is over: the held calls ended with it).
+        """
+        if call.released is None or self.state.finished:
+            return
+        call.released = None
+        assert self._context is not None
+        self._context.run(self._report, self._feed_released, call)
+
+    def _feed_released(self, call: Call) -> None:
+        try:
+            self._apply(self.state.released(call.pos, self.now()))
+        except Exception as exc:
+            self._internal_error(call.node_id, exc)
 
     def _ended(self, call: Call) -> float | None:
         """When ``call``'s work really ended (run time), if its backend stamped it (see _began)."""
@@ -2135,6 +2168,7 @@ class Driver:
         if self._late and self._late.pop(id(call), None) is not None:
             log.info("the abandoned call of %s (run %s) ended at last; its end is discarded",
                      call.node_id, self.state.run_id)
+            self._work_ended(call)
 
     def _abandon(self, call: Call, task: asyncio.Task[None], status: AttemptStatus) -> None:
         """``call``'s task still runs :data:`ABANDON_GRACE` s after its cancel: abandon it.
@@ -2158,7 +2192,9 @@ class Driver:
                   "still running")
         error = (ToolTimeoutError(call.tool.name, call.timeout or 0.0)
                  if status == "timed_out" else None)
-        result = AttemptResult(status, error=error, abandoned=True, reason=reason)
+        result = AttemptResult(status, error=error, abandoned=True, reason=reason,
+                               running_on=True)
+        call.released = self._work_ended  # its task's end (see _attempt_gone) lets go
         if self._entered:
             self._attempt_done(call, result)
         else:

@@ -52,6 +52,7 @@ from shoal.events import (
     Event,
     NodeCancelled,
     NodeFinished,
+    NodeHeld,
     NodeQueued,
     NodeRetrying,
     NodeSkipped,
@@ -148,6 +149,10 @@ class AttemptResult:
     # a cancelled attempt stopped before its tool took its first step (it never ran), as the
     # driver knows: its outcome is not ``interrupted`` (resume runs it again, see Outcome)
     unstarted: bool = False
+    # an abandoned attempt whose work still runs (a pool thread, a task that ignores its
+    # cancel), whose end the driver will feed as ``released``: the calls that only wait for
+    # it to be over (resource and exclusive edges) wait for that, not for its outcome
+    running_on: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,7 +550,7 @@ class SchedulerState:
     # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
     __slots__ = (
         "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
-        "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_heap",
+        "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_heap", "_held",
         "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
         "_sorted", "_sorting", "_spare", "before_expand", "clock_origin", "closed", "ctrl_c_here",
         "done_count",
@@ -643,6 +648,9 @@ class SchedulerState:
         # what add() decides into: kept while adding decides nothing (a node that waits for
         # its inputs, most nodes of a graph fed faster than it runs), handed out when it does
         self._spare: Decisions | None = None
+        # abandoned nodes whose work still runs -> the nodes their resource and exclusive
+        # edges hold until it ends, each with why (made when the first is held)
+        self._held: dict[int, dict[int, str]] | None = None
 
     @property
     def slots(self) -> _SlotsView:
@@ -798,7 +806,8 @@ class SchedulerState:
             stopped = status == "cancelled" or status == "timed_out"
             self._record(slot, status, end, d, value=result.value, error=error, reason=said,
                          abandoned=result.abandoned,
-                         interrupted=stopped and (result.abandoned or not result.unstarted))
+                         interrupted=stopped and (result.abandoned or not result.unstarted),
+                         holds=result.abandoned and result.running_on)
         self._dispatch(now, d)
         return d
 
@@ -900,6 +909,41 @@ class SchedulerState:
             self._release(slot, d)
         slot.where = where or slot.where
         return slot
+
+    def released(self, pos: int, now: float) -> Decisions:
+        """The abandoned attempt of the node at ``pos`` really ended (its thread returned).
+
+        The nodes its resource and exclusive edges held (see ``AttemptResult.running_on``)
+        stop waiting for it; those cancelled meanwhile stay as they ended. Fed at most
+        once per hold; a node that holds nothing (its work ended before its outcome was
+        recorded, or the run was resumed) makes this a no-op.
+        """
+        d = Decisions()
+        held = self._held.pop(pos, None) if self._held else None
+        for succ in held or ():
+            after = self._slots[succ]
+            if isinstance(after, _Slot) and after.phase is Phase.WAITING:
+                after.waiting -= 1
+                if after.waiting == 0:
+                    self._make_ready(after, now, d)
+        if held:
+            self._dispatch(now, d)
+        return d
+
+    def holds(self, pos: int) -> bool:
+        """Whether the node at ``pos`` holds others until its abandoned work ends."""
+        held = self._held
+        return held is not None and pos in held
+
+    def held(self) -> list[tuple[str, str, str]]:
+        """(node id, tool, why) of every node waiting for an abandoned call's work to end."""
+        found: list[tuple[str, str, str]] = []
+        for waits in (self._held or {}).values():
+            for pos, why in waits.items():
+                slot = self._slots[pos]
+                if isinstance(slot, _Slot) and slot.phase is Phase.WAITING:
+                    found.append((slot.node.id, slot.node.tool.name, why))
+        return found
 
     def retry_due(self, pos: int, now: float) -> Decisions:
         """A retry's back-off is over: queue the node again."""
@@ -1790,22 +1834,29 @@ class SchedulerState:
 
     def _record(self, slot: _Slot, status: Status, now: float, d: Decisions, *, value: Any = None,
                 error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False,
-                interrupted: bool = False) -> None:
-        """Give ``slot`` its outcome, then release or skip everything that waits for it."""
+                interrupted: bool = False, holds: bool = False) -> None:
+        """Give ``slot`` its outcome, then release or skip everything that waits for it.
+
+        ``holds``: its abandoned work still runs; what only waits for it to be over waits on.
+        """
         # a call that succeeded as it was being cancelled (fail_fast, a deadline) keeps its
         # value, and says nothing of a cancellation that did not happen to it
         said = reason or (slot.cancel_reason if status != "ok" else "")
         self._store(slot, status, now, d, value, error, said, abandoned, interrupted)
         if slot.gather >= 0 or self.graph.succs[slot.pos]:  # else nothing waits for it
-            self._pass_on(slot, now, d)
+            self._pass_on(slot, now, d, holds)
         if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
             reason = f"fail_fast: {slot.node.id!r} {status}"
             self.stopping = reason
             for other in reversed(self._slots):
                 self._cancel_slot(other, reason, "cancelled", now, d)
 
-    def _pass_on(self, slot: _Slot, now: float, d: Decisions) -> None:
-        """``slot`` has its outcome: release what waits for it, or skip it (and so on)."""
+    def _pass_on(self, slot: _Slot, now: float, d: Decisions, holds: bool = False) -> None:
+        """``slot`` has its outcome: release what waits for it, or skip it (and so on).
+
+        ``holds``: ``slot``'s abandoned work still runs, so what it orders (a shared resource
+        key, an exclusive tool) is held until :meth:`released`, not released now.
+        """
         if slot.gather < 0 and not self.graph.succs[slot.pos]:
             return  # nothing waits for it (most nodes of a wide plan)
         stack: list[_Slot] = [slot]
@@ -1831,9 +1882,28 @@ class SchedulerState:
                     self._store(after, "skipped", now, d, None, None, why, False)
                     stack.append(after)
                     continue
+                if holds:  # (through the nodes it skipped too: they order as it would)
+                    self._hold(slot, done, after, now, d)
+                    continue
                 after.waiting -= 1
                 if after.waiting == 0 and after.phase is Phase.WAITING:
                     self._make_ready(after, now, d)
+
+    def _hold(self, slot: _Slot, done: _Slot, after: _Slot, now: float, d: Decisions) -> None:
+        """``after`` waits for ``slot``'s abandoned work to end: say so (an event, ``held()``).
+
+        ``done`` is what ``after`` waits for: ``slot``, or a node skipped since it needed it.
+        """
+        assert slot.outcome is not None
+        held = self._held
+        if held is None:
+            held = self._held = {}
+        why = _held_why(slot.node.id, slot.outcome, self.graph.reasons(done.node.id,
+                                                                        after.node.id))
+        held.setdefault(slot.pos, {})[after.pos] = why
+        if self.record_events:
+            d.event(NodeHeld(run_id=self.run_id, time=now, node_id=after.node.id,
+                             tool=after.node.tool.name, reason=why, by=slot.node.id))
 
     def _store(self, slot: _Slot, status: Status, now: float, d: Decisions, value: Any,
                error: ErrorInfo | None, reason: str, abandoned: bool,
@@ -1913,6 +1983,34 @@ def _end_of(ended: float | None, started: float | None, now: float) -> float:
     if ended is None or ended > now:
         return now
     return ended if started is None or ended >= started else started
+
+
+def _held_why(node_id: str, outcome: Outcome, edges: Sequence[Any]) -> str:
+    """Why a node waits for ``node_id``'s abandoned work: what that work may still touch."""
+    what: list[str] = []
+    for edge in edges:
+        if edge.kind == "resource":
+            what.append(f"release {_source_key(edge.detail)}")
+        elif edge.kind == "exclusive":
+            what.append(f"end ({edge.detail})")
+    work = "thread" if outcome.executor == "thread" else "task"
+    return (f"waiting for the {work} of {node_id!r}, which {outcome.status.replace('_', ' ')}"
+            f" and still runs, to {' and '.join(what) or 'end'}")
+
+
+def _source_key(detail: str) -> str:
+    """The key a resource edge's source holds, from its detail ``"<mode> <key> / <mode> <key>"``.
+
+    Found by the shape of the whole (a key may hold " / " itself); where the two keys differ
+    (a wildcard met a key), the whole detail.
+    """
+    rest = detail.partition(" ")[2]  # (after the source's mode)
+    for other in ("reads", "writes", "merges"):
+        size, extra = divmod(len(rest) - len(other) - 4, 2)
+        key = rest[:size]
+        if size > 0 and not extra and rest == f"{key} / {other} {key}":
+            return key
+    return f"its key ({detail})"
 
 
 def _detail(outcome: Outcome) -> str:
