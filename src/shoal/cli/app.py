@@ -49,7 +49,7 @@ from shoal.cli.interrupt import (
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
-from shoal.cli.outputs import is_stdout, journal_clash
+from shoal.cli.outputs import is_stdout, journal_clash, plan_clash
 from shoal.cli.pipes import guarded
 from shoal.cli.render import (
     announce,
@@ -451,7 +451,7 @@ def _run_checked(options: RunOptions) -> int:
     with others_to_stderr(options.as_json):  # a tool module printing as it imports
         plan = load_plan(options.plan_file, modules=plan_modules(options.modules))
     _warn_of_rules_for_no_tool(runtime.approvals.approver, plan)
-    sink = _open_events(options.events, options.store, options.as_json)
+    sink = _open_events(options.events, options.store, options.as_json, options.plan_file)
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
@@ -509,18 +509,21 @@ def _put_cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
-def _open_events(path: Path | None, store: Path | None, as_json: bool) -> JsonlSink | str | None:
+def _open_events(path: Path | None, store: Path | None, as_json: bool,
+                 plan: Path | None = None) -> JsonlSink | str | None:
     """The events file's sink, or a message saying why it cannot be opened.
 
-    Never the journal ``store`` or any other SQLite file (see :mod:`shoal.cli.outputs`), nor,
-    with ``--json``, standard output: its lines made the JSON no JSON reader takes.
+    Never the journal ``store`` or any other SQLite file (see :mod:`shoal.cli.outputs`), nor
+    the run's ``plan`` file, nor, with ``--json``, standard output: its lines made the JSON
+    no JSON reader takes.
     """
     if path is None:
         return None
     if as_json and is_stdout(path):
         return (f"{str(path)!r} is standard output, where --json writes the result: name "
                 "another file for the events, or leave out --json")
-    clash = journal_clash(path, store, "appending the events there")
+    what = "appending the events there"
+    clash = journal_clash(path, store, what) or plan_clash(path, plan, what)
     if clash:
         return clash
     try:
