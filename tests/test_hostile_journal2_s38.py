@@ -5,6 +5,7 @@ Real subprocesses of the ``shoal`` command line on real journals.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import shoal
+from shoal.store.sqlite import SQLiteStore
 from tests.test_hostile_journal_s36 import ROOT, shoal_cli
 from tests.test_hostile_journal_s38 import _speaking_plan
 from tests.test_journal_hardening import journal_with_a_run
@@ -150,3 +153,46 @@ def test_process_workers_started_before_the_reader_left_fail_no_call(tmp_path: P
         statuses = [row[0] for row in db.execute("SELECT status FROM outcomes")]
     assert statuses == ["ok"] * 6
     assert sorted((tmp_path / "ran").read_text().split()) == [str(i) for i in range(6)]
+
+
+_sending: dict[str, asyncio.Event] = {}  # "running", "go": made in the test's loop
+
+
+@shoal.tool(approval=True)
+async def send(to: str) -> str:
+    """Send to ``to`` once the test lets it (the run is stopped meanwhile)."""
+    _sending["running"].set()
+    await _sending["go"].wait()
+    return f"sent to {to}"
+
+
+def test_a_call_asked_again_on_resume_says_how_it_was_edited_before(tmp_path: Path) -> None:
+    # was: the approver edited send(to='alice') to send(to='bob'); the run stopped while it
+    # ran; on resume the request asked about send(to='alice') again, its reason silent about
+    # the edit: an approver could not know that approving runs it for alice, not bob
+    seen: list[shoal.ApprovalRequest] = []
+
+    def to_bob(request: shoal.ApprovalRequest) -> shoal.Decision:
+        seen.append(request)
+        return shoal.Decision.edit({"to": "bob"})
+
+    async def scenario() -> None:
+        _sending.update(running=asyncio.Event(), go=asyncio.Event())
+        plan = shoal.Plan()
+        sent = plan.call(send, to="alice")
+        runtime = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db"), approver=to_bob)
+        try:
+            handle = runtime.start(plan, run_id="r1")
+            await _sending["running"].wait()  # the edit used: the call runs with it
+            handle.cancel()
+            assert (await handle)[sent].status == "cancelled"
+            _sending["go"].set()
+            assert (await runtime.resume("r1", plan))[sent].value == "sent to bob"
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(scenario())
+    first, again = seen
+    assert "edited" not in first.reason
+    assert again.args == {"to": "alice"}
+    assert 'edited this call to send(to="bob")' in again.reason and "to_bob" in again.reason
