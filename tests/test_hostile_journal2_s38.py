@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,29 @@ def test_property_tests_are_not_timed_on_a_loaded_machine() -> None:
         chosen = test._hypothesis_internal_use_settings
         assert chosen.deadline is None, test.__name__
         assert HealthCheck.too_slow in chosen.suppress_health_check, test.__name__
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0 or not os.path.exists(
+    "/usr/bin/setpriv"), reason="runs a user without root's rights (root and setpriv)")
+def test_a_page_in_a_folder_not_writable_is_still_written_over() -> None:
+    # a page written whole is made beside the file first: in a folder the user may not write
+    # to, holding a page the user may, that failed ("Permission denied") where writing the
+    # file in place had worked
+    with tempfile.TemporaryDirectory() as where:  # (pytest's folders are root's alone)
+        os.chmod(where, 0o755)
+        folder = Path(where) / "shared"
+        folder.mkdir()
+        (folder / "page.html").write_text("")
+        (folder / "page.html").chmod(0o666)
+        folder.chmod(0o555)
+        code = ("import sys; from shoal.timeline.html import write; "
+                "write({'run_id': 'r'}, sys.argv[1]); write({'run_id': 'r'}, sys.argv[2])")
+        proc = subprocess.run(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
+                               "--clear-groups", sys.executable, "-c", code,
+                               str(folder / "page.html"), str(folder / "new.html")],
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert "<title>shoal timeline</title>" in (folder / "page.html").read_text(), \
+            proc.stderr
+        assert "PermissionError" in proc.stderr and "new.html" in proc.stderr  # as before
+        assert not (folder / "new.html").exists()

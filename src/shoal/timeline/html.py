@@ -78,11 +78,9 @@ def write(data: Any, path: str | os.PathLike[str]) -> str:
                           f"{type(path).__name__} {shown(path)}")
     page = render(data)
     try:
-        if _in_place(target):
+        if _in_place(target) or not _replace(target, page):
             with open(writing_fd(str(target), append=False), "w", encoding="ascii") as file:
                 file.write(page)
-        else:
-            _replace(target, page)
     except ValueError as exc:  # a NUL, a lone surrogate (the page itself is ASCII)
         raise ConfigError(f"cannot write the timeline to {shown(path)}: {exc}") from None
     return page
@@ -96,18 +94,22 @@ def _in_place(target: Path) -> bool:
         return False  # (a dangling symbolic link too: its file is made, as open would)
 
 
-def _replace(target: Path, page: str) -> None:
+def _replace(target: Path, page: str) -> bool:
     """Write ``page`` beside ``target`` and rename it over ``target`` (a symbolic link's file).
 
     A write that fails halfway (a full disk) leaves the file as it was, and no page half
-    written; the file's mode is kept.
+    written; the file's mode is kept. ``False`` (nothing done) when no file can be made
+    beside it: a folder this process may not write to, holding a file it may.
     """
     final = Path(os.path.realpath(target))
     try:
         mode: int | None = stat.S_IMODE(os.stat(final).st_mode)
     except FileNotFoundError:
         mode = None
-    fd, temporary = _temporary(final)
+    try:
+        fd, temporary = _temporary(final)
+    except PermissionError:
+        return False  # (a new file cannot be made there either: opening it says why)
     try:
         with open(fd, "w", encoding="ascii") as file:
             file.write(page)
@@ -120,6 +122,7 @@ def _replace(target: Path, page: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+    return True
 
 
 def _temporary(final: Path) -> tuple[int, str]:
