@@ -242,3 +242,22 @@ def test_a_page_in_a_folder_not_writable_is_still_written_over() -> None:
             proc.stderr
         assert "PermissionError" in proc.stderr and "new.html" in proc.stderr  # as before
         assert not (folder / "new.html").exists()
+
+
+@pytest.mark.parametrize(("target", "events"), [("agents.py:lead", "agents.py"),
+                                                ("agents:lead", "./agents.py"),
+                                                ("crew.agents:lead", "crew/agents.py")])
+def test_events_are_not_appended_to_the_file_that_defines_the_agent(
+        tmp_path: Path, target: str, events: str) -> None:
+    # was: shoal run agents.py:lead --events agents.py appended event lines to the agent's
+    # Python source, which then no longer imported
+    source = "lead = None  # (refused before it is imported)\n"
+    for where in (tmp_path, tmp_path / "crew"):
+        where.mkdir(exist_ok=True)
+        (where / "agents.py").write_text(source)
+    proc = shoal_cli("run", target, "hi", "--no-store", "--events", events, "--json",
+                     cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert json.loads(proc.stdout)["error"] == "events"
+    assert "is the file that defines the run's agent" in proc.stderr
+    assert (tmp_path / events).read_text() == source

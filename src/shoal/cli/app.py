@@ -34,7 +34,13 @@ from shoal.agents.budget import Budget
 from shoal.approvals import Approver, Rule, RulesApprover
 from shoal.cli import presses
 from shoal.cli.agent_journal import AgentJournal
-from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
+from shoal.cli.agents import (
+    AgentOptions,
+    agent_source,
+    is_agent_target,
+    model_option,
+    run_agent_target,
+)
 from shoal.cli.approver import ConsoleApprover
 from shoal.cli.interrupt import (
     EXIT_INTERRUPTED,
@@ -366,7 +372,8 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     """
     allowed = plan_modules(modules)
     _put_cwd_on_path()
-    sink = _open_events(events, store, as_json)
+    sink = _open_events(events, store, as_json, agent_source(target),
+                        "the file that defines the run's agent")
     if isinstance(sink, str):
         return _bad_input("events", sink, as_json)
     live = not as_json and live_fits(sys.stdout)  # not in a 1-column window
@@ -510,12 +517,13 @@ def _put_cwd_on_path() -> None:
 
 
 def _open_events(path: Path | None, store: Path | None, as_json: bool,
-                 plan: Path | None = None) -> JsonlSink | str | None:
+                 plan: Path | None = None,
+                 called: str = "the run's plan file") -> JsonlSink | str | None:
     """The events file's sink, or a message saying why it cannot be opened.
 
     Never the journal ``store`` or any other SQLite file (see :mod:`shoal.cli.outputs`), nor
-    the run's ``plan`` file, nor, with ``--json``, standard output: its lines made the JSON
-    no JSON reader takes.
+    the run's ``plan`` file (``called`` says what it is), nor, with ``--json``, standard
+    output: its lines made the JSON no JSON reader takes.
     """
     if path is None:
         return None
@@ -523,7 +531,7 @@ def _open_events(path: Path | None, store: Path | None, as_json: bool,
         return (f"{str(path)!r} is standard output, where --json writes the result: name "
                 "another file for the events, or leave out --json")
     what = "appending the events there"
-    clash = journal_clash(path, store, what) or plan_clash(path, plan, what)
+    clash = journal_clash(path, store, what) or plan_clash(path, plan, what, called)
     if clash:
         return clash
     try:

@@ -41,10 +41,14 @@ def journal_clash(path: Path, journal: Path | None, what: str) -> str:
     return ""
 
 
-def plan_clash(path: Path, plan: str | os.PathLike[str] | None, what: str) -> str:
-    """Why ``path`` must not be written as it is the run's plan file ``plan`` (``''``: not)."""
+def plan_clash(path: Path, plan: str | os.PathLike[str] | None, what: str,
+               called: str = "the run's plan file") -> str:
+    """Why ``path`` must not be written as it is the run's plan file ``plan`` (``''``: not).
+
+    ``called`` says what ``plan`` is (the file defining an agent, say).
+    """
     if plan is not None and str(plan) and _same(path, Path(plan), ""):
-        return f"{str(path)!r} is the run's plan file: {what} would destroy it; name another file"
+        return f"{str(path)!r} is {called}: {what} would destroy it; name another file"
     return ""
 
 
