@@ -810,10 +810,11 @@ class RunApprovals:
         if edit is None:
             return request
         edited = dataclasses.replace(request, args=edit.arguments).describe()
+        # first: a view that cuts a long reason (an in-doubt call's) keeps this
         return dataclasses.replace(request, reason=(
-            f"{request.reason}; before the run stopped, {edit.decided_by or 'its approver'} "
-            f"edited this call to {edited} and it ran so: approving runs it as asked here "
-            "(edit it again to run it as edited)"))
+            f"before the run stopped, {edit.decided_by or 'its approver'} edited this call to "
+            f"{edited} and it ran so: approving runs it as asked here (edit it again to run "
+            f"it as edited); {request.reason}"))
 
     def _ruled(self, pos: int, request: ApprovalRequest, decision: Decision, by: str) -> None:
         """Keep ``decision``, use it (once), and let the state machine act on it.
