@@ -263,3 +263,21 @@ def test_events_are_not_appended_to_the_file_that_defines_the_agent(
     assert json.loads(proc.stdout)["error"] == "events"
     assert "is the file that defines the run's agent" in proc.stderr
     assert (tmp_path / events).read_text() == source
+
+
+@pytest.mark.parametrize("target", ["agent.py:lead", "agent:lead"])
+def test_a_timeline_is_never_written_over_the_file_that_defines_the_agent(
+        tmp_path: Path, target: str) -> None:
+    # the plan file's rule for an agent run: --html agent.py --force replaced its source
+    source = ("import shoal\nfrom shoal.testing import ScriptedModel\n\n"
+              "lead = shoal.Agent(name='lead', model=ScriptedModel(['hi']))\n")
+    (tmp_path / "agent.py").write_text(source)
+    ran = shoal_cli("run", target, "go", "--store", "runs.db", "--json", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    run_id = str(json.loads(ran.stdout)["run_id"])
+    (tmp_path / "elsewhere").mkdir()
+    proc = shoal_cli("show", run_id, "--store", "../runs.db", "--html", "../agent.py",
+                     "--force", cwd=tmp_path / "elsewhere")
+    assert proc.returncode == 2, proc.stderr
+    assert "is the file that defines the run's agent" in proc.stderr
+    assert (tmp_path / "agent.py").read_text() == source

@@ -105,19 +105,20 @@ def is_agent_target(target: str) -> bool:
     return bool(sep and module and name.isidentifier())
 
 
-def agent_source(target: str) -> Path | None:
+def agent_source(target: str, cwd: str = "") -> Path | None:
     """The file that defines the agent ``target`` names, found without importing anything.
 
     ``path/file.py:name`` names it; for ``package.module:name``, the first ``module.py`` (or
     package ``__init__.py``) on ``sys.path``, as an import would find it; ``None`` if none.
+    ``cwd``: the folder the run was started in (first on its import path), if not this one.
     """
     module, _, _ = target.rpartition(":")
     if module.endswith(".py"):
-        return Path(module)
+        return Path(cwd or ".", module)
     parts = module.split(".")
     if not all(part.isidentifier() for part in parts):
         return None
-    for entry in sys.path:
+    for entry in ([cwd] if cwd else []) + sys.path:
         folder = Path(entry or ".").joinpath(*parts)
         for candidate in (folder.with_suffix(".py"), folder / "__init__.py"):
             with contextlib.suppress(OSError, ValueError):

@@ -30,6 +30,7 @@ from rich.text import Text
 
 from shoal.cli import agent_journal, tree_nodes
 from shoal.cli.agent_journal import is_agent_record
+from shoal.cli.agents import agent_source
 from shoal.cli.outputs import is_stdout, journal_clash, page_clash, plan_clash
 from shoal.cli.render import (
     ID_WIDTH,
@@ -455,8 +456,13 @@ def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None,
     to_stdout = str(path) == "-" or is_stdout(path)
     if not to_stdout:  # checked before the run is read: a slip of --html for --store loses
         what = "writing the timeline page there"  # nothing
-        plan = record.source.get("path") if record is not None else None
-        clash = (journal_clash(path, store, what) or plan_clash(path, plan, what)
+        plan, called = (record.source.get("path") if record is not None else None,
+                        "the run's plan file")
+        if record is not None and is_agent_record(record):
+            plan, called = (agent_source(str(record.source.get("target", "")),
+                                         str(record.source.get("cwd") or "")),
+                            "the file that defines the run's agent")
+        clash = (journal_clash(path, store, what) or plan_clash(path, plan, what, called)
                  or ("" if force else page_clash(path)))
         if clash:
             raise ShoalError(clash)
