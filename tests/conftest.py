@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar
 
 import psutil
 import pytest
+from hypothesis import HealthCheck, settings
 
 from shoal.testing import run_virtual
 
@@ -37,6 +38,14 @@ REAL_HANG_TIMEOUT = 30.0
 #: take another's cores and time), those that load the local model (memory and both cores),
 #: and the suite's one strict mypy run with its readers. Other tests run beside them.
 ONE_AT_A_TIME = pytest.mark.xdist_group("one_at_a_time")
+
+# Hypothesis times its examples: on a loaded machine (CI's two busy cores) a healthy example,
+# or drawing one, takes seconds, and its 200 ms deadline or its too_slow health check failed
+# tests that had found nothing wrong. These are the defaults every property test builds on
+# (made before the test modules are imported: a test's own @settings keeps what it sets).
+settings.register_profile("loaded", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("loaded")
 
 
 class Hung(AssertionError):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import itertools
 import logging
@@ -38,7 +39,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger, batched, batches
+from shoal.approvals.ledger import (
+    ApprovalLedger,
+    MemoryLedger,
+    RunLedger,
+    batched,
+    batches,
+    earlier_edits,
+)
 from shoal.approvals.policy import _ANSWER, ApprovalRequest, Approver, Decision, reviewed, stopped
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.clock import running_loop
@@ -699,6 +707,8 @@ class RunApprovals:
         self._barrier = barrier
         self._epoch = epoch
         self._asked: dict[int, ApprovalRequest] = {}  # position -> its request at the desk
+        # calls an edit replaced before the run stopped (read at the first ask: a resume)
+        self._edits: dict[tuple[str, str], ApprovalRecord] | None = None
 
     def pending(self) -> list[ApprovalRequest]:
         """The requests of this run waiting for a decision."""
@@ -780,8 +790,31 @@ class RunApprovals:
                            else Decision.deny(known.reason or "denied"))
                 self._ruled(ask.pos, request, earlier, known.decided_by or "journal")
                 continue
+            request = self._with_earlier_edit(request)
             self._asked[ask.pos] = request
             self.desk.submit(request, partial(self._ruled, ask.pos, request))
+
+    def _with_earlier_edit(self, request: ApprovalRequest) -> ApprovalRequest:
+        """``request``, its reason saying how an edit changed the call before the run stopped.
+
+        A resume asks about such a call with the arguments it was asked with at first: an
+        approver who is not told would approve the call as first asked, not as it ran.
+        """
+        if self._edits is None:  # the earlier sessions' records: read once
+            try:
+                self._edits = earlier_edits(self.ledger.ledger.approvals(request.run_id))
+            except Exception:  # unreadable: the request is asked as it is
+                log.exception("could not read the earlier decisions of run %s", request.run_id)
+                self._edits = {}
+        edit = self._edits.get((request.node_id, request.args_hash))
+        if edit is None:
+            return request
+        edited = dataclasses.replace(request, args=edit.arguments).describe()
+        # first: a view that cuts a long reason (an in-doubt call's) keeps this
+        return dataclasses.replace(request, reason=(
+            f"before the run stopped, {edit.decided_by or 'its approver'} edited this call to "
+            f"{edited} and it ran so: approving runs it as asked here (edit it again to run "
+            f"it as edited); {request.reason}"))
 
     def _ruled(self, pos: int, request: ApprovalRequest, decision: Decision, by: str) -> None:
         """Keep ``decision``, use it (once), and let the state machine act on it.

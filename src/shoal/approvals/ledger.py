@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,7 +36,8 @@ if TYPE_CHECKING:  # at run time only their attributes are read: no import cycle
     from shoal.approvals.policy import ApprovalRequest, Decision
     from shoal.tools import Tool
 
-__all__ = ["ApprovalLedger", "MemoryLedger", "RunLedger", "approval_hash", "batched", "batches"]
+__all__ = ["ApprovalLedger", "MemoryLedger", "RunLedger", "approval_hash", "batched", "batches",
+           "earlier_edits"]
 
 log = logging.getLogger("shoal")
 
@@ -430,14 +432,38 @@ class RunLedger:
         args, args_hash = edited
         if args_hash != request.args_hash:
             self.ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
-                               decided_by=by, reason=f"replaced by edited arguments "
-                               f"({args_hash[:12]})", at=self._epoch())
+                               decided_by=by, reason=_REPLACED.format(args_hash[:12]),
+                               at=self._epoch())
             # used by the edit: the same call asked again (on resume) is asked, not denied
             self.ledger.use_decision(request.run_id, request.node_id, request.args_hash)
             self.ledger.request_approval(ApprovalRecord(
                 request.run_id, request.node_id, tool.name, args_hash, arguments=jsonable(args),
                 requested_at=self._epoch()))
         return args, args_hash
+
+
+# the reason a request an edit replaced is closed with (see RunLedger._bound_args)
+_REPLACED = "replaced by edited arguments ({})"
+_REPLACED_BY = re.compile(r"replaced by edited arguments \(([0-9a-f]{12})\)")
+
+
+def earlier_edits(records: Sequence[ApprovalRecord]) -> dict[tuple[str, str], ApprovalRecord]:
+    """Each call an edit replaced, by ``(node id, args hash)``: the edit's record, the latest.
+
+    ``records`` are a run's, oldest first. The edit's record holds the arguments the call ran
+    with; a resume asks about the call as it was asked at first.
+    """
+    approved: dict[tuple[str, str], ApprovalRecord] = {}  # (node id, hash prefix) -> the edit
+    for record in records:
+        if record.decision == "approved":
+            approved[(record.node_id, record.args_hash[:12])] = record
+    edits: dict[tuple[str, str], ApprovalRecord] = {}
+    for record in records:
+        match = _REPLACED_BY.fullmatch(record.reason) if record.decision == "denied" else None
+        edit = approved.get((record.node_id, match.group(1))) if match else None
+        if edit is not None:
+            edits[(record.node_id, record.args_hash)] = edit
+    return edits
 
 
 def _edited(decision: Decision, tool: Tool[..., Any]) -> tuple[dict[str, Any], str] | None:

@@ -10,6 +10,7 @@ Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -64,8 +65,8 @@ from shoal.outcome import _strict, json_text
 from shoal.planfile import check_import
 from shoal.runtime import Runtime, new_run_id, run_blocking
 
-__all__ = ["AgentOptions", "check_models", "is_agent_target", "load_agent", "model_option",
-           "notice_lines", "run_agent_target"]
+__all__ = ["AgentOptions", "agent_source", "check_models", "is_agent_target", "load_agent",
+           "model_option", "notice_lines", "run_agent_target"]
 
 REFRESH_PER_SECOND = 8
 ANSWER_WIDTH = 20_000  # characters of the answer shown (--json has it whole)
@@ -102,6 +103,28 @@ def is_agent_target(target: str) -> bool:
         return False
     module, sep, name = target.rpartition(":")
     return bool(sep and module and name.isidentifier())
+
+
+def agent_source(target: str, cwd: str = "") -> Path | None:
+    """The file that defines the agent ``target`` names, found without importing anything.
+
+    ``path/file.py:name`` names it; for ``package.module:name``, the first ``module.py`` (or
+    package ``__init__.py``) on ``sys.path``, as an import would find it; ``None`` if none.
+    ``cwd``: the folder the run was started in (first on its import path), if not this one.
+    """
+    module, _, _ = target.rpartition(":")
+    if module.endswith(".py"):
+        return Path(cwd or ".", module)
+    parts = module.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+    for entry in ([cwd] if cwd else []) + sys.path:
+        folder = Path(entry or ".").joinpath(*parts)
+        for candidate in (folder.with_suffix(".py"), folder / "__init__.py"):
+            with contextlib.suppress(OSError, ValueError):
+                if candidate.is_file():
+                    return candidate
+    return None
 
 
 def load_agent(target: str, modules: Sequence[str] | None = None) -> Agent[Any] | Composed:

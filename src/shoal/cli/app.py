@@ -34,7 +34,13 @@ from shoal.agents.budget import Budget
 from shoal.approvals import Approver, Rule, RulesApprover
 from shoal.cli import presses
 from shoal.cli.agent_journal import AgentJournal
-from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
+from shoal.cli.agents import (
+    AgentOptions,
+    agent_source,
+    is_agent_target,
+    model_option,
+    run_agent_target,
+)
 from shoal.cli.approver import ConsoleApprover
 from shoal.cli.interrupt import (
     EXIT_INTERRUPTED,
@@ -49,7 +55,7 @@ from shoal.cli.interrupt import (
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
-from shoal.cli.outputs import is_stdout, journal_clash
+from shoal.cli.outputs import is_stdout, journal_clash, plan_clash
 from shoal.cli.pipes import guarded
 from shoal.cli.render import (
     announce,
@@ -366,7 +372,8 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     """
     allowed = plan_modules(modules)
     _put_cwd_on_path()
-    sink = _open_events(events, store, as_json)
+    sink = _open_events(events, store, as_json, agent_source(target),
+                        "the file that defines the run's agent")
     if isinstance(sink, str):
         return _bad_input("events", sink, as_json)
     live = not as_json and live_fits(sys.stdout)  # not in a 1-column window
@@ -451,7 +458,7 @@ def _run_checked(options: RunOptions) -> int:
     with others_to_stderr(options.as_json):  # a tool module printing as it imports
         plan = load_plan(options.plan_file, modules=plan_modules(options.modules))
     _warn_of_rules_for_no_tool(runtime.approvals.approver, plan)
-    sink = _open_events(options.events, options.store, options.as_json)
+    sink = _open_events(options.events, options.store, options.as_json, options.plan_file)
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
@@ -509,18 +516,22 @@ def _put_cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
-def _open_events(path: Path | None, store: Path | None, as_json: bool) -> JsonlSink | str | None:
+def _open_events(path: Path | None, store: Path | None, as_json: bool,
+                 plan: Path | None = None,
+                 called: str = "the run's plan file") -> JsonlSink | str | None:
     """The events file's sink, or a message saying why it cannot be opened.
 
-    Never the journal ``store`` or any other SQLite file (see :mod:`shoal.cli.outputs`), nor,
-    with ``--json``, standard output: its lines made the JSON no JSON reader takes.
+    Never the journal ``store`` or any other SQLite file (see :mod:`shoal.cli.outputs`), nor
+    the run's ``plan`` file (``called`` says what it is), nor, with ``--json``, standard
+    output: its lines made the JSON no JSON reader takes.
     """
     if path is None:
         return None
     if as_json and is_stdout(path):
         return (f"{str(path)!r} is standard output, where --json writes the result: name "
                 "another file for the events, or leave out --json")
-    clash = journal_clash(path, store, "appending the events there")
+    what = "appending the events there"
+    clash = journal_clash(path, store, what) or plan_clash(path, plan, what, called)
     if clash:
         return clash
     try:

@@ -30,7 +30,8 @@ from rich.text import Text
 
 from shoal.cli import agent_journal, tree_nodes
 from shoal.cli.agent_journal import is_agent_record
-from shoal.cli.outputs import journal_clash
+from shoal.cli.agents import agent_source
+from shoal.cli.outputs import is_stdout, journal_clash, page_clash, plan_clash
 from shoal.cli.render import (
     ID_WIDTH,
     STATUS_STYLES,
@@ -382,6 +383,12 @@ HtmlOption = Annotated[Path | None, typer.Option(
 )]
 
 
+ForceOption = Annotated[bool, typer.Option(
+    "--force", help="Write --html FILE even over a file that is not a timeline page (never "
+                    "over the journal or the run's plan file).",
+)]
+
+
 AllOption = Annotated[bool, typer.Option(
     "--all", help=f"List every node, edge and approval even when the run has more than "
                   f"{SUMMARY_OVER} nodes (then only a summary is shown).",
@@ -390,13 +397,14 @@ AllOption = Annotated[bool, typer.Option(
 
 def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_default=False)],
                  store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
-                 html: HtmlOption = None, every: AllOption = False) -> None:
+                 html: HtmlOption = None, every: AllOption = False,
+                 force: ForceOption = False) -> None:
     """Show one run: outcomes, timings, edges and their reasons, approvals and who decided."""
     try:
         journal = open_journal(store, read_only=True)
         record = journal.get_run(run_id)
         if html is not None:
-            _write_timeline(journal, run_id, record, html, store, as_json)
+            _write_timeline(journal, run_id, record, html, store, as_json, force=force)
             return
         if record is None and nested_runs(journal, run_id):  # an agent tree run from code
             view = from_journal(journal, run_id, status=_tree_status(journal, run_id))
@@ -437,18 +445,31 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
 
 
 def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None, path: Path,
-                    store: Path, as_json: bool) -> None:
+                    store: Path, as_json: bool, *, force: bool = False) -> None:
     """``shoal show RUN --html FILE``: write the timeline page and say where it is.
 
-    ``--html -`` writes the page to standard output instead (and says nothing else there).
+    ``--html -`` writes the page to standard output instead (and says nothing else there),
+    as does a FILE that is standard output (``/dev/stdout``): a reader that leaves early
+    (``| head -c 20``) is no error. A FILE that holds something else than a timeline page
+    is refused without ``force``; the journal and the run's plan file always are.
     """
-    to_stdout = str(path) == "-"
-    clash = "" if to_stdout else journal_clash(path, store, "writing the timeline page there")
-    if clash:  # checked before the run is read: a slip of --html for --store loses nothing
-        raise ShoalError(clash)
+    to_stdout = str(path) == "-" or is_stdout(path)
+    if not to_stdout:  # checked before the run is read: a slip of --html for --store loses
+        what = "writing the timeline page there"  # nothing
+        plan, called = (record.source.get("path") if record is not None else None,
+                        "the run's plan file")
+        if record is not None and is_agent_record(record):
+            plan, called = (agent_source(str(record.source.get("target", "")),
+                                         str(record.source.get("cwd") or "")),
+                            "the file that defines the run's agent")
+        clash = (journal_clash(path, store, what) or plan_clash(path, plan, what, called)
+                 or ("" if force else page_clash(path)))
+        if clash:
+            raise ShoalError(clash)
     if to_stdout and as_json:
-        raise ShoalError("--html - writes the page to standard output, where --json would "
-                         "write too: give --html a file name, or leave out --json")
+        raise ShoalError(f"--html {clean(str(path))} writes the page to standard output, "
+                         "where --json would write too: give --html a file name, or leave "
+                         "out --json")
     try:
         view = from_journal(journal, run_id, status=live_status(record) if record is not None
                             else _tree_status(journal, run_id))

@@ -5,7 +5,9 @@ FILE`` appends JSON lines to it. Given the journal's name by a slip (``--html ru
 page replaced the journal, every run in it lost; JSON lines appended to a journal or its
 ``-wal`` file are lost at its next write, and could be read as its pages. So a file that is a
 SQLite database (any journal, not only the one the command reads), or one of the files SQLite
-keeps beside the journal, is refused, saying why.
+keeps beside the journal, is refused, saying why; so is the run's own plan file. And
+``--html`` writes only over a timeline page (or an empty file): ``--html tools.py`` replaced
+the tools with the page, saying nothing; ``--force`` writes over any file but the plan.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["SQLITE_HEADER", "is_stdout", "journal_clash"]
+__all__ = ["SQLITE_HEADER", "is_stdout", "journal_clash", "page_clash", "plan_clash"]
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
@@ -37,6 +39,41 @@ def journal_clash(path: Path, journal: Path | None, what: str) -> str:
         return (f"{str(path)!r} is a SQLite database (a journal?): {what} would destroy "
                 "it; name another file")
     return ""
+
+
+def plan_clash(path: Path, plan: str | os.PathLike[str] | None, what: str,
+               called: str = "the run's plan file") -> str:
+    """Why ``path`` must not be written as it is the run's plan file ``plan`` (``''``: not).
+
+    ``called`` says what ``plan`` is (the file defining an agent, say).
+    """
+    if plan is not None and str(plan) and _same(path, Path(plan), ""):
+        return f"{str(path)!r} is {called}: {what} would destroy it; name another file"
+    return ""
+
+
+# how every timeline page begins, and what its head holds (see shoal.timeline.html)
+_PAGE_START, _PAGE_TITLE = b"<!DOCTYPE html>", b"<title>shoal timeline</title>"
+
+
+def page_clash(path: Path) -> str:
+    """Why the timeline page must not be written over ``path`` without ``--force`` (or ``''``).
+
+    Only an existing regular file that holds something other than a timeline page is
+    refused: a new file, an empty one, a page written before, a FIFO or ``/dev/stdout`` are
+    written.
+    """
+    try:
+        if not path.is_file():
+            return ""
+        with open(path, "rb") as file:
+            head = file.read(1024)
+    except (OSError, ValueError):  # unreadable: writing it says why
+        return ""
+    if not head or (head.startswith(_PAGE_START) and _PAGE_TITLE in head):
+        return ""
+    return (f"{str(path)!r} exists and is not a shoal timeline page: name another file, or "
+            "give --force to write the page over it")
 
 
 def _same(path: Path, journal: Path, suffix: str) -> bool:

@@ -9,7 +9,8 @@ failed. So for the command's lifetime :func:`guarded` puts :class:`Unbroken` in 
 ``sys.stdout`` and ``sys.stderr``: a write to a pipe with no reader is dropped, and the
 stream's descriptor is pointed at ``/dev/null`` so that what writes to it directly (a flush at
 exit, a program a tool starts later) is dropped too. Processes started before (the process
-backend's workers) keep the pipe: their prints still meet its end.
+backend's workers) keep the pipe: each worker puts :class:`Unbroken` in front of its own
+streams (:func:`shoal.executors._worker.guard_streams`).
 """
 
 from __future__ import annotations

@@ -555,6 +555,24 @@ def restore_signals() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def guard_streams() -> None:
+    """Put :class:`~shoal.cli.pipes.Unbroken` in front of ``sys.stdout`` and ``sys.stderr``.
+
+    A worker writes to the parent's standard output and error, often a pipe whose reader may
+    leave while it serves (``shoal run plan | head -1``): a tool's print then raised
+    ``BrokenPipeError``, failing its call (and its retries ran it again), where the parent
+    drops its own writes. The wrappers are ``sys.__stdout__`` and ``sys.__stderr__`` too:
+    :func:`restore_state` gives a call those back.
+    """
+    from shoal.cli.pipes import Unbroken  # (light: os, sys, contextlib)
+
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, Unbroken):
+            setattr(sys, name, Unbroken(stream))
+            setattr(sys, f"__{name}__", getattr(sys, name))
+
+
 def main(argv: list[str]) -> int:
     """Serve calls until the parent closes the command pipe."""
     faulthandler.enable()  # a crash prints the Python stack to stderr before the worker dies
@@ -570,6 +588,7 @@ def main(argv: list[str]) -> int:
         write_message(replies, error_reply(exc))
         return 1
     start_watchdog(cmd_fd)
+    guard_streams()
     note_state()
     me = os.getpid()
     write_message(replies, pickle.dumps(("ready", me)))

@@ -8,9 +8,12 @@ inject markup; the script puts text on the page only as text (``textContent``), 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,9 @@ def render(data: Any) -> str:
 def write(data: Any, path: str | os.PathLike[str]) -> str:
     """Write the page to ``path`` and return it.
 
+    A file is replaced whole: the page is written beside it and renamed over it, so a write
+    that fails (a full disk) leaves the file as it was. A FIFO or a device (``/dev/stdout``)
+    is written as it is.
     A path that is not one (a number, bytes) or that no file system can name (a NUL, a lone
     surrogate) is a :class:`~shoal.exceptions.ConfigError` naming it; the file system's own
     refusals are the ``OSError`` they are.
@@ -72,11 +78,63 @@ def write(data: Any, path: str | os.PathLike[str]) -> str:
                           f"{type(path).__name__} {shown(path)}")
     page = render(data)
     try:
-        with open(writing_fd(str(target), append=False), "w", encoding="ascii") as file:
-            file.write(page)
+        if _in_place(target) or not _replace(target, page):
+            with open(writing_fd(str(target), append=False), "w", encoding="ascii") as file:
+                file.write(page)
     except ValueError as exc:  # a NUL, a lone surrogate (the page itself is ASCII)
         raise ConfigError(f"cannot write the timeline to {shown(path)}: {exc}") from None
     return page
+
+
+def _in_place(target: Path) -> bool:
+    """Whether ``target`` is written where it is: a FIFO, a device (``/dev/stdout``)."""
+    try:
+        return not stat.S_ISREG(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return False  # (a dangling symbolic link too: its file is made, as open would)
+
+
+def _replace(target: Path, page: str) -> bool:
+    """Write ``page`` beside ``target`` and rename it over ``target`` (a symbolic link's file).
+
+    A write that fails halfway (a full disk) leaves the file as it was, and no page half
+    written; the file's mode is kept. ``False`` (nothing done) when no file can be made
+    beside it: a folder this process may not write to, holding a file it may.
+    """
+    final = Path(os.path.realpath(target))
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(final).st_mode)
+    except FileNotFoundError:
+        mode = None
+    try:
+        fd, temporary = _temporary(final)
+    except PermissionError:
+        return False  # (a new file cannot be made there either: opening it says why)
+    try:
+        with open(fd, "w", encoding="ascii") as file:
+            file.write(page)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before its name is: a crash leaves old or new
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return True
+
+
+def _temporary(final: Path) -> tuple[int, str]:
+    """A new file beside ``final``, its mode as a new file's (0o666 less the umask)."""
+    while True:
+        # (a name of 255 bytes is a file's longest: the temporary one is cut to fit)
+        stem = os.fsencode(final.name)[:200].decode(errors="ignore")
+        name = str(final.with_name(f".{stem}.{secrets.token_hex(4)}.tmp"))
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:  # (one in four billion)
+            continue
 
 
 _PAGE = r"""<!DOCTYPE html>
