@@ -47,7 +47,7 @@ class SharedLimits:
         self.executor_limits: dict[str, ConcurrencyLimit] = {}
         self.rates: dict[tuple[str, str], RateLimiter] = {}
         # gate -> the runs with nodes parked on it, and how to tell each that it freed up
-        self._waiting: dict[object, dict[object, Callable[[object], None]]] = {}
+        self._waiting: dict[object, _Line] = {}
 
     def executor_gate(self, name: str, cap: int) -> ConcurrencyLimit:
         """The worker-count gate of one backend."""
@@ -57,39 +57,110 @@ class SharedLimits:
         with self.lock:
             return self.executor_limits.setdefault(name, ConcurrencyLimit(f"{name} workers", cap))
 
-    def wait_on(self, gate: object, run: object, wake: Callable[[object], None]) -> bool:
-        """Remember that ``run`` has nodes parked on ``gate``; ``wake(gate)`` when it frees.
+    def wait_on(self, gate: object, run: object, wake: Wake) -> bool:
+        """Put ``run`` in line for ``gate``, which it has nodes parked on; ``wake(gate)`` in turn.
 
-        Returns whether ``gate`` has room already: a run on another thread may have freed it
-        between this run's check and now, when nobody knew to tell this run; the caller then
-        looks again itself. (A release after this call tells it.)
+        Returns whether ``run`` should look again at once: ``gate`` has a slot that no run has
+        been told of (a run on another thread may have freed it between this run's check and
+        now, when nobody knew to tell this run). The run is then counted as told, and answers
+        (:meth:`answered`) like a run woken by a release. A run already in line, or told and
+        yet to answer, stays where it is.
         """
-        waiting = self._waiting.get(gate)
-        if waiting is not None and run in waiting:
-            return False  # in the books since before: every release since has told it
+        line = self._waiting.get(gate)
+        if line is not None and (run in line.queue or run in line.told):
+            return False  # in line since before (a look without the lock: most parks)
         with self.lock:
-            self._waiting.setdefault(gate, {})[run] = wake
-            return isinstance(gate, ConcurrencyLimit) and gate.available()
+            line = self._waiting.get(gate)
+            if line is None:
+                line = self._waiting[gate] = _Line()
+            if run in line.told:
+                return False
+            if isinstance(gate, ConcurrencyLimit) and _room(gate, line) > 0:
+                line.told[run] = wake
+                return True
+            line.queue[run] = wake
+            return False
 
     def freed(self, gate: object, by: object) -> None:
-        """``by`` released ``gate``: tell every other run waiting on it."""
-        # A look without the lock may miss a run getting in the books just now; that run
-        # checks the gate as it does (see wait_on), after this release, so it misses nothing.
-        waiting = self._waiting.get(gate)
-        if not waiting or (len(waiting) == 1 and by in waiting):
-            return  # nobody else waits: most releases
-        with self.lock:
-            others = [wake for run, wake in waiting.items() if run is not by]
-        for wake in others:  # outside the lock: a wake-up only queues a look on a loop
-            wake(gate)
+        """``by`` released ``gate`` (and has given its own parked nodes a look): pass it on.
 
-    def forget(self, run: object) -> None:
-        """``run`` ended: it waits on nothing any more."""
-        if not self._waiting:  # no run ever parked a node here (most runtimes): no lock
+        Tells as many waiting runs as ``gate`` has slots that no run has been told of yet,
+        longest waiting first (never ``by``: it looked already). Each answers once it looked.
+        """
+        # A look without the lock may miss a run getting in line just now; that run checks
+        # the gate as it does (see wait_on), after this release, so it misses nothing.
+        line = self._waiting.get(gate)
+        if line is None or not line.queue or (len(line.queue) == 1 and by in line.queue):
+            return  # nobody else waits: most releases
+        self._hand_out(gate, line, by)
+
+    def answered(self, gate: object, run: object, still_waiting: bool) -> None:
+        """``run``, told of a slot of ``gate``, has looked; it has nodes parked on it still or not.
+
+        Whether it took the slot or not (its node was cancelled, or waits for something else),
+        a slot nobody has been told of goes to the next run in line, so none idles.
+        ``run`` goes to the back of the line if it still waits.
+        """
+        line = self._waiting.get(gate)
+        if line is None:
             return
         with self.lock:
-            for waiting in self._waiting.values():
-                waiting.pop(run, None)
+            wake = line.told.pop(run, None)
+            if wake is not None and still_waiting:
+                line.queue[run] = wake
+        self._hand_out(gate, line, None)
+
+    def _hand_out(self, gate: object, line: _Line, by: object) -> None:
+        """Tell runs in line of the slots of ``gate`` that no run has been told of yet."""
+        while True:
+            with self.lock:
+                if not isinstance(gate, ConcurrencyLimit) or _room(gate, line) <= 0:
+                    return
+                run = next((r for r in line.queue if r is not by), None)
+                if run is None:
+                    return
+                wake = line.queue.pop(run)
+                line.told[run] = wake
+            # outside the lock: a wake-up only queues a look on a loop; one that cannot be
+            # delivered (its run's loop is closed, the run ended) counts as a look that took
+            # nothing, and the slot goes on to the next run
+            if not wake(gate):
+                with self.lock:
+                    line.told.pop(run, None)
+
+    def forget(self, run: object) -> None:
+        """``run`` ended: it waits on nothing any more (a slot it was told of goes on)."""
+        if not self._waiting:  # no run ever parked a node here (most runtimes): no lock
+            return
+        told: list[tuple[object, _Line]] = []
+        with self.lock:
+            for gate, line in self._waiting.items():
+                line.queue.pop(run, None)
+                if line.told.pop(run, None) is not None:
+                    told.append((gate, line))
+        for gate, line in told:
+            self._hand_out(gate, line, None)
+
+
+Wake = Callable[[object], bool]
+"""Tells a run that a gate it waits on has a slot for it; False if it cannot be told."""
+
+
+class _Line:
+    """The runs waiting on one gate: in line (longest waiting first), and told of a slot."""
+
+    __slots__ = ("queue", "told")
+
+    def __init__(self) -> None:
+        self.queue: dict[object, Wake] = {}  # in the order they got in line
+        self.told: dict[object, Wake] = {}  # told of a slot, yet to look (see answered)
+
+
+def _room(gate: ConcurrencyLimit, line: _Line) -> int:
+    """The free slots of ``gate`` that no run has been told of (call under the lock)."""
+    if gate.capacity is None:
+        return len(line.queue)
+    return gate.capacity - gate.in_use - len(line.told)
 
 
 #: The sets of gated backends made so far, by their names in order: every run of a runtime
@@ -203,6 +274,10 @@ class Gates:
     def park(self, gate: object, item: Parked) -> None:
         """Make ``item`` wait on ``gate``."""
         heapq.heappush(self._parked.setdefault(gate, []), item)
+
+    def has_parked(self, gate: object) -> bool:
+        """Whether items are parked on ``gate`` (some may have been cancelled since)."""
+        return bool(self._parked.get(gate))
 
     def pop_live(self, gate: object, is_live: Callable[[int], bool]) -> Parked | None:
         """The best item parked on ``gate`` whose node still waits (dead ones are dropped)."""

@@ -923,6 +923,10 @@ class SchedulerState:
         self._dispatch(now, d)
         return d
 
+    def waits_on(self, gate: object) -> bool:
+        """Whether nodes of this run are parked on ``gate`` (never once the run has finished)."""
+        return not self.finished and self._gates.has_parked(gate)
+
     def wake(self, now: float) -> Decisions:
         """A rate-limit timer fired: give parked nodes another look."""
         d = Decisions()

@@ -1,0 +1,194 @@
+"""Hostile tests, second round (session 38): shared-gate wake-ups, merge ties across types."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from functools import partial
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal.scheduler.gates import SharedLimits
+from shoal.scheduler.state import SchedulerState
+from tests.conftest import Gauge, arun
+
+# -- a freed slot of a shared gate wakes one waiting run, not all of them --------------------
+
+
+def _count_wakeups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the wake-ups runs get from other runs' releases (the real method still runs)."""
+    count = [0]
+    real = SchedulerState.wake_gate
+
+    def counted(self: SchedulerState, gate: object, now: float) -> Any:
+        count[0] += 1
+        return real(self, gate, now)
+
+    monkeypatch.setattr(SchedulerState, "wake_gate", counted)
+    return count
+
+
+def _gated_plan(tool: shoal.Tool[..., Any], n: int, tag: str) -> shoal.Plan:
+    p = shoal.Plan()
+    for i in range(n):
+        p.call(tool, i=i, node_id=f"{tag}-{i}")
+    return p
+
+
+def test_wakeups_of_a_shared_gate_grow_with_the_calls_not_calls_times_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gauge = Gauge()
+
+    @shoal.tool(max_concurrency=3)
+    async def fetch(i: int) -> int:
+        """Three at a time across the runtime."""
+        with gauge:
+            await asyncio.sleep(0.01)
+        return i
+
+    wakeups = _count_wakeups(monkeypatch)
+
+    async def main() -> list[shoal.RunResult]:
+        async with shoal.Runtime() as runtime:
+            return await asyncio.gather(*(
+                runtime.run(_gated_plan(fetch, 4, f"r{k}")) for k in range(80)))
+
+    results = arun(main(), virtual=True)
+    assert all(r.ok for r in results)
+    assert gauge.total == 320 and gauge.peak == 3  # the limit is exact
+    # each of the 320 releases hands its slot to at most one other run (it was every other
+    # waiting run: 80 runs made 12,792 wake-ups)
+    assert wakeups[0] <= 320
+
+
+def _tell(told: list[str], run: str, gate: object) -> bool:
+    """A run's wake-up: noted, and delivered."""
+    told.append(run)
+    return True
+
+
+def test_a_woken_run_that_takes_nothing_hands_the_slot_on() -> None:
+    limits = SharedLimits()
+    from shoal.limits import ConcurrencyLimit
+
+    gate = ConcurrencyLimit("tool t", 1)
+    gate.acquire()  # held by run "h"
+    told: list[str] = []
+    for run in ("a", "b", "c"):
+        assert not limits.wait_on(gate, run, partial(_tell, told, run))
+    gate.release()
+    limits.freed(gate, "h")
+    assert told == ["a"]  # one slot freed: one run told, the one that waited longest
+    limits.answered(gate, "a", still_waiting=False)  # its node was cancelled meanwhile
+    assert told == ["a", "b"]  # the slot is not lost: the next run is told
+    gate.acquire()  # b takes it
+    limits.answered(gate, "b", still_waiting=True)
+    assert told == ["a", "b"]  # taken: nobody else is told
+    gate.release()
+    limits.freed(gate, "b")
+    assert told == ["a", "b", "c"]  # c waited longer than b, now back in line
+    limits.forget("c")  # c ended before it looked: its wake-up goes on to b
+    assert told == ["a", "b", "c", "b"]
+
+
+def test_a_wakeup_to_a_run_that_cannot_take_it_is_handed_on() -> None:
+    from shoal.limits import ConcurrencyLimit
+
+    limits = SharedLimits()
+    gate = ConcurrencyLimit("tool t", 2)
+    gate.acquire()
+    gate.acquire()
+    told: list[str] = []
+    assert not limits.wait_on(gate, "gone", lambda g: False)  # its loop is closed
+    assert not limits.wait_on(gate, "a", partial(_tell, told, "a"))
+    assert not limits.wait_on(gate, "b", partial(_tell, told, "b"))
+    gate.release()
+    limits.freed(gate, "h")
+    assert told == ["a"]  # "gone" could not be told: a was, in its place
+    gate.release()
+    limits.freed(gate, "h")
+    assert told == ["a", "b"]  # two slots, two runs told, never the same one twice
+
+
+def test_cancelling_runs_and_calls_parked_on_a_shared_gate_loses_no_wakeup() -> None:
+    gauge = Gauge()
+
+    @shoal.tool(max_concurrency=2)
+    async def work(i: int) -> int:
+        """Two at a time across the runtime."""
+        with gauge:
+            await asyncio.sleep(0.01 * (1 + i % 3))
+        return i
+
+    rng = random.Random(7)
+
+    async def main() -> list[shoal.RunResult]:
+        async with shoal.Runtime() as runtime:
+            handles = [runtime.start(_gated_plan(work, 3, f"r{k}")) for k in range(40)]
+            for step in range(30):  # cancel whole runs and single calls as slots pass
+                await asyncio.sleep(0.005 * rng.randint(0, 3))
+                k = rng.randrange(len(handles))
+                if step % 2:
+                    handles[k].cancel(reason="not needed")
+                else:
+                    handles[k].cancel(f"r{k}-{rng.randrange(3)}", reason="not needed")
+            results = [await h for h in handles]
+            fresh = await runtime.run(_gated_plan(work, 2, "fresh"))  # the gate is whole
+            assert fresh.ok
+            return results
+
+    results = arun(main(), virtual=True, timeout=60)
+    assert gauge.peak <= 2
+    for r in results:  # every call ended: ran, or was cancelled
+        assert {status for status, n in r.counts.items() if n} <= {"ok", "cancelled"}
+
+
+def test_a_run_told_of_a_slot_whose_call_is_cancelled_before_it_looks_hands_it_on() -> None:
+    from shoal.events import Event, NodeFinished
+
+    @shoal.tool(max_concurrency=1)
+    async def gated(i: int) -> int:
+        """One at a time across the runtime."""
+        await asyncio.sleep(0.01)
+        return i
+
+    @shoal.tool
+    async def slow(i: int) -> int:
+        """Not gated: keeps its run going."""
+        await asyncio.sleep(1.0)
+        return i
+
+    handles: dict[str, Any] = {}
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, NodeFinished) and event.node_id == "a":
+            # A's release tells b, on the next loop turn; b's call is cancelled before that
+            asyncio.get_running_loop().call_soon(
+                partial(handles["b"].cancel, "b-gated", reason="not needed"))
+
+    async def main() -> tuple[shoal.RunResult, shoal.RunResult, shoal.RunResult, float]:
+        async with shoal.Runtime(on_event=on_event) as runtime:
+            pa = shoal.Plan()
+            pa.call(gated, i=0, node_id="a")
+            a = runtime.start(pa)
+            await asyncio.sleep(0.001)
+            pb = shoal.Plan()
+            pb.call(gated, i=1, node_id="b-gated")
+            pb.call(slow, i=2, node_id="b-slow")
+            handles["b"] = runtime.start(pb)
+            await asyncio.sleep(0.001)
+            pc = shoal.Plan()
+            pc.call(gated, i=3, node_id="c")
+            c = runtime.start(pc)
+            rc = await c
+            loop = asyncio.get_running_loop()
+            return await a, await handles["b"], rc, loop.time()
+
+    ra, rb, rc, _ = arun(main(), virtual=True)
+    assert ra.ok and rc.ok
+    assert rb["b-gated"].status == "cancelled" and rb["b-slow"].status == "ok"
+    # c ran as soon as a ended, not once b's slow call let b end
+    finished = rc["c"].finished_at
+    assert finished is not None and finished < 0.5
