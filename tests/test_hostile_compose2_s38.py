@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+from decimal import Decimal
+from fractions import Fraction
 from functools import partial
+from itertools import permutations
 from typing import Any
 
 import pytest
@@ -192,3 +196,53 @@ def test_a_run_told_of_a_slot_whose_call_is_cancelled_before_it_looks_hands_it_o
     # c ran as soon as a ended, not once b's slow call let b end
     finished = rc["c"].finished_at
     assert finished is not None and finished < 0.5
+
+
+# -- minimum / maximum / union: equal values of different types, whatever the commit order --
+
+
+_EQUAL_ONES = [1, 1.0, True, Fraction(1), Decimal(1)]
+
+
+def _merged(rule: Any, values: list[Any]) -> Any:
+    board = shoal.Board(k=rule)
+    for value in values:
+        board.write("k", value)
+    return board["k"]
+
+
+@pytest.mark.parametrize("rule", [shoal.merge.minimum, shoal.merge.maximum],
+                         ids=["minimum", "maximum"])
+def test_a_tie_of_equal_values_of_different_types_does_not_depend_on_commit_order(
+        rule: Any) -> None:
+    kept = {type(_merged(rule, list(order))) for order in permutations(_EQUAL_ONES)}
+    assert kept == {int}  # the documented order: int, bool, Fraction, float, Decimal
+
+
+def test_the_smallest_zero_is_negative_and_the_largest_positive_in_any_order() -> None:
+    for order in ([0.0, -0.0], [-0.0, 0.0]):
+        assert math.copysign(1, _merged(shoal.merge.minimum, order)) == -1
+        assert math.copysign(1, _merged(shoal.merge.maximum, order)) == 1
+
+
+def test_equal_tuples_of_different_contents_tie_the_same_in_any_order() -> None:
+    a, b = (1, "x"), (1.0, "x")
+    for rule in (shoal.merge.minimum, shoal.merge.maximum):
+        assert repr(_merged(rule, [a, b])) == repr(_merged(rule, [b, a]))
+
+
+def test_a_union_keeps_the_same_one_of_equal_values_in_any_order() -> None:
+    kept = {repr(_merged(shoal.merge.union, list(order))) for order in permutations(_EQUAL_ONES)}
+    assert kept == {"{1}"}
+    both = {repr(_merged(shoal.merge.union, order)) for order in ([0.0, -0.0], [-0.0, 0.0])}
+    assert len(both) == 1
+
+
+def test_a_tie_between_values_whose_repr_exits_keeps_the_first_and_ends_no_run() -> None:
+    class Quits(tuple):  # type: ignore[type-arg]
+        def __repr__(self) -> str:
+            raise SystemExit(3)
+
+    first, second = Quits((1,)), Quits((1.0,))  # (readers get copies: the types tell them)
+    assert type(_merged(shoal.merge.minimum, [first, second])[0]) is int
+    assert type(_merged(shoal.merge.maximum, [second, first])[0]) is float
