@@ -568,7 +568,7 @@ class Driver:
         for handle in self._timers or ():
             handle.cancel()
         self._timers = None
-        self.state.shared_limits.forget(self)
+        self.state.shared_limits.forget(self.state)
 
     def _ended_run(self) -> RunResult:
         """Tell the waiters still waiting, make the run's result and announce its end."""
@@ -1339,12 +1339,12 @@ class Driver:
         """
         shared = self.state.shared_limits
         for gate in d.parked:
-            if shared.wait_on(gate, self, self._gate_freed):
+            if shared.wait_on(gate, self.state, self._gate_freed):
                 # a run on another thread freed it after this run's check, before this run was
                 # in the books, so nobody told it: look again now, or it may wait forever
                 self._gate_freed(gate)
         for gate in d.freed:
-            shared.freed(gate, self)
+            shared.freed(gate)
 
     def _gate_freed(self, gate: object) -> bool:
         """Another run freed ``gate``; look again on the next loop turn (never re-entrantly).
@@ -1376,7 +1376,7 @@ class Driver:
             if not state.finished:
                 self._apply(state.wake_gate(gate, self.now()))
         finally:
-            state.shared_limits.answered(gate, self, state.waits_on(gate))
+            state.shared_limits.answered(gate, state, state.waits_on(gate))
 
     async def _attempt(self, call: Call, barrier: asyncio.Future[None] | None) -> None:
         """Run one attempt, then feed how it ended to the state machine, in the same task.

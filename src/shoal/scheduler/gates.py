@@ -8,9 +8,10 @@ polls. Pure bookkeeping, like the state machine that uses it: no I/O, no clock.
 The gates themselves live in :class:`SharedLimits`, one per :class:`~shoal.runtime.Runtime`,
 so every run of a runtime counts against the same limits: a tool's ``max_concurrency`` of 2
 means 2 calls in flight across the lead and all its subagents' tool phases, not 2 per phase.
-Parked nodes stay with their own run; when a call of one run frees a gate that nodes of
-another run wait on, the freeing run's driver tells the other one (see
-:meth:`SharedLimits.freed`), which gives its parked nodes another look.
+Parked nodes stay with their own run, and the runs wait in line per gate; when a call of one
+run frees a gate that other runs wait on, the freeing run's driver tells the run first in line
+(see :meth:`SharedLimits.freed`: one run per free slot), which gives its best parked node
+another look and answers (:meth:`SharedLimits.answered`), so a slot it did not take goes on.
 
 The runs of one runtime may be on several threads at once (``run_sync`` from each, every one on
 a loop of its own), so every read-then-write of the shared gates (a check and a take, a release,
@@ -81,18 +82,32 @@ class SharedLimits:
             line.queue[run] = wake
             return False
 
-    def freed(self, gate: object, by: object) -> None:
-        """``by`` released ``gate`` (and has given its own parked nodes a look): pass it on.
+    def freed(self, gate: object) -> None:
+        """A run released ``gate`` (and has given its own parked nodes a look if it may).
 
-        Tells as many waiting runs as ``gate`` has slots that no run has been told of yet,
-        longest waiting first (never ``by``: it looked already). Each answers once it looked.
+        Tells as many runs in line as ``gate`` has slots that no run has been told of yet,
+        longest waiting first (the run that released it too, if it is in line). Each answers
+        once it looked.
         """
-        # A look without the lock may miss a run getting in line just now; that run checks
-        # the gate as it does (see wait_on), after this release, so it misses nothing.
+        # Looks without the lock: whoever adds room later (a release, an answer, a run's end)
+        # hands it out in turn, and a run getting in line checks the room itself (wait_on).
         line = self._waiting.get(gate)
-        if line is None or not line.queue or (len(line.queue) == 1 and by in line.queue):
-            return  # nobody else waits: most releases
-        self._hand_out(gate, line, by)
+        if line is None or not line.queue or not isinstance(gate, ConcurrencyLimit) or (
+                _room(gate, line) <= 0):
+            return  # nobody waits, or the room went to a run at once: most releases
+        self._hand_out(gate, line)
+
+    def others_in_line(self, gate: object, run: object) -> bool:
+        """Whether runs other than ``run`` wait in line for ``gate``.
+
+        A slot ``run`` frees is then theirs first (the longest waiting), not its own parked
+        nodes'.
+        """
+        line = self._waiting.get(gate)  # a look without the lock: see freed
+        if line is None:
+            return False
+        queue = line.queue
+        return len(queue) > 1 or (len(queue) == 1 and run not in queue)
 
     def answered(self, gate: object, run: object, still_waiting: bool) -> None:
         """``run``, told of a slot of ``gate``, has looked; it has nodes parked on it still or not.
@@ -108,17 +123,17 @@ class SharedLimits:
             wake = line.told.pop(run, None)
             if wake is not None and still_waiting:
                 line.queue[run] = wake
-        self._hand_out(gate, line, None)
+        self._hand_out(gate, line)
 
-    def _hand_out(self, gate: object, line: _Line, by: object) -> None:
+    def _hand_out(self, gate: object, line: _Line) -> None:
         """Tell runs in line of the slots of ``gate`` that no run has been told of yet."""
         while True:
             with self.lock:
                 if not isinstance(gate, ConcurrencyLimit) or _room(gate, line) <= 0:
                     return
-                run = next((r for r in line.queue if r is not by), None)
-                if run is None:
+                if not line.queue:
                     return
+                run = next(iter(line.queue))
                 wake = line.queue.pop(run)
                 line.told[run] = wake
             # outside the lock: a wake-up only queues a look on a loop; one that cannot be
@@ -139,7 +154,7 @@ class SharedLimits:
                 if line.told.pop(run, None) is not None:
                     told.append((gate, line))
         for gate, line in told:
-            self._hand_out(gate, line, None)
+            self._hand_out(gate, line)
 
 
 Wake = Callable[[object], bool]
