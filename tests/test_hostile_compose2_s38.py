@@ -271,3 +271,60 @@ def test_a_run_waiting_on_a_shared_gate_is_not_starved_by_a_busy_run_that_frees_
     # it waits for the call under way and at most the one its run had told already: not
     # for every call of the busy run, which got each slot it freed back (0.49 s)
     assert waited <= 0.03 + 1e-9
+
+
+# -- a big immutable value is not walked by deepcopy at each write and read -------------------
+
+
+def test_a_big_tuple_of_numbers_is_written_and_read_without_a_deep_copy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    walked: list[int] = []
+    real = copy.deepcopy
+
+    def counted(value: Any, memo: Any = None, _nil: Any = None) -> Any:
+        walked.append(len(value) if isinstance(value, tuple) else 0)
+        return real(value, memo)
+
+    board = shoal.Board(low=shoal.merge.minimum, tags=shoal.merge.union,
+                        other=shoal.merge.minimum)
+    big = tuple(range(100_000))  # copied twice a write, walked item by item: 0.3 s a write
+    monkeypatch.setattr(copy, "deepcopy", counted)
+    board.write("low", big)
+    board.write("low", (*big[:-1], -1.5))
+    board.write("tags", frozenset({(1, "a"), ("b", (2.5, None))}))
+    assert board["low"][-1] == -1.5 and board["tags"] == {frozenset({(1, "a"), ("b", (2.5, None))})}
+    assert not any(walked)
+    mutable = ([1], 2)  # a list inside: copied as before, so changing it changes no board
+    board.write("other", mutable)
+    mutable[0].append(9)
+    assert board["other"] == ([1], 2)
+
+
+def test_a_call_writes_and_reads_a_big_tuple_without_a_deep_copy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    walked: list[int] = []
+    real = copy.deepcopy
+
+    def counted(value: Any, memo: Any = None, _nil: Any = None) -> Any:
+        walked.append(len(value) if isinstance(value, tuple) else 0)
+        return real(value, memo)
+
+    big = tuple(range(100_000))
+
+    @shoal.tool
+    async def put(board: shoal.BoardHandle) -> int:
+        """Write the big tuple, then read it back."""
+        board.write("low", big)
+        return len(board.read("low"))
+
+    plan = shoal.Plan()
+    plan.call(put)
+    board = shoal.Board(low=shoal.merge.minimum)
+    monkeypatch.setattr(copy, "deepcopy", counted)
+    result = shoal.run_sync(plan, board=board)
+    assert result.value("put#1") == 100_000
+    assert max(walked, default=0) < 100_000  # the tuple itself never walked by a copy
