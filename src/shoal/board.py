@@ -545,8 +545,9 @@ class BoardHandle:
             raise BoardError(f"the tool declares merges=['board:{key}'], but the board's rule "
                              f"for {key!r} is {rule!r}, which depends on the order of writes; "
                              f"declare writes=['board:{key}'] instead")
-        with contextlib.suppress(Exception):  # its own __deepcopy__ fails, or too deep: as is
-            value = copy.deepcopy(value)
+        if not merge.is_frozen(value):  # (one that is needs no copy: see merge.owned)
+            with contextlib.suppress(Exception):  # its own __deepcopy__ fails, or too deep
+                value = copy.deepcopy(value)
         with self._lock:
             self._check_open()
             problem = rule.check(value, lambda: self._view(key))
@@ -565,6 +566,8 @@ class BoardHandle:
         with self._lock:
             self._check_open()
             value = self._view(key)
+        if merge.is_frozen(value):
+            return value
         try:
             return copy.deepcopy(value)
         except Exception:  # its own __deepcopy__ or __reduce__ fails: the shallow copy

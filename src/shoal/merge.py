@@ -6,7 +6,8 @@ Each key of a board declares how the values written to it combine:
     every written value is kept, in a list, in the order the writing calls committed (a call
     commits its writes when it succeeds; one call's writes keep their own order).
 ``union``
-    a set of the written values (each must be hashable).
+    a set of the written values (each must be hashable); of equal values (``1``, ``1.0``,
+    ``True``) it keeps one, the same in any commit order (see ``minimum``).
 ``counter``
     the sum of the written numbers (start: 0). Floats (and fractions with them) are summed
     exactly and the sum rounded once when read, so it does not depend on the order in which
@@ -15,7 +16,9 @@ Each key of a board declares how the values written to it combine:
 ``minimum`` / ``maximum`` (also ``min`` / ``max``)
     the smallest / largest value written (start: ``None``); values must compare, and be
     ordered: two sets neither of which holds the other are refused (of them, the one kept
-    would be the one committed first).
+    would be the one committed first). Of equal values, the one kept is the same in any commit
+    order: by type (``int``, ``bool``, ``Fraction``, ``float``, ``Decimal``, then others by
+    name), then ``-0.0`` for the smallest and ``0.0`` for the largest, then by ``repr``.
 ``last_writer``
     the last committed value wins. Overwriting a value another writer committed, without
     having read that value first, is a *conflict*: the run reports it with both writers'
@@ -41,6 +44,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
+
+from shoal._ties import preferred, stored_equal
 
 __all__ = [
     "Rule",
@@ -154,6 +159,9 @@ def _appended(merged: list[Any], value: Any) -> list[Any]:
 
 
 def _added(merged: set[Any], value: Any) -> set[Any]:
+    there = stored_equal(merged, value)
+    if there is not value and preferred(there, value) is value:  # the same in any order
+        merged.discard(there)
     merged.add(value)
     return merged
 
@@ -355,30 +363,33 @@ def _comparable(pick: Callable[[Any, Any], Any]) -> Callable[[Any, Callable[[], 
 def _smaller(merged: Any, value: Any) -> Any:
     if merged is None or value < merged:
         return value
-    _ordered(merged, value, "smallest")
-    return merged
+    if merged < value:
+        return merged
+    if merged == value:  # of equal values, the same one whatever the commit order
+        return preferred(merged, value)
+    raise _unordered(merged, value, "smallest")
 
 
 def _larger(merged: Any, value: Any) -> Any:
     if merged is None or value > merged:
         return value
-    _ordered(merged, value, "largest")
-    return merged
+    if merged > value:
+        return merged
+    if merged == value:
+        return preferred(merged, value, largest=True)
+    raise _unordered(merged, value, "largest")
 
 
-def _ordered(merged: Any, value: Any, which: str) -> None:
-    """Raise unless ``value`` is larger than, or equal to, ``merged`` (for the smallest).
+def _unordered(merged: Any, value: Any, which: str) -> ValueError:
+    """The error for values neither smaller, larger nor equal (two sets, neither in the other).
 
-    ``value`` is known not to win: that means it loses only if the two are ordered. Of two
-    sets neither of which holds the other, neither wins, and the one kept would be the one
-    committed first: parallel writers would leave a board that depends on timing.
+    Neither wins, and the one kept would be the one committed first: parallel writers would
+    leave a board that depends on timing.
     """
-    if merged < value or merged > value or merged == value:
-        return
-    raise ValueError(f"{shown(value)} and {shown(merged)} are not ordered (neither is smaller, "
-                     f"nor are they equal), so the {which} would depend on the order of the "
-                     "writes; write values that all compare (numbers, strings, tuples of "
-                     "them), or use another rule")
+    return ValueError(f"{shown(value)} and {shown(merged)} are not ordered (neither is smaller, "
+                      f"nor are they equal), so the {which} would depend on the order of the "
+                      "writes; write values that all compare (numbers, strings, tuples of "
+                      "them), or use another rule")
 
 
 append = Rule("append", list, _appended, commutative=True, in_place=True, copy=list)
@@ -475,10 +486,33 @@ def owned(value: Any) -> Any:
     fails (``sys.exit()`` too), or a value nested too deep to copy, gives the value as it is,
     as a board's reads do.
     """
+    if is_frozen(value):  # deepcopy would walk it all to give it back as it is
+        return value
     try:
         return copy.deepcopy(value)
     except (Exception, SystemExit):
         return value
+
+
+#: Types whose values never change (exact types: a subclass may add what does)
+_ATOMS = frozenset({str, int, float, bool, type(None), bytes, complex, Fraction, Decimal})
+_FLAT_DEPTH = 32  # tuples in tuples deeper than this are left to deepcopy
+
+
+def is_frozen(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is atoms, or tuples and frozensets of them, all the way down.
+
+    ``copy.deepcopy`` gives such a value back as it is, but only after walking all of it: a
+    tuple of 100,000 numbers written to a board took 0.3 s a write, copied twice.
+    """
+    kind = type(value)
+    if kind in _ATOMS:
+        return True
+    if (kind is not tuple and kind is not frozenset) or depth > _FLAT_DEPTH:
+        return False
+    if all(map(_ATOMS.__contains__, map(type, value))):  # flat (most): at C speed
+        return True
+    return all(is_frozen(item, depth + 1) for item in value)
 
 
 def _shallow(value: Any) -> Any:

@@ -570,7 +570,7 @@ class Driver:
         for handle in self._timers or ():
             handle.cancel()
         self._timers = None
-        self.state.shared_limits.forget(self)
+        self.state.shared_limits.forget(self.state)
 
     def _ended_run(self) -> RunResult:
         """Tell the waiters still waiting, make the run's result and announce its end."""
@@ -1341,31 +1341,44 @@ class Driver:
         """
         shared = self.state.shared_limits
         for gate in d.parked:
-            if shared.wait_on(gate, self, self._gate_freed):
+            if shared.wait_on(gate, self.state, self._gate_freed):
                 # a run on another thread freed it after this run's check, before this run was
                 # in the books, so nobody told it: look again now, or it may wait forever
                 self._gate_freed(gate)
         for gate in d.freed:
-            shared.freed(gate, self)
+            shared.freed(gate)
 
-    def _gate_freed(self, gate: object) -> None:
+    def _gate_freed(self, gate: object) -> bool:
         """Another run freed ``gate``; look again on the next loop turn (never re-entrantly).
 
         That run may be another thread's (``run_sync`` from several threads on one runtime):
         then this loop is woken through its thread-safe queue, or it would sleep on.
+        False if this run cannot look (it has ended): the slot goes to another run.
         """
         loop = self._loop
         if loop is None or self.state.finished:
-            return
+            return False
         if running_loop() is loop:  # (None: freed from a thread that runs no loop)
             loop.call_soon(self._recheck_gate, gate)
-            return
-        with suppress(RuntimeError):  # closed: its run has ended
+            return True
+        try:
             loop.call_soon_threadsafe(self._recheck_gate, gate)
+        except RuntimeError:  # closed: its run has ended
+            return False
+        return True
 
     def _recheck_gate(self, gate: object) -> None:
-        if not self.state.finished:
-            self._apply(self.state.wake_gate(gate, self.now()))
+        """Look at ``gate`` as told; then say so, whether a node of this run took the slot or not.
+
+        Said even when the look fails: a slot this run was told of and never answered for
+        would idle, and every run waiting on it would wait for good.
+        """
+        state = self.state
+        try:
+            if not state.finished:
+                self._apply(state.wake_gate(gate, self.now()))
+        finally:
+            state.shared_limits.answered(gate, state, state.waits_on(gate))
 
     async def _attempt(self, call: Call, barrier: asyncio.Future[None] | None) -> None:
         """Run one attempt, then feed how it ended to the state machine, in the same task.

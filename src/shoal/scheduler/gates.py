@@ -8,9 +8,10 @@ polls. Pure bookkeeping, like the state machine that uses it: no I/O, no clock.
 The gates themselves live in :class:`SharedLimits`, one per :class:`~shoal.runtime.Runtime`,
 so every run of a runtime counts against the same limits: a tool's ``max_concurrency`` of 2
 means 2 calls in flight across the lead and all its subagents' tool phases, not 2 per phase.
-Parked nodes stay with their own run; when a call of one run frees a gate that nodes of
-another run wait on, the freeing run's driver tells the other one (see
-:meth:`SharedLimits.freed`), which gives its parked nodes another look.
+Parked nodes stay with their own run, and the runs wait in line per gate; when a call of one
+run frees a gate that other runs wait on, the freeing run's driver tells the run first in line
+(see :meth:`SharedLimits.freed`: one run per free slot), which gives its best parked node
+another look and answers (:meth:`SharedLimits.answered`), so a slot it did not take goes on.
 
 The runs of one runtime may be on several threads at once (``run_sync`` from each, every one on
 a loop of its own), so every read-then-write of the shared gates (a check and a take, a release,
@@ -47,7 +48,7 @@ class SharedLimits:
         self.executor_limits: dict[str, ConcurrencyLimit] = {}
         self.rates: dict[tuple[str, str], RateLimiter] = {}
         # gate -> the runs with nodes parked on it, and how to tell each that it freed up
-        self._waiting: dict[object, dict[object, Callable[[object], None]]] = {}
+        self._waiting: dict[object, _Line] = {}
 
     def executor_gate(self, name: str, cap: int) -> ConcurrencyLimit:
         """The worker-count gate of one backend."""
@@ -57,39 +58,124 @@ class SharedLimits:
         with self.lock:
             return self.executor_limits.setdefault(name, ConcurrencyLimit(f"{name} workers", cap))
 
-    def wait_on(self, gate: object, run: object, wake: Callable[[object], None]) -> bool:
-        """Remember that ``run`` has nodes parked on ``gate``; ``wake(gate)`` when it frees.
+    def wait_on(self, gate: object, run: object, wake: Wake) -> bool:
+        """Put ``run`` in line for ``gate``, which it has nodes parked on; ``wake(gate)`` in turn.
 
-        Returns whether ``gate`` has room already: a run on another thread may have freed it
-        between this run's check and now, when nobody knew to tell this run; the caller then
-        looks again itself. (A release after this call tells it.)
+        Returns whether ``run`` should look again at once: ``gate`` has a slot that no run has
+        been told of (a run on another thread may have freed it between this run's check and
+        now, when nobody knew to tell this run). The run is then counted as told, and answers
+        (:meth:`answered`) like a run woken by a release. A run already in line, or told and
+        yet to answer, stays where it is.
         """
-        waiting = self._waiting.get(gate)
-        if waiting is not None and run in waiting:
-            return False  # in the books since before: every release since has told it
+        line = self._waiting.get(gate)
+        if line is not None and (run in line.queue or run in line.told):
+            return False  # in line since before (a look without the lock: most parks)
         with self.lock:
-            self._waiting.setdefault(gate, {})[run] = wake
-            return isinstance(gate, ConcurrencyLimit) and gate.available()
+            line = self._waiting.get(gate)
+            if line is None:
+                line = self._waiting[gate] = _Line()
+            if run in line.told:
+                return False
+            if isinstance(gate, ConcurrencyLimit) and _room(gate, line) > 0:
+                line.told[run] = wake
+                return True
+            line.queue[run] = wake
+            return False
 
-    def freed(self, gate: object, by: object) -> None:
-        """``by`` released ``gate``: tell every other run waiting on it."""
-        # A look without the lock may miss a run getting in the books just now; that run
-        # checks the gate as it does (see wait_on), after this release, so it misses nothing.
-        waiting = self._waiting.get(gate)
-        if not waiting or (len(waiting) == 1 and by in waiting):
-            return  # nobody else waits: most releases
-        with self.lock:
-            others = [wake for run, wake in waiting.items() if run is not by]
-        for wake in others:  # outside the lock: a wake-up only queues a look on a loop
-            wake(gate)
+    def freed(self, gate: object) -> None:
+        """A run released ``gate`` (and has given its own parked nodes a look if it may).
 
-    def forget(self, run: object) -> None:
-        """``run`` ended: it waits on nothing any more."""
-        if not self._waiting:  # no run ever parked a node here (most runtimes): no lock
+        Tells as many runs in line as ``gate`` has slots that no run has been told of yet,
+        longest waiting first (the run that released it too, if it is in line). Each answers
+        once it looked.
+        """
+        # Looks without the lock: whoever adds room later (a release, an answer, a run's end)
+        # hands it out in turn, and a run getting in line checks the room itself (wait_on).
+        line = self._waiting.get(gate)
+        if line is None or not line.queue or not isinstance(gate, ConcurrencyLimit) or (
+                _room(gate, line) <= 0):
+            return  # nobody waits, or the room went to a run at once: most releases
+        self._hand_out(gate, line)
+
+    def others_in_line(self, gate: object, run: object) -> bool:
+        """Whether runs other than ``run`` wait in line for ``gate``.
+
+        A slot ``run`` frees is then theirs first (the longest waiting), not its own parked
+        nodes'.
+        """
+        line = self._waiting.get(gate)  # a look without the lock: see freed
+        if line is None:
+            return False
+        queue = line.queue
+        return len(queue) > 1 or (len(queue) == 1 and run not in queue)
+
+    def answered(self, gate: object, run: object, still_waiting: bool) -> None:
+        """``run``, told of a slot of ``gate``, has looked; it has nodes parked on it still or not.
+
+        Whether it took the slot or not (its node was cancelled, or waits for something else),
+        a slot nobody has been told of goes to the next run in line, so none idles.
+        ``run`` goes to the back of the line if it still waits.
+        """
+        line = self._waiting.get(gate)
+        if line is None:
             return
         with self.lock:
-            for waiting in self._waiting.values():
-                waiting.pop(run, None)
+            wake = line.told.pop(run, None)
+            if wake is not None and still_waiting:
+                line.queue[run] = wake
+        self._hand_out(gate, line)
+
+    def _hand_out(self, gate: object, line: _Line) -> None:
+        """Tell runs in line of the slots of ``gate`` that no run has been told of yet."""
+        while True:
+            with self.lock:
+                if not isinstance(gate, ConcurrencyLimit) or _room(gate, line) <= 0:
+                    return
+                if not line.queue:
+                    return
+                run = next(iter(line.queue))
+                wake = line.queue.pop(run)
+                line.told[run] = wake
+            # outside the lock: a wake-up only queues a look on a loop; one that cannot be
+            # delivered (its run's loop is closed, the run ended) counts as a look that took
+            # nothing, and the slot goes on to the next run
+            if not wake(gate):
+                with self.lock:
+                    line.told.pop(run, None)
+
+    def forget(self, run: object) -> None:
+        """``run`` ended: it waits on nothing any more (a slot it was told of goes on)."""
+        if not self._waiting:  # no run ever parked a node here (most runtimes): no lock
+            return
+        told: list[tuple[object, _Line]] = []
+        with self.lock:
+            for gate, line in self._waiting.items():
+                line.queue.pop(run, None)
+                if line.told.pop(run, None) is not None:
+                    told.append((gate, line))
+        for gate, line in told:
+            self._hand_out(gate, line)
+
+
+Wake = Callable[[object], bool]
+"""Tells a run that a gate it waits on has a slot for it; False if it cannot be told."""
+
+
+class _Line:
+    """The runs waiting on one gate: in line (longest waiting first), and told of a slot."""
+
+    __slots__ = ("queue", "told")
+
+    def __init__(self) -> None:
+        self.queue: dict[object, Wake] = {}  # in the order they got in line
+        self.told: dict[object, Wake] = {}  # told of a slot, yet to look (see answered)
+
+
+def _room(gate: ConcurrencyLimit, line: _Line) -> int:
+    """The free slots of ``gate`` that no run has been told of (call under the lock)."""
+    if gate.capacity is None:
+        return len(line.queue)
+    return gate.capacity - gate.in_use - len(line.told)
 
 
 #: The sets of gated backends made so far, by their names in order: every run of a runtime
@@ -203,6 +289,10 @@ class Gates:
     def park(self, gate: object, item: Parked) -> None:
         """Make ``item`` wait on ``gate``."""
         heapq.heappush(self._parked.setdefault(gate, []), item)
+
+    def has_parked(self, gate: object) -> bool:
+        """Whether items are parked on ``gate`` (some may have been cancelled since)."""
+        return bool(self._parked.get(gate))
 
     def pop_live(self, gate: object, is_live: Callable[[int], bool]) -> Parked | None:
         """The best item parked on ``gate`` whose node still waits (dead ones are dropped)."""

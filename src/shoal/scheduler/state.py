@@ -967,6 +967,10 @@ class SchedulerState:
         self._dispatch(now, d)
         return d
 
+    def waits_on(self, gate: object) -> bool:
+        """Whether nodes of this run are parked on ``gate`` (never once the run has finished)."""
+        return not self.finished and self._gates.has_parked(gate)
+
     def wake(self, now: float) -> Decisions:
         """A rate-limit timer fired: give parked nodes another look."""
         d = Decisions()
@@ -1781,8 +1785,19 @@ class SchedulerState:
                 gate.release()
         finally:
             lock.release()
+        self._hand_on(gates, d)
+
+    def _hand_on(self, gates: Iterable[ConcurrencyLimit], d: Decisions) -> None:
+        """Give each of ``gates``, which has room, to a node parked here, or to another run.
+
+        Another run's, when one waits in line for it: that run has waited longer than any node
+        of this one (nodes of a busy run took every slot it freed, and a run waiting on it
+        waited until the busy run had no node left to start).
+        """
+        shared = self._gates.shared
         for gate in gates:
-            self._wake_one(gate)
+            if not shared.others_in_line(gate, self):
+                self._wake_one(gate)
             d.free(gate)  # other runs of the runtime may wait on it too
 
     def _error(self, slot: _Slot, result: AttemptResult) -> ErrorInfo | None:
@@ -1827,10 +1842,7 @@ class SchedulerState:
         each of its gates with room to the next node waiting on it, here or in another run,
         or that room idles and they wait forever.
         """
-        for gate in slot.gates or ():
-            if gate.available():
-                self._wake_one(gate)
-                d.free(gate)
+        self._hand_on([gate for gate in slot.gates or () if gate.available()], d)
 
     def _record(self, slot: _Slot, status: Status, now: float, d: Decisions, *, value: Any = None,
                 error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False,
