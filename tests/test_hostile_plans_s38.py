@@ -1,0 +1,82 @@
+"""Hostile plans, plan files and plan validation (and approvals left from round one), s38."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from shoal import Plan, analyze, tool
+from shoal.approvals.ledger import approval_hash, hash_and_kind
+from shoal.scheduler.state import AttemptResult, SchedulerState
+from tests.test_approvals import free
+
+
+@tool(approval=True)
+async def store_rows(rows: list[Any]) -> int:
+    """Store rows (pretend); asks first."""
+    return len(rows)
+
+
+def _rows(n: int) -> list[dict[str, Any]]:
+    return [{"id": i, "name": f"row {i}", "v": i * 0.5} for i in range(n)]
+
+
+def test_a_large_approved_argument_is_hashed_once_not_again_when_it_starts() -> None:
+    rows = _rows(50_000)  # ~2 MB of JSON
+    plan = Plan()
+    plan.call(store_rows, rows=rows)
+    plan.call(free, i=1)
+    state = SchedulerState(analyze(plan), run_id="r", max_concurrency=1)
+    d = state.begin(0.0)
+    (ask,) = d.approvals
+    running = d.starts  # the free call holds the only slot: the approved one waits
+    d = state.approve(0, ask.args_hash, 1.0)
+    assert d.starts == []
+    one_hash = min(_timed(lambda: approval_hash("store_rows", {"rows": rows})) for _ in range(2))
+    starts: list[Any] = []
+    started = _timed(lambda: starts.extend(
+        state.finish(running[0].pos, AttemptResult("ok", 1), 2.0).starts))
+    assert [call.pos for call in starts] == [0]
+    assert started < one_hash / 4, (started, one_hash)  # it took a full hash again
+
+
+def test_arguments_that_run_their_own_code_are_still_hashed_again_before_they_run() -> None:
+    class Shifty(str):
+        """A str subclass: hashed again, as its own code could change what it says."""
+
+    plan = Plan()
+    plan.call(store_rows, rows=[Shifty("A")])
+    plan.call(free, i=1)
+    state = SchedulerState(analyze(plan), run_id="r", max_concurrency=1)
+    d = state.begin(0.0)
+    (ask,) = d.approvals
+    running = d.starts
+    state.approve(0, ask.args_hash, 1.0)
+    args = state.slots[0].args
+    assert args is not None
+    assert type(args["rows"][0]) is Shifty
+    args["rows"].append("B")  # changed in place: only a second hash sees it
+    d = state.finish(running[0].pos, AttemptResult("ok", 1), 2.0)
+    assert d.starts == []
+    outcome = state.slots[0].outcome
+    assert outcome is not None and outcome.status == "denied"
+
+
+def test_hash_and_kind_tells_exact_json_from_subclasses_and_keeps_the_hash() -> None:
+    class Text(str):
+        pass
+
+    rows = _rows(3)
+    assert hash_and_kind("t", {"rows": rows}) == (approval_hash("t", {"rows": rows}), True)
+    assert hash_and_kind("t", {"k": Text("a")})[1] is False
+    assert hash_and_kind("t", {"k": {Text("a"): 1}})[1] is False
+    assert hash_and_kind("t", {"k": {1: 1}})[1] is False  # an int key: not plain at all
+    assert hash_and_kind("t", {"k": [{}, [], ()]})[1] is True
+    # a str-subclass key hashes as its text does
+    assert approval_hash("t", {"k": {Text("a"): 1}}) == approval_hash("t", {"k": {"a": 1}})
+
+
+def _timed(step: Any) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
