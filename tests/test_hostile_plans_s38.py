@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from shoal import Plan, analyze, tool
+from shoal import Plan, Runtime, analyze, run_sync, tool
+from shoal.approvals import ApprovalRequest
 from shoal.approvals.ledger import approval_hash, hash_and_kind
+from shoal.outcome import RunResult
 from shoal.scheduler.state import AttemptResult, SchedulerState
-from tests.test_approvals import free
+from tests.test_approvals import Never, Recorder, delete, free
+from tests.test_found_s37 import _from_a_thread
 
 
 @tool(approval=True)
@@ -80,3 +85,65 @@ def _timed(step: Any) -> float:
     start = time.perf_counter()
     step()
     return time.perf_counter() - start
+
+
+# ---- an approver's name or withdrawn() raising KeyboardInterrupt off the main thread ----------
+
+
+class _InterruptingName(Recorder):
+    """Approves; its ``name`` raises KeyboardInterrupt."""
+
+    @property
+    def name(self) -> str:
+        raise KeyboardInterrupt("raised by the approver's name")
+
+
+class _InterruptingWithdrawn(Never):
+    """Never answers; told a request is moot, raises KeyboardInterrupt."""
+
+    def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
+        raise KeyboardInterrupt("raised by the approver's withdrawn")
+
+
+def test_an_approvers_name_raising_keyboard_interrupt_off_the_main_thread_ends_no_run() -> None:
+    plan = Plan()
+    gated = plan.call(delete, path="x")
+    sibling = plan.call(free, i=1)
+    result = _from_a_thread(lambda: run_sync(plan, approver=_InterruptingName()))
+    assert isinstance(result, RunResult), result  # was: KeyboardInterrupt
+    assert result[gated].status == "ok" and result[sibling].status == "ok"
+
+
+def test_an_approvers_withdrawn_raising_keyboard_interrupt_off_the_main_thread() -> None:
+    plan = Plan()
+    gated = plan.call(delete, path="x")
+    sibling = plan.call(free, i=1)
+
+    async def main() -> RunResult:
+        async with Runtime(approver=_InterruptingWithdrawn(), approval_timeout=0.2) as runtime:
+            return await runtime.run(plan)
+
+    result = _from_a_thread(lambda: asyncio.run(main()))
+    assert isinstance(result, RunResult), result  # was: KeyboardInterrupt
+    assert result[gated].status == "denied" and result[sibling].status == "ok"
+
+
+class _ExitingSerial(Recorder):
+    """Approves after a moment; its ``serial`` calls sys.exit()."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0.05)
+
+    @property
+    def serial(self) -> bool:
+        raise SystemExit("serial")
+
+
+def test_an_approvers_serial_calling_sys_exit_ends_no_run() -> None:
+    # two batches (one submitted while the first is reviewed) make the desk ask ``serial``
+    plan = Plan()
+    first = plan.call(delete, path="x")
+    later = plan.call(delete, path="y", after=[plan.call(free, i=1, delay=0.01)])
+    result = run_sync(plan, approver=_ExitingSerial())
+    assert isinstance(result, RunResult)  # was: SystemExit, the whole program ended
+    assert result[first].status == "ok" and result[later].status == "ok"
