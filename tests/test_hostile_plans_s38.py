@@ -7,13 +7,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
+import shoal
 from shoal import Plan, Runtime, analyze, run_sync, tool
 from shoal.approvals import ApprovalRequest
 from shoal.approvals.ledger import approval_hash, hash_and_kind
 from shoal.outcome import RunResult
 from shoal.scheduler.state import AttemptResult, SchedulerState
+from shoal.testing import ScriptedModel, call
 from tests.test_approvals import Never, Recorder, delete, free
 from tests.test_found_s37 import _from_a_thread
+from tests.test_process_agents import note
 
 
 @tool(approval=True)
@@ -147,3 +152,32 @@ def test_an_approvers_serial_calling_sys_exit_ends_no_run() -> None:
     result = run_sync(plan, approver=_ExitingSerial())
     assert isinstance(result, RunResult)  # was: SystemExit, the whole program ended
     assert result[first].status == "ok" and result[later].status == "ok"
+
+
+# ---- a merge function's KeyboardInterrupt / SystemExit for an agent in another process ---------
+
+
+def _interrupting_merge(merged: Any, value: Any) -> Any:
+    raise KeyboardInterrupt("raised by the merge")
+
+
+def _exiting_merge(merged: Any, value: Any) -> Any:
+    raise SystemExit("merge")
+
+
+@pytest.mark.parametrize("merge", [_interrupting_merge, _exiting_merge])
+def test_a_merge_raising_for_an_agent_in_another_process_fails_only_its_call(merge: Any) -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="r1")], "done"],
+        "r1": [[call("note", fact="a")], "r1 noted"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[note], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    board = shoal.Board(findings=shoal.merge.using(merge), count=shoal.merge.counter)
+
+    result = _from_a_thread(lambda: lead.run_sync("go", board=board))
+    assert isinstance(result, shoal.AgentResult), result  # the run goes on (checked: it does)
+    assert result.output == "done"
+    (noted,) = [c for c in result.children[0].calls if c.call.name == "note"]
+    assert noted.status == "failed", noted
+    assert board.snapshot()["count"] == 0  # nothing of the failed commit held
