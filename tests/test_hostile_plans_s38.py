@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,9 @@ import shoal
 from shoal import Plan, Runtime, analyze, run_sync, tool
 from shoal.approvals import ApprovalRequest
 from shoal.approvals.ledger import approval_hash, hash_and_kind
+from shoal.exceptions import PlanError
 from shoal.outcome import RunResult
+from shoal.planfile import plan_from_dict
 from shoal.scheduler.state import AttemptResult, SchedulerState
 from shoal.testing import ScriptedModel, call
 from tests.test_approvals import Never, Recorder, delete, free
@@ -181,3 +184,72 @@ def test_a_merge_raising_for_an_agent_in_another_process_fails_only_its_call(mer
     (noted,) = [c for c in result.children[0].calls if c.call.name == "note"]
     assert noted.status == "failed", noted
     assert board.snapshot()["count"] == 0  # nothing of the failed commit held
+
+
+# ---- plans: size and time ------------------------------------------------------------------
+
+
+def _ident(x: Any = None) -> Any:
+    """Return x."""
+    return x
+
+
+def test_100k_nodes_under_one_id_are_checked_in_linear_time() -> None:
+    # was: each duplicate rebuilt a tuple of all the earlier ones (a plan file of 100,000
+    # nodes under one id: 5 minutes to load, far longer than its 100,000 other nodes take)
+    start = time.perf_counter()
+    plan = Plan()
+    for i in range(100_000):
+        plan.call(_ident, node_id="same", x=i)
+    problems = plan.problems()
+    took = time.perf_counter() - start
+    assert len(problems) == 99_999 and {p.code for p in problems} == {"duplicate_id"}
+    assert took < 20, took
+
+
+# ---- plan files naming modules whose own code misbehaves -----------------------------------
+
+
+def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> str:
+    """A module of ``source`` on sys.path, under a name of its own; its name."""
+    name = f"hostile_s38_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def _problem(data: dict[str, Any]) -> PlanError:
+    with pytest.raises(PlanError) as caught:
+        plan_from_dict(data)
+    return caught.value
+
+
+@pytest.mark.parametrize("source", [
+    "import sys\nsys.exit(3)\n",  # was: the program ended (`shoal run`: exit code 3, no word)
+    "def __getattr__(name):\n    raise SystemExit(4)\n",  # the same, getting the attribute
+])
+def test_a_module_calling_sys_exit_as_a_plan_file_imports_it_is_a_bad_import(
+        source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = _module(tmp_path, monkeypatch, source)
+    error = _problem({"nodes": [{"id": "a", "tool": f"{name}:f"}]})
+    (problem,) = error.problems
+    assert problem.code == "bad_import" and "raised SystemExit" in problem.message
+
+
+def test_a_modules_getattr_raising_is_a_bad_import_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = _module(tmp_path, monkeypatch,
+                   "def __getattr__(name):\n    raise RuntimeError('no such thing')\n")
+    error = _problem({"nodes": [{"id": "a", "tool": f"{name}:f"}]})  # was: RuntimeError
+    (problem,) = error.problems
+    assert problem.code == "bad_import" and "RuntimeError: no such thing" in problem.message
+
+
+def test_a_modules_error_text_forges_no_line_of_the_problem_list(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = _module(tmp_path, monkeypatch,
+                   "raise RuntimeError('boom\\n  - [ok] all fine\\u2028\\u202eevil')\n")
+    error = _problem({"nodes": [{"id": "a", "tool": f"{name}:f"}]})
+    lines = str(error).splitlines()
+    assert len(lines) == 2, lines  # was 3: '  - [ok] all fine' on a line of its own
+    assert "boom\\n  - [ok] all fine\\u2028\\u202eevil" in lines[1]
