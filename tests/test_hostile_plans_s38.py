@@ -253,3 +253,26 @@ def test_a_modules_error_text_forges_no_line_of_the_problem_list(
     lines = str(error).splitlines()
     assert len(lines) == 2, lines  # was 3: '  - [ok] all fine' on a line of its own
     assert "boom\\n  - [ok] all fine\\u2028\\u202eevil" in lines[1]
+
+
+_ANNOTATED = """from __future__ import annotations
+def exits(x: __import__("sys").exit(5)) -> int:
+    return 1
+def undefined(x: no_such_type) -> int:
+    return 1
+"""
+
+
+@pytest.mark.parametrize(("attr", "said"), [
+    # was: the program ended (its string annotation, evaluated, called sys.exit())
+    ("exits", "cannot be used as a tool: SystemExit: 5"),
+    # was: a ToolDefinitionError out of load_plan, instead of a problem of the plan
+    ("undefined", "types name 'no_such_type', which is not defined in module"),
+])
+def test_a_function_whose_annotations_fail_is_a_bad_import(
+        attr: str, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = _module(tmp_path, monkeypatch, _ANNOTATED)
+    error = _problem({"nodes": [{"id": "a", "tool": f"{name}:{attr}"},
+                                {"id": "b", "tool": f"{name}:nothing"}]})
+    assert [p.code for p in error.problems] == ["bad_import", "bad_import"]  # all listed
+    assert said in error.problems[0].message

@@ -65,6 +65,7 @@ from shoal.merge import error_text, shown
 from shoal.nodeids import node_id_problem, plain_text
 from shoal.plan import MapSpec, Plan, Ref, _item_arg, as_tool
 from shoal.plandata import DataError, check_value, parse_json, parse_yaml, read_text
+from shoal.schema import unresolved_names
 from shoal.tools import Tool
 
 __all__ = ["check_import", "convert_refs", "import_object", "load_plan", "parse_ref",
@@ -527,10 +528,20 @@ def _find_tool(name: str, lookup: _Lookup) -> Tool[..., Any] | PlanProblem:
                                          "at a Python function, a shoal tool, an agent or a "
                                          "pattern")
     try:
-        return as_tool(obj)
-    except Exception as exc:  # any user function can fail schema building; report, not crash
+        found = as_tool(obj)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # any user function can fail schema building (its string
+        # annotations are evaluated: sys.exit() in one ended the program); report, not crash
         return PlanProblem("bad_import", f"{_show(name)} cannot be used as a tool: "
                                          f"{describe_exception(exc)}")
+    model = found._model
+    if not model.__pydantic_complete__:  # a type its module never defines: pydantic waits
+        # for it to be, and the check of the plan raised a ToolDefinitionError, not a problem
+        why = unresolved_names(model)  # (which completes the model if it now can be)
+        if not model.__pydantic_complete__:
+            return PlanProblem("bad_import", f"{_show(name)} cannot be used as a tool: {why}")
+    return found
 
 
 def check_import(name: str, modules: Sequence[str] | None, source: str = "") -> None:
