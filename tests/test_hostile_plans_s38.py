@@ -361,3 +361,13 @@ def _reachable(graph: Any) -> list[set[int]]:
             reach[i].add(k)
             reach[i] |= reach[k]
     return reach
+
+
+def test_a_plans_name_forges_no_line_of_its_problem_list() -> None:
+    plan = Plan(name="p\n  - [ok] all fine\u2028")
+    plan.call(_ident, x=1, after=["nowhere"])
+    with pytest.raises(PlanError) as caught:
+        plan.validate()
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2, lines  # was 3: '  - [ok] all fine: 1 problem' on its own
+    assert lines[0] == "invalid plan p\\n  - [ok] all fine\\u2028: 1 problem"

@@ -239,7 +239,9 @@ class PlanError(ShoalError):
 
     def _render(self) -> str:
         # the source is a plan's name, or a file's path: a 1 MB name must not make the message
-        head = f"invalid plan{f' {bounded_text(self.source, 200)}' if self.source else ''}: "
+        # (its line breaks escaped: a name "p\n  - [ok] ..." forged a line of the list)
+        source = bounded_text(_one_line(self.source), 200) if self.source else ""
+        head = f"invalid plan{f' {source}' if source else ''}: "
         head += f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
         shown = [head, *map(str, self.problems[:PROBLEMS_IN_MESSAGE])]
         if len(self.problems) > PROBLEMS_IN_MESSAGE:  # a plan of 300,000 broken nodes: its
