@@ -76,6 +76,7 @@ an ``except`` clause naming one still catches nothing, as before.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -166,7 +167,24 @@ class PlanProblem:
 
     def __str__(self) -> str:
         where = f"node {bounded_text(repr(self.node), 200)}: " if self.node else ""
-        return f"[{self.code}] {where}{self.message}"
+        return f"[{self.code}] {where}{_one_line(self.message)}"
+
+
+#: what would break a problem's line or reorder what follows it: control characters, line
+#: and paragraph separators, bidirectional overrides and isolates
+_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _one_line(message: str) -> str:
+    r"""``message`` with each character that would break its line escaped (``\n``, ``\u202e``).
+
+    A message quotes text shoal does not control (a module's error as it was imported, a
+    tool's schema error): a line break in it forged a line of the problem list.
+    """
+    if _BREAKS.search(message) is None:
+        return message
+    escaped = _BREAKS.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), message)
+    return bounded_text(escaped, MAX_PROBLEM_CHARS)  # (an escape is up to 6 characters)
 
 
 MAX_PROBLEM_CHARS = 2000  # of a plan problem's message
@@ -221,7 +239,9 @@ class PlanError(ShoalError):
 
     def _render(self) -> str:
         # the source is a plan's name, or a file's path: a 1 MB name must not make the message
-        head = f"invalid plan{f' {bounded_text(self.source, 200)}' if self.source else ''}: "
+        # (its line breaks escaped: a name "p\n  - [ok] ..." forged a line of the list)
+        source = bounded_text(_one_line(self.source), 200) if self.source else ""
+        head = f"invalid plan{f' {source}' if source else ''}: "
         head += f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
         shown = [head, *map(str, self.problems[:PROBLEMS_IN_MESSAGE])]
         if len(self.problems) > PROBLEMS_IN_MESSAGE:  # a plan of 300,000 broken nodes: its

@@ -65,6 +65,7 @@ from shoal.merge import error_text, shown
 from shoal.nodeids import node_id_problem, plain_text
 from shoal.plan import MapSpec, Plan, Ref, _item_arg, as_tool
 from shoal.plandata import DataError, check_value, parse_json, parse_yaml, read_text
+from shoal.schema import unresolved_names
 from shoal.tools import Tool
 
 __all__ = ["check_import", "convert_refs", "import_object", "load_plan", "parse_ref",
@@ -527,10 +528,20 @@ def _find_tool(name: str, lookup: _Lookup) -> Tool[..., Any] | PlanProblem:
                                          "at a Python function, a shoal tool, an agent or a "
                                          "pattern")
     try:
-        return as_tool(obj)
-    except Exception as exc:  # any user function can fail schema building; report, not crash
+        found = as_tool(obj)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # any user function can fail schema building (its string
+        # annotations are evaluated: sys.exit() in one ended the program); report, not crash
         return PlanProblem("bad_import", f"{_show(name)} cannot be used as a tool: "
                                          f"{describe_exception(exc)}")
+    model = found._model
+    if not model.__pydantic_complete__:  # a type its module never defines: pydantic waits
+        # for it to be, and the check of the plan raised a ToolDefinitionError, not a problem
+        why = unresolved_names(model)  # (which completes the model if it now can be)
+        if not model.__pydantic_complete__:
+            return PlanProblem("bad_import", f"{_show(name)} cannot be used as a tool: {why}")
+    return found
 
 
 def check_import(name: str, modules: Sequence[str] | None, source: str = "") -> None:
@@ -614,17 +625,35 @@ def import_object(path: str) -> Any:
     obj: Any = _import_module(module_name, path)
     owner = module_name
     for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            close = difflib.get_close_matches(part, [n for n in dir(obj) if not n.startswith("_")])
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            close = difflib.get_close_matches(part, [n for n in _names(obj)
+                                                     if not n.startswith("_")])
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ImportError(f"{owner!r} has no attribute {part!r}{hint}; check the name after "
-                              f"the ':' in {path!r}")
-        obj = getattr(obj, part)
+                              f"the ':' in {path!r}") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a module's __getattr__ or a property's own code (its
+            # sys.exit() too): it crashed the load with a traceback, or ended the program
+            raise ImportError(f"getting {part!r} of {owner!r} raised {describe_exception(exc)};"
+                              f" fix that code or point {path!r} elsewhere") from None
         owner = f"{owner}.{part}"
     if not callable(obj) and not hasattr(type(obj), "__shoal_node__"):  # agents, patterns
         raise ImportError(f"{path!r} is not callable (it is {type(obj).__name__} "
                           f"{shown(obj)}); point it at a function, tool, agent or pattern")
     return obj
+
+
+def _names(obj: Any) -> list[str]:
+    """``dir(obj)`` for a hint, or nothing when the object's own ``__dir__`` fails."""
+    try:
+        return [name for name in dir(obj) if isinstance(name, str)]
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # its own code: a hint is not worth a crash
+        return []
 
 
 def _import_module(module_name: str, path: str) -> Any:
@@ -636,7 +665,10 @@ def _import_module(module_name: str, path: str) -> Any:
                               "and that the package is installed or on sys.path") from None
         raise ImportError(f"importing {module_name!r} failed: {describe_exception(exc)}; "
                           "install what it needs") from None
-    except Exception as exc:  # the module's own code failed; the file should still load
+    except KeyboardInterrupt:
+        raise  # a Ctrl-C while the module loads
+    except BaseException as exc:  # the module's own code failed (sys.exit() in it too, which
+        # ended the program: `shoal run` with the module's exit code, and no word why)
         raise ImportError(f"importing {module_name!r} raised {describe_exception(exc)}; fix "
                           "that module") from None
 

@@ -592,9 +592,8 @@ class ApprovalDesk:
                 telling = asyncio.ensure_future(told)
                 _TELLING.add(telling)
                 telling.add_done_callback(partial(_told, approver))
-        except KeyboardInterrupt:
-            raise
-        except BaseException:  # the approver's bug (sys.exit too) must not end the run
+        except BaseException as exc:  # the approver's bug (sys.exit too) must not end the run
+            _raise_ctrl_c(exc)
             log.exception("approver %s failed on withdrawn requests", _name_of(approver))
 
 
@@ -653,9 +652,22 @@ def _serial(approver: Approver | None) -> bool:
         return True
     try:
         return bool(approver.serial)
-    except Exception:  # a property of the user's that fails: the safe, old way
+    except BaseException as exc:  # a property of the user's that fails (sys.exit() too,
+        # which ended the program): the safe, old way
+        _raise_ctrl_c(exc)
         log.exception("approver %s: its serial property failed", _name_of(approver))
         return True
+
+
+def _raise_ctrl_c(exc: BaseException) -> None:
+    """Raise ``exc`` again if it is a Ctrl-C: a ``KeyboardInterrupt`` on the main thread.
+
+    Off it (a run on a thread's loop) no Ctrl-C arrives: it is the approver's own raise, a
+    failure of its code like any other (it ended the whole run).
+    """
+    if isinstance(exc, KeyboardInterrupt) and (
+            threading.current_thread() is threading.main_thread()):
+        raise exc
 
 
 def _name_of(approver: Approver) -> str:
@@ -667,9 +679,8 @@ def _name_of(approver: Approver) -> str:
     """
     try:
         name = approver.name
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # sys.exit too: the approver's code ends no run
+    except BaseException as exc:  # sys.exit too: the approver's code ends no run
+        _raise_ctrl_c(exc)
         log.exception("approver %s: its name failed", type(approver).__name__)
         name = None
     if not isinstance(name, str) or not name:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, cast
 
-from shoal.approvals.ledger import approval_hash
+from shoal.approvals.ledger import approval_hash, hash_and_kind
 from shoal.approvals.policy import approval_reason, request_id
 from shoal.deps import Graph
 from shoal.events import (
@@ -183,10 +183,13 @@ ApprovalAction = Ask | Withdraw
 class _Approval:
     """What a gated node was asked about, and what it may run once approved."""
 
-    __slots__ = ("args", "args_hash", "edited")
+    __slots__ = ("args", "args_hash", "edited", "hashed")
 
-    def __init__(self, args_hash: str) -> None:
+    def __init__(self, args_hash: str, hashed: dict[str, Any] | None = None) -> None:
         self.args_hash = args_hash
+        # the scheduler's own arguments that hashed to args_hash, when they run no code of
+        # their own (exact JSON data): unchanged until they run, so not hashed again then
+        self.hashed = hashed
         self.args: dict[str, Any] | None = None  # a private copy of the approved arguments
         self.edited = False  # approved with other arguments than asked (a reviewer's edit)
 
@@ -1023,6 +1026,7 @@ class SchedulerState:
             return d
         if args is not None:
             slot.args = args
+            slot.approval.hashed = None  # (an edit's own are hashed here; the asked ones go)
         assert slot.args is not None
         asked = slot.approval.args_hash  # the hash of slot.args, unless they were edited
         if (args_hash != asked if args is None
@@ -1631,8 +1635,8 @@ class SchedulerState:
                 self._set_phase(slot, Phase.READY)
                 heapq.heappush(self._heap, (slot.priority, slot.pos))
                 continue
-            args_hash = approval_hash(tool.name, slot.args)
-            slot.approval = _Approval(args_hash)
+            args_hash, exact = hash_and_kind(tool.name, slot.args)
+            slot.approval = _Approval(args_hash, slot.args if exact else None)
             d.ask(Ask(slot.pos, slot.node.id, tool.name, jsonable(slot.args),
                                    args_hash, why, "in_doubt" if doubt else "approval"))
             if self.record_events:
@@ -1642,8 +1646,12 @@ class SchedulerState:
 
     def _still_approved(self, slot: _Slot, now: float, d: Decisions) -> bool:
         """Whether the arguments about to run are exactly the approved ones (else: denied)."""
-        assert slot.approval is not None and slot.args is not None
-        if approval_hash(slot.node.tool.name, slot.args) == slot.approval.args_hash:
+        approval = slot.approval
+        assert approval is not None and slot.args is not None
+        if slot.args is approval.hashed:  # hashed when asked about (a 2 MB list: 0.5 s)
+            approval.hashed = None  # what runs may change it: a retry's copy is hashed
+            return True
+        if approval_hash(slot.node.tool.name, slot.args) == approval.args_hash:
             return True
         self._record(slot, "denied", now, d,
                      reason="its arguments are not the ones that were approved")
