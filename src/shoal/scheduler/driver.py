@@ -195,7 +195,8 @@ class Driver:
         "_context", "_ctrl_c_here", "_deadline", "_desk", "_early", "_ends_each", "_entered",
         "_epoch",
         "_executor_for", "_executors", "_finished", "_given_clock", "_graced", "_handed",
-        "_handing", "_hosts", "_internal", "_journal", "_journaled_early", "_late", "_lean_due",
+        "_handing", "_holding", "_hosts", "_internal", "_journal", "_journaled_early", "_late",
+        "_lean_due",
         "_loop",
         "_observer", "_on_end", "_on_pool", "_origin_epoch",
         "_pool_returned", "_quick",
@@ -347,6 +348,10 @@ class Driver:
         # abandoned (their end, if it ever comes, is not reported). Made on first use.
         self._graced: dict[int, tuple[asyncio.TimerHandle, AttemptStatus]] | None = None
         self._late: dict[int, Call] | None = None
+        # position -> an abandoned call whose work still runs and holds others (resource keys,
+        # exclusivity, resource_limits slots) until it ends: let go at the run's end, so a
+        # thread that never returns does not keep this driver alive. Made on first use.
+        self._holding: dict[int, Call] | None = None
         # position -> the nodes its attempt waits on now (see wait_from); made on first use
         self._waits: dict[int, list[int]] | None = None
 
@@ -570,6 +575,10 @@ class Driver:
         for handle in self._timers or ():
             handle.cancel()
         self._timers = None
+        holding, self._holding = self._holding, None
+        for call in (holding or {}).values():
+            call.released = None  # its thread keeps the call, not this driver
+        self._share_gates(self.state.let_go())  # the resource_limits slots it kept
         self.state.shared_limits.forget(self)
 
     def _ended_run(self) -> RunResult:
@@ -1736,8 +1745,13 @@ class Driver:
             if result.abandoned and call.isolation == "thread" and not result.running_on:
                 result.running_on = self._watch_end(call)
             self._apply(self.state.finish(call.pos, result, now))
-            if call.released is not None and not self.state.holds(call.pos):
-                call.released = None  # retried, or nothing to hold: its end is not wanted
+            if call.released is not None:
+                if not self.state.holds(call.pos):
+                    call.released = None  # nothing to hold: its end is not wanted
+                else:
+                    if self._holding is None:
+                        self._holding = {}
+                    self._holding[call.pos] = call
             # this attempt's own values: a NodeContext points back to the call, a cycle only
             # a full pass would free. Not those of an abandoned attempt: its work may still
             # be about to read them (a pool thread takes the arguments when it starts it)
@@ -1768,6 +1782,8 @@ class Driver:
         if call.released is None or self.state.finished:
             return
         call.released = None
+        if self._holding is not None:
+            self._holding.pop(call.pos, None)
         assert self._context is not None
         self._context.run(self._report, self._feed_released, call)
 

@@ -165,6 +165,12 @@ class Gates:
             gates += self._key_gates(tool, args)
         return tuple(gates)
 
+    def key_gates(self, gates: tuple[ConcurrencyLimit, ...]) -> tuple[ConcurrencyLimit, ...]:
+        """Those of ``gates`` that are ``resource_limits`` slots (of a key, not a tool)."""
+        limits = self._key_limits
+        return tuple(gate for gate in gates if gate.name.startswith("resource ")
+                     and limits.get(gate.name[len("resource "):]) is gate)
+
     def _executor_gate(self, executor: str) -> ConcurrencyLimit:
         """The worker-count gate of backend ``executor`` (the runtime's, taken on first use)."""
         gate = self._executor_gates.get(executor)

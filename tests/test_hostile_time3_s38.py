@@ -1,0 +1,157 @@
+"""A hostile user of abandoned threads and the keys they hold (sweep 38, round 3).
+
+Each test here failed before the fix it names; time runs on the virtual clock of
+:mod:`shoal.testing` wherever it matters.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from typing import Any
+
+import shoal
+from shoal.events import Event, NodeHeld, NodeRetrying
+from shoal.scheduler.driver import Driver
+from shoal.testing import run_virtual
+
+
+class _Attempts:
+    """A sync tool whose first attempt outlives its timeout, let go once it is retried."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.log: list[str] = []
+
+    def work(self, p: str) -> None:
+        n = sum(1 for line in self.log if line.endswith("begins"))
+        self.log.append(f"{n} begins")
+        if n == 0:
+            self.gate.wait(10)
+            time.sleep(0.2)  # (real time) long enough for a retry started early to log first
+        self.log.append(f"{n} ends")
+
+    def sink(self, events: list[Event]) -> Any:
+        def on(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, NodeRetrying):
+                self.gate.set()  # the retry is due: the first attempt's thread ends 0.2 s later
+        return on
+
+
+def _retried(work: _Attempts, **options: Any) -> tuple[shoal.Plan, str]:
+    tool = shoal.tool(work.work, name="w", timeout=1, retries=1, backoff=0.1, **options)
+    plan = shoal.Plan()
+    return plan, plan.call(tool, p="/p").node
+
+
+def test_a_retry_of_a_write_waits_for_the_thread_of_its_own_timed_out_attempt() -> None:
+    # was: the retry started at once, the first attempt's thread still writing file:/p
+    work, events = _Attempts(), list[Event]()
+    plan, node = _retried(work, writes=["file:{p}"])
+    result = run_virtual(shoal.Runtime(on_event=work.sink(events)).run(plan))
+    assert result[node].status == "ok" and result[node].attempts == 2
+    assert work.log == ["0 begins", "0 ends", "1 begins", "1 ends"]
+    (held,) = [e for e in events if isinstance(e, NodeHeld)]
+    assert held.node_id == node and held.by == node
+    assert held.reason == ("waiting for the thread of its own attempt 1, which timed out and "
+                           "still runs, to release file:/p")
+
+
+def test_an_exclusive_retry_waits_for_its_own_thread_and_one_without_keys_does_not() -> None:
+    work, events = _Attempts(), list[Event]()
+    plan, node = _retried(work, exclusive=True)
+    run_virtual(shoal.Runtime(on_event=work.sink(events)).run(plan))
+    assert work.log == ["0 begins", "0 ends", "1 begins", "1 ends"]
+    assert [e.reason for e in events if isinstance(e, NodeHeld)] == [
+        "waiting for the thread of its own attempt 1, which timed out and still runs, to end "
+        f"({node} is exclusive)"]
+    free = _Attempts()  # no key, not exclusive: retried at once, as before
+    plan, node = _retried(free)
+    events.clear()
+    run_virtual(shoal.Runtime(on_event=free.sink(events)).run(plan))
+    assert free.log == ["0 begins", "1 begins", "1 ends"]  # its first thread still runs
+    for _ in range(100):
+        if "0 ends" in free.log:
+            break
+        time.sleep(0.05)
+    assert not [e for e in events if isinstance(e, NodeHeld)]
+
+
+def test_a_retry_held_by_its_own_thread_ends_at_the_runs_deadline() -> None:
+    work = _Attempts()
+    plan, node = _retried(work, writes=["file:{p}"])
+
+    async def main() -> shoal.RunResult:
+        try:
+            return await shoal.Runtime(deadline=5).run(plan)
+        finally:
+            work.gate.set()
+
+    result = run_virtual(main())
+    assert result[node].status == "timed_out"  # at the deadline, not ok
+    assert "1 begins" not in work.log
+
+
+def test_a_thread_that_never_returns_does_not_keep_the_runs_driver_alive() -> None:
+    # was: the abandoned call's ``released`` kept the driver's bound method (and so its
+    # state, journal and results) for as long as the thread ran, here for ever
+    work = _Attempts()
+    tool = shoal.tool(work.work, name="w", timeout=1, writes=["file:{p}"])
+    plan = shoal.Plan()
+    plan.call(tool, p="/p")
+    node = plan.call(tool, p="/p").node  # held by the first one's thread until the deadline
+    try:
+        result = run_virtual(shoal.Runtime(deadline=5).run(plan))
+        assert result[node].status == "cancelled"
+        run_id = result.run_id
+        del result
+        gc.collect()
+        assert not [o for o in gc.get_objects()
+                    if isinstance(o, Driver) and o.state.run_id == run_id]
+    finally:
+        work.gate.set()
+
+
+def test_a_resource_limit_slot_is_held_until_an_abandoned_thread_ends() -> None:
+    # was: 'slow' (reads host:a, a limit of 1) timed out and gave its slot back at once, its
+    # thread still talking to host:a, and 'quick' (reads host:a too: no order between reads)
+    # took it: two calls on host:a at once
+    work = _Attempts()
+    slow = shoal.tool(work.work, name="slow", reads=["host:{p}"], timeout=1)
+    quick = shoal.tool(lambda p: work.log.append("quick runs"), name="quick",
+                       reads=["host:{p}"])
+    plan = shoal.Plan()
+    first = plan.call(slow, p="a")
+    second = plan.call(quick, p="a")
+
+    def sink(event: Event) -> None:
+        if getattr(event, "node_id", None) == first.node and event.kind == "node_finished":
+            work.gate.set()
+
+    runtime = shoal.Runtime(resource_limits={"host:*": 1}, on_event=sink)
+    result = run_virtual(runtime.run(plan))
+    assert result[first.node].status == "timed_out"
+    assert result[second.node].status == "ok"
+    assert work.log == ["0 begins", "0 ends", "quick runs"]
+
+
+def test_a_resource_limit_slot_an_abandoned_thread_kept_is_given_back_at_its_runs_end() -> None:
+    # the run is over (its thread never returns): the next run of the runtime gets the slot
+    work = _Attempts()
+    slow = shoal.tool(work.work, name="slow", reads=["host:{p}"], timeout=1)
+    quick = shoal.tool(lambda p: p, name="quick", reads=["host:{p}"])
+    runtime = shoal.Runtime(resource_limits={"host:*": 1})
+    first, second = shoal.Plan(), shoal.Plan()
+    one = first.call(slow, p="a").node
+    two = second.call(quick, p="a").node
+
+    async def main() -> tuple[shoal.RunResult, shoal.RunResult]:
+        return await runtime.run(first), await runtime.run(second, deadline=5)
+
+    try:
+        ended, after = run_virtual(main())
+        assert ended[one].status == "timed_out" and after[two].status == "ok"
+    finally:
+        work.gate.set()
