@@ -155,3 +155,47 @@ def test_a_resource_limit_slot_an_abandoned_thread_kept_is_given_back_at_its_run
         assert ended[one].status == "timed_out" and after[two].status == "ok"
     finally:
         work.gate.set()
+
+
+def test_the_journal_says_why_a_held_call_started_late(tmp_path: Any) -> None:
+    # was: the journal had no word of the hold: the timeline said the call waited for the
+    # timed-out write to end (at its timeout), then started much later with no reason given
+    from shoal.timeline.journal import from_journal
+
+    spans: dict[str, list[float]] = {}
+
+    def slow(p: str) -> None:
+        spans["slow"] = [time.monotonic()]
+        time.sleep(0.6)
+        spans["slow"].append(time.monotonic())
+
+    plan = shoal.Plan()
+    first = plan.call(shoal.tool(slow, writes=["db:{p}"], timeout=0.1), p="t").node
+    second = plan.call(shoal.tool(lambda p: p, name="quick", writes=["db:{p}"]), p="t").node
+    store = shoal.SQLiteStore(tmp_path / "runs.db")
+    result = shoal.Runtime(store=store).run_sync(plan)
+    assert result[second].status == "ok"
+    why = (f"waiting for the thread of {first!r}, which timed out and still runs, to release "
+           "db:t")
+    (attempt,) = [a for a in store.attempts(result.run_id) if a.node_id == second]
+    assert attempt.held == why
+    (bar,) = [b for b in from_journal(store, result.run_id).bars if b.node_id == second]
+    assert [w.text for w in bar.waits] == [
+        f"waited for {first} (resource conflict: writes db:t / writes db:t); then held: "
+        f"{why}"]
+
+
+def test_the_timeline_says_a_retry_waited_for_its_own_earlier_thread(tmp_path: Any) -> None:
+    from shoal.timeline.journal import from_journal
+
+    work = _Attempts()
+    plan, node = _retried(work, writes=["file:{p}"])
+    store = shoal.SQLiteStore(tmp_path / "runs.db")
+    result = run_virtual(shoal.Runtime(store=store, on_event=work.sink([])).run(plan))
+    assert result[node].attempts == 2
+    why = ("waiting for the thread of its own attempt 1, which timed out and still runs, to "
+           "release file:/p")
+    assert [a.held for a in store.attempts(result.run_id)] == ["", why]
+    (bar,) = from_journal(store, result.run_id).bars
+    (wait,) = bar.waits
+    assert wait.kind == "retry" and wait.text.endswith(f"; then held: {why}")
