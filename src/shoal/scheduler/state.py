@@ -34,6 +34,7 @@ nodes then cost no heap traffic); the best of both goes first.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import operator
@@ -984,7 +985,11 @@ class SchedulerState:
         """
         tool = slot.node.tool
         policy = tool.policy
-        keys = [str(render_key(t, slot.node.args, tool.defaults))
+        args = slot.node.args
+        if slot.node.refs:  # the keys its attempts used, not the plan's wildcards (file:*)
+            with contextlib.suppress(Exception):  # (it ran with them: this does not fail)
+                args = resolve_arguments(args, self._lookup, tool.name)
+        keys = [str(render_key(t, args, tool.defaults))
                 for t in (*policy.reads, *policy.writes, *policy.merges)]
         what = " and ".join(
             ([f"release {', '.join(keys)}"] if keys else [])
