@@ -138,22 +138,22 @@ def test_a_resource_limit_slot_is_held_until_an_abandoned_thread_ends() -> None:
     assert work.log == ["0 begins", "0 ends", "quick runs"]
 
 
-def test_a_resource_limit_slot_an_abandoned_thread_kept_is_given_back_at_its_runs_end() -> None:
-    # the run is over (its thread never returns): the next run of the runtime gets the slot
+def test_a_resource_limit_slot_kept_past_its_runs_end_goes_back_when_the_thread_ends() -> None:
+    # its run is over (run_sync closed its loop): the thread gives the slot back as it ends,
+    # and the next run of the runtime gets it then, not while the thread still uses host:a
     work = _Attempts()
     slow = shoal.tool(work.work, name="slow", reads=["host:{p}"], timeout=0.2)
-    quick = shoal.tool(lambda p: p, name="quick", reads=["host:{p}"])
+    quick = shoal.tool(lambda p: work.log.append("quick runs"), name="quick",
+                       reads=["host:{p}"])
     runtime = shoal.Runtime(resource_limits={"host:*": 1})
     first, second = shoal.Plan(), shoal.Plan()
     one = first.call(slow, p="a").node
     two = second.call(quick, p="a").node
-
-    async def main() -> tuple[shoal.RunResult, shoal.RunResult]:
-        return await runtime.run(first), await runtime.run(second, deadline=1)
-
     try:
-        ended, after = asyncio.run(main())
-        assert ended[one].status == "timed_out" and after[two].status == "ok"
+        assert runtime.run_sync(first)[one].status == "timed_out"
+        threading.Timer(0.3, work.gate.set).start()
+        assert runtime.run_sync(second, deadline=5)[two].status == "ok"
+        assert work.log == ["0 begins", "0 ends", "quick runs"]
     finally:
         work.gate.set()
 
@@ -215,3 +215,27 @@ def test_a_held_retry_names_the_key_its_attempt_used_not_the_plans_wildcard() ->
     assert [e.reason for e in events if isinstance(e, NodeHeld)] == [
         "waiting for the thread of its own attempt 1, which timed out and still runs, to "
         "release file:/x\x1b[2J"]
+
+
+def test_another_run_of_the_runtime_waits_for_the_slot_an_abandoned_thread_keeps() -> None:
+    work = _Attempts()
+    slow = shoal.tool(work.work, name="slow", reads=["host:{p}"], timeout=0.2)
+    quick = shoal.tool(lambda p: work.log.append("quick runs"), name="quick",
+                       reads=["host:{p}"])
+    runtime = shoal.Runtime(resource_limits={"host:*": 1})
+    first, second = shoal.Plan(), shoal.Plan()
+    first.call(slow, p="a")
+    second.call(quick, p="a")
+
+    async def main() -> None:
+        one = runtime.start(first)
+        await asyncio.sleep(0.3)  # 'slow' timed out, its thread still on host:a
+        two = runtime.start(second)
+        await asyncio.sleep(0.2)
+        work.log.append("let go")
+        work.gate.set()
+        await one
+        await two
+
+    asyncio.run(main())
+    assert work.log == ["0 begins", "let go", "0 ends", "quick runs"]

@@ -78,6 +78,7 @@ from shoal.limits import within_files_limit
 from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.eager import ends_in_first_step
+from shoal.scheduler.gates import GiveBack
 from shoal.scheduler.scope import RunScope, Settles, events_origin, inject
 from shoal.scheduler.selfwait import awaiter, cycle_error
 from shoal.scheduler.state import (
@@ -576,9 +577,17 @@ class Driver:
             handle.cancel()
         self._timers = None
         holding, self._holding = self._holding, None
-        for call in (holding or {}).values():
-            call.released = None  # its thread keeps the call, not this driver
-        self._share_gates(self.state.let_go())  # the resource_limits slots it kept
+        kept = self.state.let_go()  # the resource_limits slots its abandoned work keeps
+        for pos, call in (holding or {}).items():
+            gates = kept.pop(pos, None)
+            # its thread keeps the call, not this driver: what it still holds is given back
+            # by itself when it ends (now, if it ended meanwhile)
+            give = None if gates is None else GiveBack(gates, self.state.shared_limits)
+            call.released = give
+            if give is not None and call.ended_at is not None:
+                give(call)
+        for gates in kept.values():  # (no call: nothing to wait for)
+            GiveBack(gates, self.state.shared_limits)(None)
         self.state.shared_limits.forget(self)
 
     def _ended_run(self) -> RunResult:
@@ -1779,7 +1788,11 @@ class Driver:
         Run on the loop (a pool thread hands it over); ignored for an attempt that holds
         nothing (it was retried, or the run is over: the held calls ended with it).
         """
-        if call.released is None or self.state.finished:
+        hook = call.released
+        if isinstance(hook, GiveBack):  # ended after its run did: what it kept goes back
+            hook(call)
+            return
+        if hook is None or self.state.finished:
             return
         call.released = None
         if self._holding is not None:

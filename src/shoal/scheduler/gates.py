@@ -92,6 +92,32 @@ class SharedLimits:
                 waiting.pop(run, None)
 
 
+class GiveBack:
+    """Gives back the ``resource_limits`` slots an abandoned call keeps, once its work ends.
+
+    What a run leaves with such a call as it ends (its ``Call.released``): the slots stay
+    taken for the runtime's other runs until the thread returns, without keeping the run.
+    Called once on any thread (a pool thread's, when the run's loop is closed); later calls
+    do nothing.
+    """
+
+    __slots__ = ("_gates", "_shared")
+    any_thread = True  # (see shoal.executors.thread._released)
+
+    def __init__(self, gates: tuple[ConcurrencyLimit, ...], shared: SharedLimits) -> None:
+        self._gates = gates
+        self._shared = shared
+
+    def __call__(self, call: object) -> None:
+        """Give the slots back (the first time) and tell the runs waiting on them."""
+        with self._shared.lock:
+            gates, self._gates = self._gates, ()
+            for gate in gates:
+                gate.release()
+        for gate in gates:
+            self._shared.freed(gate, self)
+
+
 #: The sets of gated backends made so far, by their names in order: every run of a runtime
 #: has the same (its thread and process workers), and a swarm keeps a run per agent.
 _GATED: dict[tuple[str, ...], frozenset[str]] = {}

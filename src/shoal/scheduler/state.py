@@ -961,17 +961,14 @@ class SchedulerState:
             self._dispatch(now, d)
         return d
 
-    def let_go(self) -> Decisions:
-        """The run ended: the ``resource_limits`` slots its abandoned work kept are given back.
+    def let_go(self) -> dict[int, tuple[ConcurrencyLimit, ...]]:
+        """The run ended: the ``resource_limits`` slots its abandoned work keeps, by node.
 
-        Its other runs may go on (they share the runtime's limits), and this run's state
-        hears no more of that work (see ``Driver``: its end is no longer asked for).
+        This run's state hears no more of that work (see ``Driver``: its end is no longer
+        asked for); the caller gives them back when it ends (``gates.GiveBack``).
         """
-        d = Decisions()
         kept, self._kept = self._kept, None
-        for gates in (kept or {}).values():
-            self._release_gates(gates, d)
-        return d
+        return kept or {}
 
     def holds(self, pos: int) -> bool:
         """Whether the node at ``pos`` holds others until its abandoned work ends."""
