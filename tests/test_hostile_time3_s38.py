@@ -239,3 +239,23 @@ def test_another_run_of_the_runtime_waits_for_the_slot_an_abandoned_thread_keeps
 
     asyncio.run(main())
     assert work.log == ["0 begins", "let go", "0 ends", "quick runs"]
+
+
+def test_the_snapshot_lists_a_retry_held_by_its_own_thread() -> None:
+    work = _Attempts()
+    plan, node = _retried(work, writes=["file:{p}"])
+    handles: list[shoal.RunHandle] = []
+    seen: list[Any] = []
+
+    def sink(event: Event) -> None:
+        if isinstance(event, NodeRetrying):
+            seen.append(handles[0].snapshot().held)
+            work.gate.set()
+
+    async def main() -> shoal.RunResult:
+        handles.append(shoal.Runtime(on_event=sink).start(plan))
+        return await handles[0]
+
+    assert asyncio.run(main())[node].status == "ok"
+    assert seen == [[(node, "w", "waiting for the thread of its own attempt 1, which timed out "
+                                 "and still runs, to release file:/p")]]
