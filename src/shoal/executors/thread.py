@@ -588,8 +588,11 @@ def _released(job: PoolJob) -> None:
     """
     hook, loop = job.call.released, job.sink.loop
     if hook is not None and loop is not None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: its run is over
+        try:
             loop.call_soon_threadsafe(hook, job.call)
+        except RuntimeError:  # a closed loop: its run is over; what it left may still run
+            if getattr(hook, "any_thread", False):
+                hook(job.call)
 
 
 def _run_async(fn: Callable[..., Any], args: dict[str, Any]) -> Any:

@@ -78,6 +78,7 @@ from shoal.limits import within_files_limit
 from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.eager import ends_in_first_step
+from shoal.scheduler.gates import GiveBack
 from shoal.scheduler.scope import RunScope, Settles, events_origin, inject
 from shoal.scheduler.selfwait import awaiter, cycle_error
 from shoal.scheduler.state import (
@@ -195,7 +196,8 @@ class Driver:
         "_context", "_ctrl_c_here", "_deadline", "_desk", "_early", "_ends_each", "_entered",
         "_epoch",
         "_executor_for", "_executors", "_finished", "_given_clock", "_graced", "_handed",
-        "_handing", "_hosts", "_internal", "_journal", "_journaled_early", "_late", "_lean_due",
+        "_handing", "_holding", "_hosts", "_internal", "_journal", "_journaled_early", "_late",
+        "_lean_due",
         "_loop",
         "_observer", "_on_end", "_on_pool", "_origin_epoch",
         "_pool_returned", "_quick",
@@ -347,6 +349,10 @@ class Driver:
         # abandoned (their end, if it ever comes, is not reported). Made on first use.
         self._graced: dict[int, tuple[asyncio.TimerHandle, AttemptStatus]] | None = None
         self._late: dict[int, Call] | None = None
+        # position -> an abandoned call whose work still runs and holds others (resource keys,
+        # exclusivity, resource_limits slots) until it ends: let go at the run's end, so a
+        # thread that never returns does not keep this driver alive. Made on first use.
+        self._holding: dict[int, Call] | None = None
         # position -> the nodes its attempt waits on now (see wait_from); made on first use
         self._waits: dict[int, list[int]] | None = None
 
@@ -570,6 +576,18 @@ class Driver:
         for handle in self._timers or ():
             handle.cancel()
         self._timers = None
+        holding, self._holding = self._holding, None
+        kept = self.state.let_go()  # the resource_limits slots its abandoned work keeps
+        for pos, call in (holding or {}).items():
+            gates = kept.pop(pos, None)
+            # its thread keeps the call, not this driver: what it still holds is given back
+            # by itself when it ends (now, if it ended meanwhile)
+            give = None if gates is None else GiveBack(gates, self.state.shared_limits)
+            call.released = give
+            if give is not None and call.ended_at is not None:
+                give(call)
+        for gates in kept.values():  # (no call: nothing to wait for)
+            GiveBack(gates, self.state.shared_limits)(None)
         self.state.shared_limits.forget(self.state)
 
     def _ended_run(self) -> RunResult:
@@ -1749,8 +1767,13 @@ class Driver:
             if result.abandoned and call.isolation == "thread" and not result.running_on:
                 result.running_on = self._watch_end(call)
             self._apply(self.state.finish(call.pos, result, now))
-            if call.released is not None and not self.state.holds(call.pos):
-                call.released = None  # retried, or nothing to hold: its end is not wanted
+            if call.released is not None:
+                if not self.state.holds(call.pos):
+                    call.released = None  # nothing to hold: its end is not wanted
+                else:
+                    if self._holding is None:
+                        self._holding = {}
+                    self._holding[call.pos] = call
             # this attempt's own values: a NodeContext points back to the call, a cycle only
             # a full pass would free. Not those of an abandoned attempt: its work may still
             # be about to read them (a pool thread takes the arguments when it starts it)
@@ -1778,9 +1801,15 @@ class Driver:
         Run on the loop (a pool thread hands it over); ignored for an attempt that holds
         nothing (it was retried, or the run is over: the held calls ended with it).
         """
-        if call.released is None or self.state.finished:
+        hook = call.released
+        if isinstance(hook, GiveBack):  # ended after its run did: what it kept goes back
+            hook(call)
+            return
+        if hook is None or self.state.finished:
             return
         call.released = None
+        if self._holding is not None:
+            self._holding.pop(call.pos, None)
         assert self._context is not None
         self._context.run(self._report, self._feed_released, call)
 

@@ -178,6 +178,32 @@ def _room(gate: ConcurrencyLimit, line: _Line) -> int:
     return gate.capacity - gate.in_use - len(line.told)
 
 
+class GiveBack:
+    """Gives back the ``resource_limits`` slots an abandoned call keeps, once its work ends.
+
+    What a run leaves with such a call as it ends (its ``Call.released``): the slots stay
+    taken for the runtime's other runs until the thread returns, without keeping the run.
+    Called once on any thread (a pool thread's, when the run's loop is closed); later calls
+    do nothing.
+    """
+
+    __slots__ = ("_gates", "_shared")
+    any_thread = True  # (see shoal.executors.thread._released)
+
+    def __init__(self, gates: tuple[ConcurrencyLimit, ...], shared: SharedLimits) -> None:
+        self._gates = gates
+        self._shared = shared
+
+    def __call__(self, call: object) -> None:
+        """Give the slots back (the first time) and tell the runs waiting on them."""
+        with self._shared.lock:
+            gates, self._gates = self._gates, ()
+            for gate in gates:
+                gate.release()
+        for gate in gates:
+            self._shared.freed(gate)
+
+
 #: The sets of gated backends made so far, by their names in order: every run of a runtime
 #: has the same (its thread and process workers), and a swarm keeps a run per agent.
 _GATED: dict[tuple[str, ...], frozenset[str]] = {}
@@ -250,6 +276,12 @@ class Gates:
         if self._resource_limits:
             gates += self._key_gates(tool, args)
         return tuple(gates)
+
+    def key_gates(self, gates: tuple[ConcurrencyLimit, ...]) -> tuple[ConcurrencyLimit, ...]:
+        """Those of ``gates`` that are ``resource_limits`` slots (of a key, not a tool)."""
+        limits = self._key_limits
+        return tuple(gate for gate in gates if gate.name.startswith("resource ")
+                     and limits.get(gate.name[len("resource "):]) is gate)
 
     def _executor_gate(self, executor: str) -> ConcurrencyLimit:
         """The worker-count gate of backend ``executor`` (the runtime's, taken on first use)."""

@@ -34,6 +34,7 @@ nodes then cost no heap traffic); the best of both goes first.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import operator
@@ -45,7 +46,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 from shoal.approvals.ledger import approval_hash, hash_and_kind
 from shoal.approvals.policy import approval_reason, request_id
-from shoal.deps import Graph
+from shoal.deps import Graph, render_key
 from shoal.events import (
     ApprovalDecided,
     ApprovalRequested,
@@ -298,10 +299,13 @@ class _Rare:
     """The fields of a slot that few nodes ever set: approvals, cancellations, skips, maps."""
 
     __slots__ = ("abandoned", "approval", "cancel_reason", "cancel_status", "failed_before",
-                 "items", "root")
+                 "held_due", "items", "root")
 
     def __init__(self) -> None:
         self.abandoned = 0  # attempts abandoned with their work still running (see finish)
+        # a retry held for its own abandoned attempt's work whose back-off is over: it is
+        # queued once that work ends (see released)
+        self.held_due = False
         self.failed_before = ""  # how its last attempt ended, once a retry is due (see finish)
         self.approval: _Approval | None = None  # set once the node was asked about
         self.cancel_reason = ""
@@ -554,7 +558,8 @@ class SchedulerState:
     __slots__ = (
         "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
         "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_heap", "_held",
-        "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
+        "_kept", "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng",
+        "_slots",
         "_sorted", "_sorting", "_spare", "before_expand", "clock_origin", "closed", "ctrl_c_here",
         "done_count",
         "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id", "status_counts",
@@ -654,6 +659,8 @@ class SchedulerState:
         # abandoned nodes whose work still runs -> the nodes their resource and exclusive
         # edges hold until it ends, each with why (made when the first is held)
         self._held: dict[int, dict[int, str]] | None = None
+        # abandoned nodes whose work still runs -> the resource_limits slots it still holds
+        self._kept: dict[int, tuple[ConcurrencyLimit, ...]] | None = None
 
     @property
     def slots(self) -> _SlotsView:
@@ -773,7 +780,8 @@ class SchedulerState:
     def finish(self, pos: int, result: AttemptResult, now: float) -> Decisions:
         """An attempt ended: retry it, or record the outcome and release its dependents."""
         d = Decisions()
-        slot = self._attempt_ended(pos, result.where, d)
+        running_on = result.abandoned and result.running_on
+        slot = self._attempt_ended(pos, result.where, d, running_on)
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
         status = slot.cancel_status if result.status == "cancelled" else result.status
@@ -786,6 +794,8 @@ class SchedulerState:
             self._set_phase(slot, Phase.BACKOFF)
             d.timer(now + delay, "retry", pos)
             failed = str(ErrorInfo.from_exception(result.error, with_traceback=False))
+            if running_on and _orders(slot.node.tool):
+                self._hold_own(slot, status, now, d)
             # kept for its outcome, should the call be stopped before its next attempt ends
             slot.own().failed_before = f"attempt {slot.attempts} ended {status}: {failed}"
             if self.record_events:
@@ -810,7 +820,7 @@ class SchedulerState:
             self._record(slot, status, end, d, value=result.value, error=error, reason=said,
                          abandoned=result.abandoned,
                          interrupted=stopped and (result.abandoned or not result.unstarted),
-                         holds=result.abandoned and result.running_on)
+                         holds=running_on)
         self._dispatch(now, d)
         return d
 
@@ -902,14 +912,27 @@ class SchedulerState:
         return bool(self.graph.succs[pos]) or not isinstance(slot, _Slot) or (
             slot.gather >= 0 or bool(slot.gates))
 
-    def _attempt_ended(self, pos: int, where: str, d: Decisions) -> _Slot:
-        """The running node at ``pos``, its attempt over: give back what the attempt held."""
+    def _attempt_ended(self, pos: int, where: str, d: Decisions,
+                       running_on: bool = False) -> _Slot:
+        """The running node at ``pos``, its attempt over: give back what the attempt held.
+
+        ``running_on``: its abandoned work still runs, and keeps its ``resource_limits`` slots
+        until :meth:`released` (or the run's end, :meth:`let_go`).
+        """
         slot = self._slots[pos]
         assert isinstance(slot, _Slot), f"{self.graph.nodes[pos].id} ended twice"
         self._global.in_use -= 1
         del self.in_flight[pos]
-        if slot.gates:
-            self._release(slot, d)
+        gates = slot.gates
+        if gates:
+            if running_on:
+                keys = self._gates.key_gates(gates)
+                if keys:
+                    if self._kept is None:
+                        self._kept = {}
+                    self._kept[pos] = keys
+                    gates = tuple(gate for gate in gates if gate not in keys)
+            self._release_gates(gates, d)
         slot.where = where or slot.where
         return slot
 
@@ -923,28 +946,83 @@ class SchedulerState:
         """
         d = Decisions()
         held = self._held.pop(pos, None) if self._held else None
-        for succ in held or ():
+        kept = self._kept.pop(pos, None) if self._kept else None
+        if kept:
+            self._release_gates(kept, d)
+        for succ, why in (held or {}).items():
             after = self._slots[succ]
-            if isinstance(after, _Slot) and after.phase is Phase.WAITING:
+            if not isinstance(after, _Slot):
+                continue  # ended meanwhile (cancelled, the run's deadline)
+            if succ == pos:  # its own retry (see _hold_own): due once its back-off is over too
+                self._end_own_hold(after, why)
+            elif after.phase is Phase.WAITING:
                 after.waiting -= 1
                 if after.waiting == 0:
                     self._make_ready(after, now, d)
-        if held:
+                    after.held = why  # journaled with its start: why it was ready so late
+        if held or kept:
             self._dispatch(now, d)
         return d
 
+    def let_go(self) -> dict[int, tuple[ConcurrencyLimit, ...]]:
+        """The run ended: the ``resource_limits`` slots its abandoned work keeps, by node.
+
+        This run's state hears no more of that work (see ``Driver``: its end is no longer
+        asked for); the caller gives them back when it ends (``gates.GiveBack``).
+        """
+        kept, self._kept = self._kept, None
+        return kept or {}
+
     def holds(self, pos: int) -> bool:
         """Whether the node at ``pos`` holds others until its abandoned work ends."""
-        held = self._held
-        return held is not None and pos in held
+        held, kept = self._held, self._kept
+        return (held is not None and pos in held) or (kept is not None and pos in kept)
+
+    def _hold_own(self, slot: _Slot, status: Status, now: float, d: Decisions) -> None:
+        """``slot``'s retry waits for its own abandoned attempt's work, which still runs.
+
+        It reads or writes resource keys, or is exclusive: the two attempts must not overlap.
+        """
+        tool = slot.node.tool
+        policy = tool.policy
+        args = slot.node.args
+        if slot.node.refs:  # the keys its attempts used, not the plan's wildcards (file:*)
+            with contextlib.suppress(Exception):  # (it ran with them: this does not fail)
+                args = resolve_arguments(args, self._lookup, tool.name)
+        keys = [str(render_key(t, args, tool.defaults))
+                for t in (*policy.reads, *policy.writes, *policy.merges)]
+        what = " and ".join(
+            ([f"release {', '.join(keys)}"] if keys else [])
+            + ([f"end ({slot.node.id} is exclusive)"] if policy.exclusive else []))
+        work = "thread" if slot.executor == "thread" else "task"
+        why = (f"waiting for the {work} of its own attempt {slot.attempts}, which "
+               f"{status.replace('_', ' ')} and still runs, to {what}")
+        if self._held is None:
+            self._held = {}
+        self._held.setdefault(slot.pos, {})[slot.pos] = why
+        if self.record_events:
+            d.event(NodeHeld(run_id=self.run_id, time=now, node_id=slot.node.id,
+                             tool=tool.name, reason=why, by=slot.node.id))
+
+    def _end_own_hold(self, slot: _Slot, why: str) -> None:
+        """Its own earlier attempt's work ended: its retry goes, if its back-off is over.
+
+        (If not, the back-off's end queues it as usual: the hold cost it no time.)
+        """
+        if slot.phase is Phase.BACKOFF and slot.rare.held_due:
+            slot.rare.held_due = False
+            self._set_phase(slot, Phase.READY)
+            slot.held = why  # journaled with its start: why it started so late
+            heapq.heappush(self._heap, (slot.priority, slot.pos))
 
     def held(self) -> list[tuple[str, str, str]]:
         """(node id, tool, why) of every node waiting for an abandoned call's work to end."""
         found: list[tuple[str, str, str]] = []
-        for waits in (self._held or {}).values():
+        for by, waits in (self._held or {}).items():
             for pos, why in waits.items():
                 slot = self._slots[pos]
-                if isinstance(slot, _Slot) and slot.phase is Phase.WAITING:
+                if isinstance(slot, _Slot) and (slot.phase is Phase.WAITING or (
+                        pos == by and slot.phase is Phase.BACKOFF)):
                     found.append((slot.node.id, slot.node.tool.name, why))
         return found
 
@@ -953,6 +1031,9 @@ class SchedulerState:
         d = Decisions()
         slot = self._slots[pos]
         if slot.phase is Phase.BACKOFF and isinstance(slot, _Slot):
+            if self._held and pos in self._held.get(pos, ()):
+                slot.own().held_due = True  # its own earlier attempt still runs: released()
+                return d
             self._set_phase(slot, Phase.READY)
             heapq.heappush(self._heap, (slot.priority, pos))
             self._dispatch(now, d)
@@ -1785,7 +1866,10 @@ class SchedulerState:
 
         (The run-wide limit and ``in_flight`` are given back by :meth:`finish` itself.)
         """
-        gates = slot.gates or ()
+        self._release_gates(slot.gates or (), d)
+
+    def _release_gates(self, gates: tuple[ConcurrencyLimit, ...], d: Decisions) -> None:
+        """:meth:`_release` for these gates."""
         lock = self._gates.lock  # runs on other threads' loops take and give back these too
         lock.acquire()  # not ``with``: half the cost, paid by every call with a limit
         try:
@@ -2003,6 +2087,12 @@ def _end_of(ended: float | None, started: float | None, now: float) -> float:
     if ended is None or ended > now:
         return now
     return ended if started is None or ended >= started else started
+
+
+def _orders(tool: Tool[..., Any]) -> bool:
+    """Whether ``tool``'s calls are ordered against others: resource keys, or exclusive."""
+    policy = tool.policy
+    return bool(policy.reads or policy.writes or policy.merges or policy.exclusive)
 
 
 def _held_why(node_id: str, outcome: Outcome, edges: Sequence[Any]) -> str:

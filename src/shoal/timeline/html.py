@@ -560,7 +560,8 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
         tr.appendChild(el("td", "", secs(a[0]) + " \u2192 " + (has(a[1]) ? secs(a[1]) :
           a[2] === "running" ? "now" : "no end recorded") + "  " + str(a[2]) +
           (a[3] ? ": " + str(a[3]) : "") +
-          (a[4] ? " (held by " + str(a[4]) + ")" : "")));
+          (a[4] ? (str(a[4]).indexOf("waiting for the ") === 0 ? " (held: " : " (held by ") +
+            str(a[4]) + ")" : "")));
         at.appendChild(tr);
       });
       pbody.appendChild(at);

@@ -225,6 +225,11 @@ def model_reply(value: Any) -> str:
     return "\n".join(line for line in lines if line)
 
 
+#: how the journal's ``held`` of a call held for an abandoned call's work begins
+#: (``shoal.scheduler.state``): that call ended, its thread or task had not
+_HELD_BY_ABANDONED = ("waiting for the thread of ", "waiting for the task of ")
+
+
 def explain(bar: Bar, by_key: Mapping[str, Bar], run_start: float,
             approvals: Sequence[tuple[float, float | None, str]] = (),
             limits: str = "") -> None:
@@ -236,11 +241,16 @@ def explain(bar: Bar, by_key: Mapping[str, Bar], run_start: float,
     first attempt names the one that did).
     """
     waits: list[Wait] = []
-    if bar.attempts and bar.attempts[0].held:
-        limits = bar.attempts[0].held
+    held = bar.attempts[0].held if bar.attempts else ""
+    abandoned = held.startswith(_HELD_BY_ABANDONED)  # not a limit: see Driver._work_ended
+    if held and not abandoned:
+        limits = held
     ready = bar.queued
     if ready is not None and bar.preds and ready - run_start > WAIT_SHOWN:
-        waits.append(_dependency_wait(bar, by_key, run_start, ready))
+        wait = _dependency_wait(bar, by_key, run_start, ready)
+        if abandoned:  # its input ended (timed out) well before it was ready: say why
+            wait = Wait(wait.kind, wait.start, wait.end, f"{wait.text}; then held: {held}")
+        waits.append(wait)
     first = bar.attempts[0].start if bar.attempts else bar.start
     held_by_approval = 0.0
     for requested, decided, what in approvals:
@@ -260,8 +270,13 @@ def explain(bar: Bar, by_key: Mapping[str, Bar], run_start: float,
             why = f"attempt {bar.attempts.index(before) + 1} {before.status or 'failed'}"
             waits.append(Wait("retry", before.end, after.start, f"retry backoff after {why}"
                               + (f": {preview(before.error, 300)}" if before.error else "")
-                              + (f"; then held by {after.held}" if after.held else "")))
+                              + (f"; then held{_held_by(after.held)}" if after.held else "")))
     bar.waits = waits
+
+
+def _held_by(held: str) -> str:
+    """What follows "held" for a journaled ``held``: a limit's name, or why (abandoned work)."""
+    return f": {held}" if held.startswith(_HELD_BY_ABANDONED) else f" by {held}"
 
 
 def _dependency_wait(bar: Bar, by_key: Mapping[str, Bar], since: float, ready: float) -> Wait:
