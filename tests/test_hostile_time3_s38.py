@@ -167,11 +167,11 @@ def test_the_journal_says_why_a_held_call_started_late(tmp_path: Any) -> None:
 
     def slow(p: str) -> None:
         spans["slow"] = [time.monotonic()]
-        time.sleep(0.6)
+        time.sleep(0.9)
         spans["slow"].append(time.monotonic())
 
     plan = shoal.Plan()
-    first = plan.call(shoal.tool(slow, writes=["db:{p}"], timeout=0.1), p="t").node
+    first = plan.call(shoal.tool(slow, writes=["db:{p}"], timeout=0.3), p="t").node
     second = plan.call(shoal.tool(lambda p: p, name="quick", writes=["db:{p}"]), p="t").node
     store = shoal.SQLiteStore(tmp_path / "runs.db")
     result = shoal.Runtime(store=store).run_sync(plan)
