@@ -575,7 +575,7 @@ class SQLiteStore:
                 db.executemany(
                     "UPDATE runs SET status = ?, finished_at = ?, counts = ?, makespan = ? "
                     "WHERE run_id = ?",
-                    [(f.status, f.finished_at, json.dumps(dict(f.counts)), f.makespan, f.run_id)
+                    [(f.status, f.finished_at, _json_text(dict(f.counts)), f.makespan, f.run_id)
                      for f in finished])
 
     def claim_run(self, run_id: str) -> RunClaim:
@@ -782,7 +782,7 @@ class SQLiteStore:
             self._need_run(db, run_id)
             db.execute("INSERT INTO cancels (run_id, node_ids, reason, requested_at) "
                        "VALUES (?, ?, ?, ?)",
-                       (run_id, json.dumps(list(node_ids)), reason, time.time()))
+                       (run_id, _json_text(list(node_ids)), reason, time.time()))
 
     def runs_with_cancel_requests(self) -> list[str]:
         """The run ids with a cancel request not taken yet (one look for every run here).
@@ -802,7 +802,7 @@ class SQLiteStore:
             rows = db.execute("SELECT id, run_id, node_ids, reason, requested_at FROM cancels "
                               "WHERE run_id = ? AND taken = 0 ORDER BY id", (run_id,)).fetchall()
             db.executemany("UPDATE cancels SET taken = 1 WHERE id = ?", [(r[0],) for r in rows])
-        return [CancelRequest(r[0], _str(r[1]), tuple(json.loads(r[2])), _str(r[3]), r[4])
+        return [CancelRequest(r[0], _str(r[1]), tuple(json.loads(_str(r[2]))), _str(r[3]), r[4])
                 for r in rows]
 
     def open_cancel_requests(self, run_id: str) -> int:
@@ -935,9 +935,9 @@ def _event_json(event: Event) -> str:
     data = {name: getattr(event, name) for name in names}
     data["kind"] = kind.__name__
     try:
-        return json.dumps(data)
+        return _json_text(data)
     except (TypeError, ValueError):  # a field JSON cannot hold as it is
-        return json.dumps(event.to_dict())
+        return _json_text(event.to_dict())
 
 
 def _event_dict(cell: Any) -> dict[str, Any]:
@@ -949,7 +949,7 @@ def _event_dict(cell: Any) -> dict[str, Any]:
 
 def _run_row(r: RunRecord) -> tuple[Any, ...]:
     return (r.run_id, r.name, r.status, r.started_at, r.finished_at, r.nodes, r.fingerprint,
-            json.dumps(dict(r.plan)), json.dumps(dict(r.source)), json.dumps(dict(r.counts)),
+            _json_text(dict(r.plan)), _json_text(dict(r.source)), _json_text(dict(r.counts)),
             r.makespan, r.sessions, r.heartbeat, r.pid, r.host, r.pid_start)
 
 
@@ -979,7 +979,7 @@ def _outcome_row(record: OutcomeRecord) -> tuple[Any, ...]:
         encoding, payload, view = encoded.encoding, encoded.payload, encoded.view
     else:
         encoding, payload, view = "json", b"null", None
-    error = None if o.error is None else json.dumps(
+    error = None if o.error is None else _json_text(
         {"type": o.error.type, "message": o.error.message, "traceback": o.error.traceback})
     return (record.run_id, record.position, o.node_id, o.tool, o.status, encoding, payload,
             view, error, o.reason, o.attempts, o.queued_at, o.started_at, o.finished_at,
@@ -1083,7 +1083,7 @@ def _value(encoding: str, payload: Any, view: Any, decode: bool) -> tuple[Any, b
 
 
 def _approval_row(r: ApprovalRecord) -> tuple[Any, ...]:
-    return (r.run_id, r.node_id, r.tool, r.args_hash, json.dumps(jsonable(r.arguments)), r.kind,
+    return (r.run_id, r.node_id, r.tool, r.args_hash, _json_text(jsonable(r.arguments)), r.kind,
             r.requested_at, r.decision, r.decided_by, r.decided_at, r.reason, int(r.used))
 
 
@@ -1136,6 +1136,18 @@ def _bind(params: Sequence[Any]) -> Sequence[Any]:
         if type(param) is str and not param.isascii():
             return tuple(_sql_text(p) if type(p) is str else p for p in params)
     return params
+
+
+def _json_text(data: Any) -> str:
+    r"""``data`` as JSON text that reads back exactly: its text as it is, not escaped.
+
+    JSON's escapes read a high surrogate's followed by a low one's as one character, so the
+    two code points ``"\ud83d\ude00"`` (a surrogate pair in an error message, a node id)
+    came back as ``"\U0001f600"``: a resumed run's plan then differed from the fresh one,
+    and a cancel request named no node. Unescaped, such text is bound as any text is
+    (:func:`_bind`: as its ``surrogatepass`` bytes) and :func:`_str` reads it back as written.
+    """
+    return json.dumps(data, ensure_ascii=False)
 
 
 def _sql_text(text: str) -> str | bytes:
