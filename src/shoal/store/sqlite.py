@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import math
@@ -150,6 +151,19 @@ _RUN_COLUMNS = ("run_id, name, status, started_at, finished_at, nodes, fingerpri
 _OUTCOME_COLUMNS = ("node_id, tool, status, encoding, value, view, error, reason, attempts, "
                     "queued_at, started_at, finished_at, executor, abandoned, ran_on, interrupted, "
                     "edited")
+# how an attempt and a run end: ``UPDATE ... FROM`` a ``VALUES`` list (see _Bound.update)
+_END_ATTEMPTS = (
+    "UPDATE attempts SET ended_at = e.column1, status = e.column2, error = e.column3, "
+    "ran_on = e.column4 FROM (VALUES ",
+    ") AS e WHERE attempts.run_id = e.column5 AND attempts.session = e.column6 AND "
+    "attempts.node_id = e.column7 AND attempts.attempt = e.column8")
+_END_RUNS = (
+    "UPDATE runs SET status = e.column1, finished_at = e.column2, counts = e.column3, "
+    "makespan = e.column4 FROM (VALUES ", ") AS e WHERE runs.run_id = e.column5")
+#: rows per statement of many (see _Bound.rows), largest first: a batch of rows takes few
+#: statements (those of 128 rows, then at most one of each smaller size), and few texts of
+#: statements are prepared (SQLite allows 32,766 parameters: 128 rows of 19 are 2,432)
+_CHUNKS = (128, 64, 32, 16, 8, 4, 2, 1)
 _APPROVAL_COLUMNS = ("run_id, node_id, tool, args_hash, arguments, kind, requested_at, "
                      "decision, decided_by, decided_at, reason, used")
 
@@ -169,6 +183,30 @@ class _Bound:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
         """``conn.executemany`` with bound parameters."""
         return self.conn.executemany(sql, map(_bind, rows))
+
+    def rows(self, head: str, width: int, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
+        """``head``, then ``rows`` (of ``width`` values each) as one ``VALUES`` list, ``tail``.
+
+        A statement per chunk of rows (see :func:`_chunks`), not per row: SQLite releases
+        the GIL for each step of a statement, and ``executemany`` steps once per row, so the
+        journal's writer waited to retake the GIL once per row (up to the interpreter's
+        switch interval each, while the loop's thread ran), and a swarm's steps waited for it.
+        """
+        for chunk in _chunks(rows):
+            params = [param for row in chunk for param in _bind(row)]
+            self.conn.execute(_values_sql(head, width, len(chunk), tail), params)
+
+    def update(self, sql: tuple[str, str], width: int, rows: Sequence[Sequence[Any]], *,
+               key: int) -> None:
+        """``UPDATE ... FROM (VALUES ...)`` of ``rows``, whose last ``key`` values name the row.
+
+        ``sql`` is the statement before and after the ``VALUES`` list. Rows naming one row
+        twice go one by one, in order (from a ``VALUES`` list SQLite takes either).
+        """
+        if len({row[-key:] for row in rows}) < len(rows):
+            self.executemany(_one_row_sql(sql, width), rows)
+        else:
+            self.rows(sql[0], width, rows, sql[1])
 
 
 class SQLiteStore:
@@ -541,42 +579,37 @@ class SQLiteStore:
     # ---- writing ------------------------------------------------------------------------
 
     def write(self, records: Sequence[Record]) -> None:
-        """Store ``records`` in one transaction: run rows, attempts, outcomes, events, ends."""
+        """Store ``records`` in one transaction: run rows, attempts, outcomes, events, ends.
+
+        Each kind is written by few statements of many rows (see :meth:`_Bound.rows`), in
+        the order given within the kind.
+        """
         runs, starts, ends, outcomes, events, finished, effects = _split(records)
         with self._writing() as db:
             if runs:
-                db.executemany(
-                    f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES "
-                    f"({', '.join('?' * 16)})", [_run_row(r) for r in runs])
+                db.rows(f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES ", 16,
+                        [_run_row(r) for r in runs])
             if starts:
-                db.executemany(
-                    "INSERT OR REPLACE INTO attempts (run_id, session, node_id, attempt, tool, "
-                    "executor, started_at, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(s.run_id, s.session, s.node_id, s.attempt, s.tool, s.executor, s.at,
-                      s.held) for s in starts])
+                db.rows("INSERT OR REPLACE INTO attempts (run_id, session, node_id, attempt, "
+                        "tool, executor, started_at, held) VALUES ", 8,
+                        [(s.run_id, s.session, s.node_id, s.attempt, s.tool, s.executor, s.at,
+                          s.held) for s in starts])
             if ends:
-                db.executemany(
-                    "UPDATE attempts SET ended_at = ?, status = ?, error = ?, ran_on = ? "
-                    "WHERE run_id = ? AND session = ? AND node_id = ? AND attempt = ?",
-                    [(e.at, e.status, e.error, e.where, e.run_id, e.session, e.node_id,
-                      e.attempt) for e in ends])
+                db.update(_END_ATTEMPTS, 8, [(e.at, e.status, e.error, e.where, e.run_id,
+                                              e.session, e.node_id, e.attempt) for e in ends],
+                          key=4)
             if outcomes:
-                db.executemany(
-                    f"INSERT OR REPLACE INTO outcomes (run_id, position, {_OUTCOME_COLUMNS}) "
-                    f"VALUES ({', '.join('?' * 19)})", [_outcome_row(o) for o in outcomes])
+                db.rows(f"INSERT OR REPLACE INTO outcomes (run_id, position, {_OUTCOME_COLUMNS})"
+                        " VALUES ", 19, [_outcome_row(o) for o in outcomes])
             if effects:
-                db.executemany(
-                    "INSERT OR REPLACE INTO effects (run_id, node_id, kind, encoding, value, view)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", [_effect_row(e) for e in effects])
+                db.rows("INSERT OR REPLACE INTO effects (run_id, node_id, kind, encoding, value, "
+                        "view) VALUES ", 6, [_effect_row(e) for e in effects])
             if events:
-                db.executemany("INSERT INTO events (run_id, data) VALUES (?, ?)",
-                               [(e.run_id, _event_json(e.event)) for e in events])
+                db.rows("INSERT INTO events (run_id, data) VALUES ", 2,
+                        [(e.run_id, _event_json(e.event)) for e in events])
             if finished:
-                db.executemany(
-                    "UPDATE runs SET status = ?, finished_at = ?, counts = ?, makespan = ? "
-                    "WHERE run_id = ?",
-                    [(f.status, f.finished_at, _json_text(dict(f.counts)), f.makespan, f.run_id)
-                     for f in finished])
+                db.update(_END_RUNS, 5, [(f.status, f.finished_at, _json_text(dict(f.counts)),
+                                          f.makespan, f.run_id) for f in finished], key=4)
 
     def claim_run(self, run_id: str) -> RunClaim:
         """Claim ``run_id`` for this process (see :mod:`shoal.store.claims`).
@@ -907,7 +940,7 @@ def _split(records: Sequence[Record]) -> tuple[list[RunRecord], list[AttemptStar
                                                  list[AttemptEnded], list[OutcomeRecord],
                                                  list[EventRecord], list[RunEnded],
                                                  list[EffectRecord]]:
-    """Records by kind, so each kind is one ``executemany`` (order within a kind is kept)."""
+    """Records by kind, so each kind is written together (order within a kind is kept)."""
     runs: list[RunRecord] = []
     starts: list[AttemptStarted] = []
     ends: list[AttemptEnded] = []
@@ -1148,6 +1181,27 @@ def _json_text(data: Any) -> str:
     (:func:`_bind`: as its ``surrogatepass`` bytes) and :func:`_str` reads it back as written.
     """
     return json.dumps(data, ensure_ascii=False)
+
+
+def _chunks(rows: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """``rows`` in order, cut into runs of the sizes of :data:`_CHUNKS`."""
+    start, count = 0, len(rows)
+    for size in _CHUNKS:
+        while count - start >= size:
+            yield rows[start:start + size]
+            start += size
+
+
+@functools.lru_cache(maxsize=256)
+def _values_sql(head: str, width: int, count: int, tail: str) -> str:
+    """The statement of ``count`` rows of ``width`` parameters between ``head`` and ``tail``."""
+    row = f"({', '.join('?' * width)})"
+    return f"{head}{', '.join([row] * count)}{tail}"
+
+
+def _one_row_sql(sql: tuple[str, str], width: int) -> str:
+    """An ``UPDATE ... FROM (VALUES ...)`` of one row (``executemany`` runs it per row)."""
+    return _values_sql(sql[0], width, 1, sql[1])
 
 
 def _sql_text(text: str) -> str | bytes:
