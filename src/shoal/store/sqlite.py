@@ -151,15 +151,6 @@ _RUN_COLUMNS = ("run_id, name, status, started_at, finished_at, nodes, fingerpri
 _OUTCOME_COLUMNS = ("node_id, tool, status, encoding, value, view, error, reason, attempts, "
                     "queued_at, started_at, finished_at, executor, abandoned, ran_on, interrupted, "
                     "edited")
-# how an attempt and a run end: ``UPDATE ... FROM`` a ``VALUES`` list (see _Bound.update)
-_END_ATTEMPTS = (
-    "UPDATE attempts SET ended_at = e.column1, status = e.column2, error = e.column3, "
-    "ran_on = e.column4 FROM (VALUES ",
-    ") AS e WHERE attempts.run_id = e.column5 AND attempts.session = e.column6 AND "
-    "attempts.node_id = e.column7 AND attempts.attempt = e.column8")
-_END_RUNS = (
-    "UPDATE runs SET status = e.column1, finished_at = e.column2, counts = e.column3, "
-    "makespan = e.column4 FROM (VALUES ", ") AS e WHERE runs.run_id = e.column5")
 #: rows per statement of many (see _Bound.rows), largest first: a batch of rows takes few
 #: statements (those of 128 rows, then at most one of each smaller size), and few texts of
 #: statements are prepared (SQLite allows 32,766 parameters: 128 rows of 19 are 2,432)
@@ -184,8 +175,8 @@ class _Bound:
         """``conn.executemany`` with bound parameters."""
         return self.conn.executemany(sql, map(_bind, rows))
 
-    def rows(self, head: str, width: int, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
-        """``head``, then ``rows`` (of ``width`` values each) as one ``VALUES`` list, ``tail``.
+    def rows(self, head: str, width: int, rows: Sequence[Sequence[Any]]) -> None:
+        """``head`` (an ``INSERT``), then ``rows`` of ``width`` values as one ``VALUES`` list.
 
         A statement per chunk of rows (see :func:`_chunks`), not per row: SQLite releases
         the GIL for each step of a statement, and ``executemany`` steps once per row, so the
@@ -194,19 +185,7 @@ class _Bound:
         """
         for chunk in _chunks(rows):
             params = [param for row in chunk for param in _bind(row)]
-            self.conn.execute(_values_sql(head, width, len(chunk), tail), params)
-
-    def update(self, sql: tuple[str, str], width: int, rows: Sequence[Sequence[Any]], *,
-               key: int) -> None:
-        """``UPDATE ... FROM (VALUES ...)`` of ``rows``, whose last ``key`` values name the row.
-
-        ``sql`` is the statement before and after the ``VALUES`` list. Rows naming one row
-        twice go one by one, in order (from a ``VALUES`` list SQLite takes either).
-        """
-        if len({row[-key:] for row in rows}) < len(rows):
-            self.executemany(_one_row_sql(sql, width), rows)
-        else:
-            self.rows(sql[0], width, rows, sql[1])
+            self.conn.execute(_values_sql(head, width, len(chunk)), params)
 
 
 class SQLiteStore:
@@ -581,8 +560,8 @@ class SQLiteStore:
     def write(self, records: Sequence[Record]) -> None:
         """Store ``records`` in one transaction: run rows, attempts, outcomes, events, ends.
 
-        Each kind is written by few statements of many rows (see :meth:`_Bound.rows`), in
-        the order given within the kind.
+        Rows inserted are written by few statements of many rows (see :meth:`_Bound.rows`),
+        rows updated (an attempt's or a run's end) one by one; in order within each kind.
         """
         runs, starts, ends, outcomes, events, finished, effects = _split(records)
         with self._writing() as db:
@@ -595,9 +574,12 @@ class SQLiteStore:
                         [(s.run_id, s.session, s.node_id, s.attempt, s.tool, s.executor, s.at,
                           s.held) for s in starts])
             if ends:
-                db.update(_END_ATTEMPTS, 8, [(e.at, e.status, e.error, e.where, e.run_id,
-                                              e.session, e.node_id, e.attempt) for e in ends],
-                          key=4)
+                # UPDATE ... FROM a VALUES list costs SQLite more than it saves: row by row
+                db.executemany(
+                    "UPDATE attempts SET ended_at = ?, status = ?, error = ?, ran_on = ? "
+                    "WHERE run_id = ? AND session = ? AND node_id = ? AND attempt = ?",
+                    [(e.at, e.status, e.error, e.where, e.run_id, e.session, e.node_id,
+                      e.attempt) for e in ends])
             if outcomes:
                 db.rows(f"INSERT OR REPLACE INTO outcomes (run_id, position, {_OUTCOME_COLUMNS})"
                         " VALUES ", 19, [_outcome_row(o) for o in outcomes])
@@ -608,8 +590,11 @@ class SQLiteStore:
                 db.rows("INSERT INTO events (run_id, data) VALUES ", 2,
                         [(e.run_id, _event_json(e.event)) for e in events])
             if finished:
-                db.update(_END_RUNS, 5, [(f.status, f.finished_at, _json_text(dict(f.counts)),
-                                          f.makespan, f.run_id) for f in finished], key=4)
+                db.executemany(
+                    "UPDATE runs SET status = ?, finished_at = ?, counts = ?, makespan = ? "
+                    "WHERE run_id = ?",
+                    [(f.status, f.finished_at, _json_text(dict(f.counts)), f.makespan, f.run_id)
+                     for f in finished])
 
     def claim_run(self, run_id: str) -> RunClaim:
         """Claim ``run_id`` for this process (see :mod:`shoal.store.claims`).
@@ -1193,15 +1178,10 @@ def _chunks(rows: Sequence[_T]) -> Iterator[Sequence[_T]]:
 
 
 @functools.lru_cache(maxsize=256)
-def _values_sql(head: str, width: int, count: int, tail: str) -> str:
-    """The statement of ``count`` rows of ``width`` parameters between ``head`` and ``tail``."""
+def _values_sql(head: str, width: int, count: int) -> str:
+    """The statement of ``head`` and ``count`` rows of ``width`` parameters."""
     row = f"({', '.join('?' * width)})"
-    return f"{head}{', '.join([row] * count)}{tail}"
-
-
-def _one_row_sql(sql: tuple[str, str], width: int) -> str:
-    """An ``UPDATE ... FROM (VALUES ...)`` of one row (``executemany`` runs it per row)."""
-    return _values_sql(sql[0], width, 1, sql[1])
+    return f"{head}{', '.join([row] * count)}"
 
 
 def _sql_text(text: str) -> str | bytes:
