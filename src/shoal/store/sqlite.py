@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import math
@@ -150,6 +151,10 @@ _RUN_COLUMNS = ("run_id, name, status, started_at, finished_at, nodes, fingerpri
 _OUTCOME_COLUMNS = ("node_id, tool, status, encoding, value, view, error, reason, attempts, "
                     "queued_at, started_at, finished_at, executor, abandoned, ran_on, interrupted, "
                     "edited")
+#: rows per statement of many (see _Bound.rows), largest first: a batch of rows takes few
+#: statements (those of 128 rows, then at most one of each smaller size), and few texts of
+#: statements are prepared (SQLite allows 32,766 parameters: 128 rows of 19 are 2,432)
+_CHUNKS = (128, 64, 32, 16, 8, 4, 2, 1)
 _APPROVAL_COLUMNS = ("run_id, node_id, tool, args_hash, arguments, kind, requested_at, "
                      "decision, decided_by, decided_at, reason, used")
 
@@ -169,6 +174,18 @@ class _Bound:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
         """``conn.executemany`` with bound parameters."""
         return self.conn.executemany(sql, map(_bind, rows))
+
+    def rows(self, head: str, width: int, rows: Sequence[Sequence[Any]]) -> None:
+        """``head`` (an ``INSERT``), then ``rows`` of ``width`` values as one ``VALUES`` list.
+
+        A statement per chunk of rows (see :func:`_chunks`), not per row: SQLite releases
+        the GIL for each step of a statement, and ``executemany`` steps once per row, so the
+        journal's writer waited to retake the GIL once per row (up to the interpreter's
+        switch interval each, while the loop's thread ran), and a swarm's steps waited for it.
+        """
+        for chunk in _chunks(rows):
+            params = [param for row in chunk for param in _bind(row)]
+            self.conn.execute(_values_sql(head, width, len(chunk)), params)
 
 
 class SQLiteStore:
@@ -541,41 +558,42 @@ class SQLiteStore:
     # ---- writing ------------------------------------------------------------------------
 
     def write(self, records: Sequence[Record]) -> None:
-        """Store ``records`` in one transaction: run rows, attempts, outcomes, events, ends."""
+        """Store ``records`` in one transaction: run rows, attempts, outcomes, events, ends.
+
+        Rows inserted are written by few statements of many rows (see :meth:`_Bound.rows`),
+        rows updated (an attempt's or a run's end) one by one; in order within each kind.
+        """
         runs, starts, ends, outcomes, events, finished, effects = _split(records)
         with self._writing() as db:
             if runs:
-                db.executemany(
-                    f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES "
-                    f"({', '.join('?' * 16)})", [_run_row(r) for r in runs])
+                db.rows(f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES ", 16,
+                        [_run_row(r) for r in runs])
             if starts:
-                db.executemany(
-                    "INSERT OR REPLACE INTO attempts (run_id, session, node_id, attempt, tool, "
-                    "executor, started_at, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(s.run_id, s.session, s.node_id, s.attempt, s.tool, s.executor, s.at,
-                      s.held) for s in starts])
+                db.rows("INSERT OR REPLACE INTO attempts (run_id, session, node_id, attempt, "
+                        "tool, executor, started_at, held) VALUES ", 8,
+                        [(s.run_id, s.session, s.node_id, s.attempt, s.tool, s.executor, s.at,
+                          s.held) for s in starts])
             if ends:
+                # UPDATE ... FROM a VALUES list costs SQLite more than it saves: row by row
                 db.executemany(
                     "UPDATE attempts SET ended_at = ?, status = ?, error = ?, ran_on = ? "
                     "WHERE run_id = ? AND session = ? AND node_id = ? AND attempt = ?",
                     [(e.at, e.status, e.error, e.where, e.run_id, e.session, e.node_id,
                       e.attempt) for e in ends])
             if outcomes:
-                db.executemany(
-                    f"INSERT OR REPLACE INTO outcomes (run_id, position, {_OUTCOME_COLUMNS}) "
-                    f"VALUES ({', '.join('?' * 19)})", [_outcome_row(o) for o in outcomes])
+                db.rows(f"INSERT OR REPLACE INTO outcomes (run_id, position, {_OUTCOME_COLUMNS})"
+                        " VALUES ", 19, [_outcome_row(o) for o in outcomes])
             if effects:
-                db.executemany(
-                    "INSERT OR REPLACE INTO effects (run_id, node_id, kind, encoding, value, view)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", [_effect_row(e) for e in effects])
+                db.rows("INSERT OR REPLACE INTO effects (run_id, node_id, kind, encoding, value, "
+                        "view) VALUES ", 6, [_effect_row(e) for e in effects])
             if events:
-                db.executemany("INSERT INTO events (run_id, data) VALUES (?, ?)",
-                               [(e.run_id, _event_json(e.event)) for e in events])
+                db.rows("INSERT INTO events (run_id, data) VALUES ", 2,
+                        [(e.run_id, _event_json(e.event)) for e in events])
             if finished:
                 db.executemany(
                     "UPDATE runs SET status = ?, finished_at = ?, counts = ?, makespan = ? "
                     "WHERE run_id = ?",
-                    [(f.status, f.finished_at, json.dumps(dict(f.counts)), f.makespan, f.run_id)
+                    [(f.status, f.finished_at, _json_text(dict(f.counts)), f.makespan, f.run_id)
                      for f in finished])
 
     def claim_run(self, run_id: str) -> RunClaim:
@@ -782,7 +800,7 @@ class SQLiteStore:
             self._need_run(db, run_id)
             db.execute("INSERT INTO cancels (run_id, node_ids, reason, requested_at) "
                        "VALUES (?, ?, ?, ?)",
-                       (run_id, json.dumps(list(node_ids)), reason, time.time()))
+                       (run_id, _json_text(list(node_ids)), reason, time.time()))
 
     def runs_with_cancel_requests(self) -> list[str]:
         """The run ids with a cancel request not taken yet (one look for every run here).
@@ -802,7 +820,7 @@ class SQLiteStore:
             rows = db.execute("SELECT id, run_id, node_ids, reason, requested_at FROM cancels "
                               "WHERE run_id = ? AND taken = 0 ORDER BY id", (run_id,)).fetchall()
             db.executemany("UPDATE cancels SET taken = 1 WHERE id = ?", [(r[0],) for r in rows])
-        return [CancelRequest(r[0], _str(r[1]), tuple(json.loads(r[2])), _str(r[3]), r[4])
+        return [CancelRequest(r[0], _str(r[1]), tuple(json.loads(_str(r[2]))), _str(r[3]), r[4])
                 for r in rows]
 
     def open_cancel_requests(self, run_id: str) -> int:
@@ -907,7 +925,7 @@ def _split(records: Sequence[Record]) -> tuple[list[RunRecord], list[AttemptStar
                                                  list[AttemptEnded], list[OutcomeRecord],
                                                  list[EventRecord], list[RunEnded],
                                                  list[EffectRecord]]:
-    """Records by kind, so each kind is one ``executemany`` (order within a kind is kept)."""
+    """Records by kind, so each kind is written together (order within a kind is kept)."""
     runs: list[RunRecord] = []
     starts: list[AttemptStarted] = []
     ends: list[AttemptEnded] = []
@@ -935,9 +953,9 @@ def _event_json(event: Event) -> str:
     data = {name: getattr(event, name) for name in names}
     data["kind"] = kind.__name__
     try:
-        return json.dumps(data)
+        return _json_text(data)
     except (TypeError, ValueError):  # a field JSON cannot hold as it is
-        return json.dumps(event.to_dict())
+        return _json_text(event.to_dict())
 
 
 def _event_dict(cell: Any) -> dict[str, Any]:
@@ -949,7 +967,7 @@ def _event_dict(cell: Any) -> dict[str, Any]:
 
 def _run_row(r: RunRecord) -> tuple[Any, ...]:
     return (r.run_id, r.name, r.status, r.started_at, r.finished_at, r.nodes, r.fingerprint,
-            json.dumps(dict(r.plan)), json.dumps(dict(r.source)), json.dumps(dict(r.counts)),
+            _json_text(dict(r.plan)), _json_text(dict(r.source)), _json_text(dict(r.counts)),
             r.makespan, r.sessions, r.heartbeat, r.pid, r.host, r.pid_start)
 
 
@@ -979,7 +997,7 @@ def _outcome_row(record: OutcomeRecord) -> tuple[Any, ...]:
         encoding, payload, view = encoded.encoding, encoded.payload, encoded.view
     else:
         encoding, payload, view = "json", b"null", None
-    error = None if o.error is None else json.dumps(
+    error = None if o.error is None else _json_text(
         {"type": o.error.type, "message": o.error.message, "traceback": o.error.traceback})
     return (record.run_id, record.position, o.node_id, o.tool, o.status, encoding, payload,
             view, error, o.reason, o.attempts, o.queued_at, o.started_at, o.finished_at,
@@ -1083,7 +1101,7 @@ def _value(encoding: str, payload: Any, view: Any, decode: bool) -> tuple[Any, b
 
 
 def _approval_row(r: ApprovalRecord) -> tuple[Any, ...]:
-    return (r.run_id, r.node_id, r.tool, r.args_hash, json.dumps(jsonable(r.arguments)), r.kind,
+    return (r.run_id, r.node_id, r.tool, r.args_hash, _json_text(jsonable(r.arguments)), r.kind,
             r.requested_at, r.decision, r.decided_by, r.decided_at, r.reason, int(r.used))
 
 
@@ -1136,6 +1154,34 @@ def _bind(params: Sequence[Any]) -> Sequence[Any]:
         if type(param) is str and not param.isascii():
             return tuple(_sql_text(p) if type(p) is str else p for p in params)
     return params
+
+
+def _json_text(data: Any) -> str:
+    r"""``data`` as JSON text that reads back exactly: its text as it is, not escaped.
+
+    JSON's escapes read a high surrogate's followed by a low one's as one character, so the
+    two code points ``"\ud83d\ude00"`` (a surrogate pair in an error message, a node id)
+    came back as ``"\U0001f600"``: a resumed run's plan then differed from the fresh one,
+    and a cancel request named no node. Unescaped, such text is bound as any text is
+    (:func:`_bind`: as its ``surrogatepass`` bytes) and :func:`_str` reads it back as written.
+    """
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _chunks(rows: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """``rows`` in order, cut into runs of the sizes of :data:`_CHUNKS`."""
+    start, count = 0, len(rows)
+    for size in _CHUNKS:
+        while count - start >= size:
+            yield rows[start:start + size]
+            start += size
+
+
+@functools.lru_cache(maxsize=256)
+def _values_sql(head: str, width: int, count: int) -> str:
+    """The statement of ``head`` and ``count`` rows of ``width`` parameters."""
+    row = f"({', '.join('?' * width)})"
+    return f"{head}{', '.join([row] * count)}"
 
 
 def _sql_text(text: str) -> str | bytes:
