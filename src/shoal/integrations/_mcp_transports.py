@@ -170,14 +170,22 @@ def unbatching_client(headers: dict[str, str] | None) -> Any:
     on only its parse error, not the body. Such a body is handed to the SDK as the event
     stream it may also answer with, one event a message, which the SDK reads one by one.
     """
-    from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+    from mcp.shared._httpx_utils import MCP_DEFAULT_TIMEOUT
 
     return _UnbatchingClient(
         # no bound on the wait for a free connection (the SDK's: 30 s): with 100 calls
-        # running, the next ones wait their turn (bounded by their own timeouts)
-        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT,
-                               pool=None),
+        # running, the next ones wait their turn (bounded by their own timeouts); none on the
+        # wait for an answer's next byte either (see HTTP_READ_TIMEOUT)
+        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=HTTP_READ_TIMEOUT, pool=None),
         headers=headers)
+
+
+#: How long an HTTP answer may send no byte: no limit. The MCP SDK's 300 s
+#: (``MCP_DEFAULT_SSE_READ_TIMEOUT``) failed any call of a tool that works longer than that
+#: without a word ("ReadTimeout"), whatever its timeout said. A call is bounded by its tool's
+#: timeout (a call that times out is cancelled on the server), the handshake and a listing
+#: by the server's ``connect_timeout``, a close by its own bound.
+HTTP_READ_TIMEOUT: float | None = None
 
 
 class _UnbatchingClient(httpx2.AsyncClient):
