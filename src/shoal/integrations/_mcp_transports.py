@@ -504,6 +504,39 @@ def shallow_message(line: str) -> dict[str, Any] | None:
     return {**{json.loads(key): None for key in keys}, "id": found}
 
 
+def shallow_batch(line: str) -> list[tuple[Any, bool]] | None:
+    """The messages of the JSON-RPC batch ``line``, too deeply nested to parse whole, else None.
+
+    Each of its objects is parsed alone, as ``(message, False)``; one still too deeply nested
+    is read as :func:`shallow_answer` reads a line, as ``(answer or None, True)``; what is no
+    object is passed over. None when ``line`` is no array, holds an array, or is too long to
+    read so.
+    """
+    depth, start = 0, 0
+    found: list[tuple[Any, bool]] = []
+    for count, token in enumerate(_TOKENS.finditer(line)):
+        text = token.group()
+        if count > MAX_SHALLOW_TOKENS or (depth == 0 and text != "[") or (
+                depth == 1 and text not in "{]"):
+            return None
+        if text in "{[":
+            depth += 1
+            start = token.start() if depth == 2 else start
+        elif text in "}]":
+            depth -= 1
+            if depth == 1:  # an item ends: read alone
+                item = line[start:token.end()]
+                try:
+                    found.append((json.loads(item), False))
+                except RecursionError:
+                    found.append((shallow_answer(item), True))
+                except ValueError:
+                    return None
+        if depth == 0:
+            return found
+    return None
+
+
 def shallow_answer(line: str) -> dict[str, Any] | None:
     """The id of the answer ``line`` holds, as ``{"id": ..., "result": None}``, else None.
 
