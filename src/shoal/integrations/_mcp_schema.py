@@ -27,18 +27,18 @@ NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions",
 
 
 #: The most JSON objects (each property's schema is one) a listed tool's input schema may
-#: hold. Taking a schema costs a fraction of a millisecond an object (checking it against
-#: its meta-schema, see :func:`check_schema`, and making its argument model), on every
-#: listing. Real schemas hold tens, at most a few thousand.
+#: hold. Taking a schema costs time for each object (checking it, see :func:`check_schema`,
+#: looking for loops and control characters in it), on every listing. Real schemas hold
+#: tens, at most a few thousand.
 MAX_SCHEMA_OBJECTS = 5_000
 
 
 def check_schema(schema: Mapping[str, Any]) -> None:
     """Raise :class:`jsonschema.SchemaError` if ``schema`` is no valid JSON schema.
 
-    A draft 2020-12 schema (the default) is first checked by :func:`meta_checker`, which
-    finds the same schemas valid a few times faster; only one it refuses is checked again by
-    jsonschema's own check, for the error it raises.
+    A draft 2020-12 schema (the default) is taken at once if :func:`plainly_valid`; else it
+    is checked by :func:`meta_checker`, which finds the same schemas valid a few times faster
+    than jsonschema's own check; only one it refuses is checked again by that, for its error.
     """
     checker = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     if checker is jsonschema.Draft202012Validator and plainly_valid(schema):
