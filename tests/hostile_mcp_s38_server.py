@@ -19,7 +19,8 @@ the client (``notifications/tools/list_changed``), as MCP lets a server:
 
 MODEs: ``fresh`` lists ``fresh`` from the start; ``restless`` says its tools changed each
 time it lists them (before the listing); ``reargue`` lists ``reargue`` too, which makes
-``echo``'s ``text`` at most 3 characters long, says so, then answers; ``log=PATH`` appends
+``echo``'s ``text`` at most 3 characters long (``reargue_bad``: its schema invalid), says
+so, then answers; ``log=PATH`` appends
 each notification the client sends (its method and params, as JSON) to the file PATH.
 """
 
@@ -37,6 +38,7 @@ SHAPES = [{"type": "object", "properties": {"a": {"type": "integer"}}, "required
           {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]}]
 SHORT = {"type": "object", "properties": {"text": {"type": "string", "maxLength": 3},
                                           "n": {"type": "number"}}}
+BAD = {"type": "object", "properties": {"text": {"type": "strin"}}}  # no valid schema
 STATE: dict[str, Any] = {"shape": 0, "gone": True, "fresh": "fresh" in MODES, "short": False}
 
 
@@ -54,9 +56,10 @@ def listed() -> list[dict[str, Any]]:
     """What ``tools/list`` answers now."""
     names = ["echo", "reshape", "shrink", "grow", "batch_changed", "deep", "refuse"]
     names += ["gone"] if STATE["gone"] else []
-    names += ["reargue"] if "reargue" in MODES else []
+    names += ["reargue"] if {"reargue", "reargue_bad"} & set(MODES) else []
+    short = BAD if "reargue_bad" in MODES else SHORT
     tools: list[dict[str, Any]] = [
-        {"name": name, "inputSchema": SHORT if name == "echo" and STATE["short"] else ARGS}
+        {"name": name, "inputSchema": short if name == "echo" and STATE["short"] else ARGS}
         for name in names]
     tools.append({"name": "shape", "inputSchema": ARGS, "outputSchema": SHAPES[STATE["shape"]]})
     if STATE["fresh"]:

@@ -72,6 +72,28 @@ def test_a_call_is_checked_against_the_input_schema_the_server_lists_now() -> No
     arun(main(), timeout=SLOW)
 
 
+def test_a_call_after_the_server_listed_an_invalid_input_schema_is_refused_saying_so() -> None:
+    async def main() -> None:
+        tools = {t.name: t for t in await shoal.mcp.tools(command=[*SERVER, "reargue_bad"],
+                                                          name="changer", timeout=30,
+                                                          approval=False)}
+        plan = shoal.Plan()
+        changed = plan.call(tools["reargue"])
+        calls = [plan.call(tools["echo"], text="abc", after=changed) for _ in range(2)]
+        result = await shoal.run(plan)
+        assert result[changed].status == "ok"
+        for call in calls:
+            error = result[call].error
+            assert result[call].status == "failed" and error is not None
+            assert error.message.endswith(
+                ") changed the input schema of tool 'echo' since its tools were listed, and "
+                "its new schema is invalid ('strin' is not valid under any of the given "
+                "schemas): the call was not sent; list its tools again (shoal.mcp.tools)"), (
+                error.message)
+
+    arun(main(), timeout=SLOW)
+
+
 @pytest.mark.parametrize("depth", [2000, 100_000])
 def test_a_batch_nested_too_deeply_to_parse_fails_the_call_it_answers_at_once(
         depth: int) -> None:

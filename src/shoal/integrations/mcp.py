@@ -417,6 +417,7 @@ class _Session:
         self._again = False
         self.tool_names: frozenset[str] | None = None  # what the last listing found
         self.input_schemas: dict[str, Any] = {}  # and each tool's input schema in it
+        self._checkers: dict[str, tuple[Any, Any, Any]] = {}  # see _checker()
         self.terminated = False  # an HTTP server ended it, unread request and all (404)
         # the HTTP status (and its phrase) each request the server failed got, by request id
         self.http_failed: dict[Any, tuple[int, str]] = {}
@@ -619,9 +620,9 @@ class _Session:
                 f"tools changed since they were listed; it lists "
                 f"{bounded_text(', '.join(sorted(self.tool_names)), 500) or 'none'}): the "
                 "call was not sent; list its tools again (shoal.mcp.tools)"))
-        now = self.input_schemas.get(name)
-        if schema is not None and now is not None and now != schema:
-            _refit(self.server, name, now, arguments)
+        checker = self._checker(name, schema)
+        if checker is not None:
+            _refit(self.server, name, checker, arguments)
         sent = _Sent()
         token = _SENDING.set(sent)  # the request's task, made now, copies it: the writer's mark
         try:
@@ -635,6 +636,20 @@ class _Session:
                 raise _NotSent(exc) from None
             raise
         return result
+
+    def _checker(self, name: str, schema: Mapping[str, Any] | None) -> Any:
+        """What checks a call of ``name`` made for ``schema`` against the schema listed now.
+
+        None while the two are the same; else :func:`_checker_of`'s, made once a listing.
+        """
+        now = self.input_schemas.get(name)
+        if schema is None or now is None:
+            return None
+        made = self._checkers.get(name)
+        if made is None or made[0] is not now or made[1] is not schema:
+            made = self._checkers[name] = (
+                now, schema, None if now == schema else _checker_of(now))
+        return made[2]
 
     async def list_tools(self) -> list[mcp_types.Tool]:
         """Every tool the server lists (all pages): listed anew unless it just started."""
@@ -993,8 +1008,25 @@ def _salvaged(error: Exception) -> list[Any]:
     return [m for m in read if m is not None]
 
 
-def _refit(srv: MCPServer, name: str, schema: Any, arguments: Mapping[str, Any]) -> None:
-    """Refuse ``arguments`` unless they fit ``schema``, the tool's input schema listed now.
+def _checker_of(schema: Any) -> Any:
+    """A validator of ``schema``, a tool's input schema listed anew; else why it is not taken.
+
+    Checked as a listed schema is (see :func:`_remote`), its words then in :func:`_refit`'s.
+    """
+    if not isinstance(schema, dict) or objects_past(schema, MAX_SCHEMA_OBJECTS):
+        return "its new schema is not one shoal takes (no object schema, or too big)"
+    try:
+        check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"its new schema is invalid ({bounded_text(exc.message, 300)})"
+    if ref_loop(schema) is not None:
+        return "its new schema loops (checking any argument against it never ends)"
+    return jsonschema.validators.validator_for(
+        schema, default=jsonschema.Draft202012Validator)(schema)
+
+
+def _refit(srv: MCPServer, name: str, checker: Any, arguments: Mapping[str, Any]) -> None:
+    """Refuse ``arguments`` unless ``checker`` (:func:`_checker_of`'s) finds they fit.
 
     They were checked against the schema listed when the tool was made: after the server
     changed it (and said its tools changed), a call that no longer fits was sent as it was.
@@ -1005,17 +1037,9 @@ def _refit(srv: MCPServer, name: str, schema: Any, arguments: Mapping[str, Any])
             f"tools were listed, and {why}: the call was not sent; list its tools again "
             "(shoal.mcp.tools)"))
 
-    if not isinstance(schema, dict) or objects_past(schema, MAX_SCHEMA_OBJECTS):
-        raise refused("its new schema is not one shoal takes (no object schema, or too big)")
+    if isinstance(checker, str):
+        raise refused(checker)
     try:
-        check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise refused(f"its new schema is invalid ({bounded_text(exc.message, 300)})") from None
-    if ref_loop(schema) is not None:
-        raise refused("its new schema loops (checking any argument against it never ends)")
-    try:
-        checker = jsonschema.validators.validator_for(
-            schema, default=jsonschema.Draft202012Validator)(schema)
         errors = sorted(checker.iter_errors(dict(arguments)), key=_error_order)
     except Exception as exc:  # a $ref elsewhere (never fetched), or too deep: not checked
         raise refused(f"the arguments cannot be checked against it "
