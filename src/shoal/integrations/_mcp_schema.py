@@ -36,12 +36,13 @@ MAX_SCHEMA_OBJECTS = 5_000
 def check_schema(schema: Mapping[str, Any]) -> None:
     """Raise :class:`jsonschema.SchemaError` if ``schema`` is no valid JSON schema.
 
-    A draft 2020-12 schema (the default) is taken at once if :func:`plainly_valid`; else it
-    is checked by :func:`meta_checker`, which finds the same schemas valid a few times faster
+    A draft 2020-12 schema (the default) or draft 7 one (what the MCP TypeScript SDK's
+    servers often list) is taken at once if :func:`plainly_valid`; else a 2020-12 one is
+    checked by :func:`meta_checker`, which finds the same schemas valid a few times faster
     than jsonschema's own check; only one it refuses is checked again by that, for its error.
     """
     checker = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    if checker is jsonschema.Draft202012Validator and plainly_valid(schema):
+    if checker in _PLAIN_DIALECTS and plainly_valid(schema, checker):
         return
     if checker is not jsonschema.Draft202012Validator or not meta_checker().is_valid(schema):
         checker.check_schema(schema)
@@ -62,13 +63,18 @@ _SUBSCHEMA = frozenset({"additionalProperties", "items", "not", "if", "then", "e
 _SUBSCHEMAS = frozenset({"properties", "$defs", "definitions", "dependentSchemas",
                          "patternProperties"})
 _SCHEMA_LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_FORMATTED = {"pattern": "regex", "$ref": "uri-reference", "$schema": "uri"}
 _TYPES = frozenset({"array", "boolean", "integer", "null", "number", "object", "string"})
+#: The dialects :func:`plainly_valid` reads (whose meta-schemas constrain its keywords alike).
+_PLAIN_DIALECTS = (jsonschema.Draft202012Validator, jsonschema.Draft7Validator)
 #: How deep :func:`plainly_valid` reads a schema (jsonschema's own check is left the rest).
 _PLAIN_DEPTH = 40
 
 
-def plainly_valid(schema: Any) -> bool:
-    """Whether ``schema`` is a valid draft 2020-12 schema, read by hand; False: not known.
+def plainly_valid(schema: Any, dialect: Any = jsonschema.Draft202012Validator) -> bool:
+    """Whether ``schema`` is a valid draft 2020-12 (or ``dialect``) schema, read by hand.
+
+    False: not known.
 
     jsonschema's check (even :func:`meta_checker`'s) takes about 0.2 ms an object: 1 s for a
     schema of 4,900 properties, on every listing. A schema of the common keywords (types,
@@ -76,10 +82,13 @@ def plainly_valid(schema: Any) -> bool:
     with any other keyword the meta-schema constrains (``$id``, ``$anchor``,
     ``dependentRequired`` ...), a value read otherwise than plainly (a count of ``2.0``, say)
     or nested past :data:`_PLAIN_DEPTH` is left to jsonschema, which also words any refusal.
-    Keywords the meta-schema does not name are free, as there.
+    Keywords the meta-schema does not name are free, as there; those it names are read as
+    2020-12 reads them, which draft 7 reads alike (its other keywords, ``dependencies``,
+    ``additionalItems`` and an ``items`` that is a list, are left to jsonschema).
     """
-    constrained = meta_checker().schema["properties"].keys()
-    conforms = jsonschema.Draft202012Validator.FORMAT_CHECKER.conforms
+    constrained = (meta_checker().schema if dialect is jsonschema.Draft202012Validator
+                   else dialect.META_SCHEMA)["properties"].keys()
+    conforms = dialect.FORMAT_CHECKER.conforms
     stack: list[tuple[Any, int]] = [(schema, 0)]
     while stack:
         node, depth = stack.pop()
@@ -127,9 +136,8 @@ def _plain_value(key: str, value: Any, conforms: Any) -> bool:
     if key == "required":
         return (isinstance(value, list) and all(isinstance(n, str) for n in value)
                 and len(set(value)) == len(value))
-    if key in ("pattern", "$ref"):
-        return isinstance(value, str) and bool(
-            conforms(value, "regex" if key == "pattern" else "uri-reference"))
+    if key in _FORMATTED:
+        return isinstance(value, str) and bool(conforms(value, _FORMATTED[key]))
     return False
 
 
