@@ -11,14 +11,17 @@ the client (``notifications/tools/list_changed``), as MCP lets a server:
   never answered (a server that no longer knows a tool need not answer);
 - ``grow`` lists ``fresh`` from then on, says so, then answers; ``fresh`` answers ``fresh``
   and has an output schema (so the client needs its listing to check the answer);
-- ``deep`` answers structured content nested ``n`` levels deep (``{"a": {"a": ... 1}}``);
+- ``deep`` answers structured content nested ``n`` levels deep (``{"a": {"a": ... 1}}``), in
+  a JSON-RPC batch when its ``text`` is ``batch``;
 - ``refuse`` answers with a JSON-RPC error whose message holds escape sequences and a CR;
 - ``batch_changed`` answers in a JSON-RPC batch whose notification that the tools changed
   (``gone`` removed) comes after the answer.
 
 MODEs: ``fresh`` lists ``fresh`` from the start; ``restless`` says its tools changed each
-time it lists them (before the listing); ``log=PATH`` appends each notification the
-client sends (its method and params, as JSON) to the file PATH.
+time it lists them (before the listing); ``reargue`` lists ``reargue`` too, which makes
+``echo``'s ``text`` at most 3 characters long (``reargue_bad``: its schema invalid), says
+so, then answers; ``log=PATH`` appends
+each notification the client sends (its method and params, as JSON) to the file PATH.
 """
 
 import json
@@ -33,7 +36,10 @@ _LOCK = threading.Lock()
 ARGS = {"type": "object", "properties": {"text": {"type": "string"}, "n": {"type": "number"}}}
 SHAPES = [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
           {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]}]
-STATE: dict[str, Any] = {"shape": 0, "gone": True, "fresh": "fresh" in MODES}
+SHORT = {"type": "object", "properties": {"text": {"type": "string", "maxLength": 3},
+                                          "n": {"type": "number"}}}
+BAD = {"type": "object", "properties": {"text": {"type": "strin"}}}  # no valid schema
+STATE: dict[str, Any] = {"shape": 0, "gone": True, "fresh": "fresh" in MODES, "short": False}
 
 
 def send(message: Any) -> None:
@@ -50,7 +56,11 @@ def listed() -> list[dict[str, Any]]:
     """What ``tools/list`` answers now."""
     names = ["echo", "reshape", "shrink", "grow", "batch_changed", "deep", "refuse"]
     names += ["gone"] if STATE["gone"] else []
-    tools: list[dict[str, Any]] = [{"name": name, "inputSchema": ARGS} for name in names]
+    names += ["reargue"] if {"reargue", "reargue_bad"} & set(MODES) else []
+    short = BAD if "reargue_bad" in MODES else SHORT
+    tools: list[dict[str, Any]] = [
+        {"name": name, "inputSchema": short if name == "echo" and STATE["short"] else ARGS}
+        for name in names]
     tools.append({"name": "shape", "inputSchema": ARGS, "outputSchema": SHAPES[STATE["shape"]]})
     if STATE["fresh"]:
         tools.append({"name": "fresh", "inputSchema": ARGS, "outputSchema": SHAPES[1]})
@@ -76,9 +86,10 @@ def call(request: Any, name: str, arguments: dict[str, Any]) -> None:
         send(structured(request, {"b": "x"} if STATE["shape"] else {"a": 1}))
     elif name == "fresh":
         send(structured(request, {"b": "fresh"}))
-    elif name in ("reshape", "shrink", "grow"):
+    elif name in ("reshape", "shrink", "grow", "reargue"):
         changes: dict[str, dict[str, Any]] = {
-            "reshape": {"shape": 1}, "shrink": {"gone": False}, "grow": {"fresh": True}}
+            "reshape": {"shape": 1}, "shrink": {"gone": False}, "grow": {"fresh": True},
+            "reargue": {"short": True}}
         STATE.update(changes[name])
         send(CHANGED)
         send(answer(request, f"{name}: done"))
@@ -88,9 +99,12 @@ def call(request: Any, name: str, arguments: dict[str, Any]) -> None:
     elif name == "deep":  # structured content nested n levels deep, written by hand
         depth = int(arguments.get("n") or 0)
         nested = '{"a": ' * depth + "1" + "}" * depth
+        line = (f'{{"jsonrpc": "2.0", "result": {{"content": [], '
+                f'"structuredContent": {nested}}}, "id": {json.dumps(request)}}}')
+        if text == "batch":  # in a JSON-RPC batch
+            line = f"[{line}]"
         with _LOCK:
-            sys.stdout.write(f'{{"jsonrpc": "2.0", "result": {{"content": [], '
-                             f'"structuredContent": {nested}}}, "id": {json.dumps(request)}}}\n')
+            sys.stdout.write(line + "\n")
             sys.stdout.flush()
     elif name == "refuse":  # an error answer whose message holds control characters
         send({"jsonrpc": "2.0", "id": request, "error": {

@@ -16,7 +16,7 @@ import jsonschema  # type: ignore[import-untyped]
 from shoal.exceptions import bounded_text
 
 __all__ = ["MAX_SCHEMA_OBJECTS", "NAMED", "VALUES", "WORDS", "check_schema", "meta_checker",
-           "objects_past", "ref_loop"]
+           "objects_past", "plainly_valid", "ref_loop"]
 
 #: A schema's keywords whose text is words about it, those whose content is values, and
 #: those that map names to schemas.
@@ -27,22 +27,118 @@ NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions",
 
 
 #: The most JSON objects (each property's schema is one) a listed tool's input schema may
-#: hold. Taking a schema costs a fraction of a millisecond an object (checking it against
-#: its meta-schema, see :func:`check_schema`, and making its argument model), on every
-#: listing. Real schemas hold tens, at most a few thousand.
+#: hold. Taking a schema costs time for each object (checking it, see :func:`check_schema`,
+#: looking for loops and control characters in it), on every listing. Real schemas hold
+#: tens, at most a few thousand.
 MAX_SCHEMA_OBJECTS = 5_000
 
 
 def check_schema(schema: Mapping[str, Any]) -> None:
     """Raise :class:`jsonschema.SchemaError` if ``schema`` is no valid JSON schema.
 
-    A draft 2020-12 schema (the default) is first checked by :func:`meta_checker`, which
-    finds the same schemas valid a few times faster; only one it refuses is checked again by
-    jsonschema's own check, for the error it raises.
+    A draft 2020-12 schema (the default) or draft 7 one (what the MCP TypeScript SDK's
+    servers often list) is taken at once if :func:`plainly_valid`; else a 2020-12 one is
+    checked by :func:`meta_checker`, which finds the same schemas valid a few times faster
+    than jsonschema's own check; only one it refuses is checked again by that, for its error.
     """
     checker = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    if checker in _PLAIN_DIALECTS and plainly_valid(schema, checker):
+        return
     if checker is not jsonschema.Draft202012Validator or not meta_checker().is_valid(schema):
         checker.check_schema(schema)
+
+
+#: The draft 2020-12 keywords :func:`plainly_valid` reads, by what their value must be.
+_TEXT = frozenset({"description", "title", "$comment", "format", "contentEncoding",
+                   "contentMediaType"})
+_ARRAY = frozenset({"enum", "examples"})
+_ANY = frozenset({"default", "const"})
+_COUNT = frozenset({"minLength", "maxLength", "minItems", "maxItems", "minProperties",
+                    "maxProperties", "minContains", "maxContains"})
+_NUMBER = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+_FLAG = frozenset({"uniqueItems", "deprecated", "readOnly", "writeOnly"})
+_SUBSCHEMA = frozenset({"additionalProperties", "items", "not", "if", "then", "else",
+                        "contains", "propertyNames", "unevaluatedProperties",
+                        "unevaluatedItems", "contentSchema"})
+_SUBSCHEMAS = frozenset({"properties", "$defs", "definitions", "dependentSchemas",
+                         "patternProperties"})
+_SCHEMA_LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_FORMATTED = {"pattern": "regex", "$ref": "uri-reference", "$schema": "uri"}
+_TYPES = frozenset({"array", "boolean", "integer", "null", "number", "object", "string"})
+#: The dialects :func:`plainly_valid` reads (whose meta-schemas constrain its keywords alike).
+_PLAIN_DIALECTS = (jsonschema.Draft202012Validator, jsonschema.Draft7Validator)
+#: How deep :func:`plainly_valid` reads a schema (jsonschema's own check is left the rest).
+_PLAIN_DEPTH = 40
+
+
+def plainly_valid(schema: Any, dialect: Any = jsonschema.Draft202012Validator) -> bool:
+    """Whether ``schema`` is a valid draft 2020-12 (or ``dialect``) schema, read by hand.
+
+    False: not known.
+
+    jsonschema's check (even :func:`meta_checker`'s) takes about 0.2 ms an object: 1 s for a
+    schema of 4,900 properties, on every listing. A schema of the common keywords (types,
+    properties, bounds, patterns, combinations ...) is read here in a few milliseconds; one
+    with any other keyword the meta-schema constrains (``$id``, ``$anchor``,
+    ``dependentRequired`` ...), a value read otherwise than plainly (a count of ``2.0``, say)
+    or nested past :data:`_PLAIN_DEPTH` is left to jsonschema, which also words any refusal.
+    Keywords the meta-schema does not name are free, as there; those it names are read as
+    2020-12 reads them, which draft 7 reads alike (its other keywords, ``dependencies``,
+    ``additionalItems`` and an ``items`` that is a list, are left to jsonschema).
+    """
+    constrained = (meta_checker().schema if dialect is jsonschema.Draft202012Validator
+                   else dialect.META_SCHEMA)["properties"].keys()
+    conforms = dialect.FORMAT_CHECKER.conforms
+    stack: list[tuple[Any, int]] = [(schema, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, bool):
+            continue
+        if not isinstance(node, dict) or depth > _PLAIN_DEPTH:
+            return False
+        for key, value in node.items():
+            if key in _SUBSCHEMA:
+                stack.append((value, depth + 1))
+            elif key in _SUBSCHEMAS:
+                if not isinstance(value, dict) or (key == "patternProperties" and not all(
+                        conforms(name, "regex") for name in value)):
+                    return False
+                stack += [(inner, depth + 1) for inner in value.values()]
+            elif key in _SCHEMA_LIST:
+                if not isinstance(value, list) or not value:
+                    return False
+                stack += [(inner, depth + 1) for inner in value]
+            elif not _plain_value(key, value, conforms) and (
+                    key in constrained or not isinstance(key, str)):
+                return False
+    return True
+
+
+def _plain_value(key: str, value: Any, conforms: Any) -> bool:
+    """Whether ``value`` is plainly valid for the keyword ``key`` (False: not one read so)."""
+    if key in _ANY:
+        return True
+    if key in _TEXT:
+        return isinstance(value, str)
+    if key in _ARRAY:
+        return isinstance(value, list)
+    if key in _FLAG:
+        return isinstance(value, bool)
+    if key in _COUNT:
+        return type(value) is int and value >= 0
+    if key in _NUMBER or key == "multipleOf":
+        return (isinstance(value, int | float) and not isinstance(value, bool)
+                and (key != "multipleOf" or value > 0))
+    if key == "type":
+        named = value if isinstance(value, list) else [value]
+        return (bool(named) and all(isinstance(n, str) and n in _TYPES for n in named)
+                and len(set(named)) == len(named))
+    if key == "required":
+        return (isinstance(value, list) and all(isinstance(n, str) for n in value)
+                and len(set(value)) == len(value))
+    if key in _FORMATTED:
+        return isinstance(value, str) and bool(conforms(value, _FORMATTED[key]))
+    return False
 
 
 @functools.cache

@@ -170,14 +170,22 @@ def unbatching_client(headers: dict[str, str] | None) -> Any:
     on only its parse error, not the body. Such a body is handed to the SDK as the event
     stream it may also answer with, one event a message, which the SDK reads one by one.
     """
-    from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+    from mcp.shared._httpx_utils import MCP_DEFAULT_TIMEOUT
 
     return _UnbatchingClient(
         # no bound on the wait for a free connection (the SDK's: 30 s): with 100 calls
-        # running, the next ones wait their turn (bounded by their own timeouts)
-        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT,
-                               pool=None),
+        # running, the next ones wait their turn (bounded by their own timeouts); none on the
+        # wait for an answer's next byte either (see HTTP_READ_TIMEOUT)
+        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=HTTP_READ_TIMEOUT, pool=None),
         headers=headers)
+
+
+#: How long an HTTP answer may send no byte: no limit. The MCP SDK's 300 s
+#: (``MCP_DEFAULT_SSE_READ_TIMEOUT``) failed any call of a tool that works longer than that
+#: without a word ("ReadTimeout"), whatever its timeout said. A call is bounded by its tool's
+#: timeout (a call that times out is cancelled on the server), the handshake and a listing
+#: by the server's ``connect_timeout``, a close by its own bound.
+HTTP_READ_TIMEOUT: float | None = None
 
 
 class _UnbatchingClient(httpx2.AsyncClient):
@@ -494,6 +502,39 @@ def shallow_message(line: str) -> dict[str, Any] | None:
         if depth == 0:
             break
     return {**{json.loads(key): None for key in keys}, "id": found}
+
+
+def shallow_batch(line: str) -> list[tuple[Any, bool]] | None:
+    """The messages of the JSON-RPC batch ``line``, too deeply nested to parse whole, else None.
+
+    Each of its objects is parsed alone, as ``(message, False)``; one still too deeply nested
+    is read as :func:`shallow_answer` reads a line, as ``(answer or None, True)``; what is no
+    object is passed over. None when ``line`` is no array, holds an array, or is too long to
+    read so.
+    """
+    depth, start = 0, 0
+    found: list[tuple[Any, bool]] = []
+    for count, token in enumerate(_TOKENS.finditer(line)):
+        text = token.group()
+        if count > MAX_SHALLOW_TOKENS or (depth == 0 and text != "[") or (
+                depth == 1 and text not in "{]"):
+            return None
+        if text in "{[":
+            depth += 1
+            start = token.start() if depth == 2 else start
+        elif text in "}]":
+            depth -= 1
+            if depth == 1:  # an item ends: read alone
+                item = line[start:token.end()]
+                try:
+                    found.append((json.loads(item), False))
+                except RecursionError:
+                    found.append((shallow_answer(item), True))
+                except ValueError:
+                    return None
+        if depth == 0:
+            return found
+    return None
 
 
 def shallow_answer(line: str) -> dict[str, Any] | None:

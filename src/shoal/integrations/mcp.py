@@ -416,6 +416,8 @@ class _Session:
         self._listing: asyncio.Future[list[mcp_types.Tool]] | None = None
         self._again = False
         self.tool_names: frozenset[str] | None = None  # what the last listing found
+        self.input_schemas: dict[str, Any] = {}  # and each tool's input schema in it
+        self._checkers: dict[str, tuple[Any, Any, Any]] = {}  # see _checker()
         self.terminated = False  # an HTTP server ended it, unread request and all (404)
         # the HTTP status (and its phrase) each request the server failed got, by request id
         self.http_failed: dict[Any, tuple[int, str]] = {}
@@ -594,11 +596,13 @@ class _Session:
             "the session is not open")
         return MCPServerError(self.server.described, f"{cause}{doing}")
 
-    async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> mcp_types.CallToolResult:
+    async def call_tool(self, name: str, arguments: Mapping[str, Any],
+                        schema: Mapping[str, Any] | None = None) -> mcp_types.CallToolResult:
         """Call ``name``; fail with :class:`MCPServerError` if the server dies meanwhile.
 
         :class:`_NotSent` instead when a stdio server's connection was found closed before
-        the call's request was written: the server never saw the call.
+        the call's request was written: the server never saw the call. ``schema``: the input
+        schema the arguments were checked against (see :func:`_refit`).
         """
         listing = self._listing
         connected = (self._client is not None and not self.dead and listing is not None
@@ -616,6 +620,9 @@ class _Session:
                 f"tools changed since they were listed; it lists "
                 f"{bounded_text(', '.join(sorted(self.tool_names)), 500) or 'none'}): the "
                 "call was not sent; list its tools again (shoal.mcp.tools)"))
+        checker = self._checker(name, schema)
+        if checker is not None:
+            _refit(self.server, name, checker, arguments)
         sent = _Sent()
         token = _SENDING.set(sent)  # the request's task, made now, copies it: the writer's mark
         try:
@@ -629,6 +636,20 @@ class _Session:
                 raise _NotSent(exc) from None
             raise
         return result
+
+    def _checker(self, name: str, schema: Mapping[str, Any] | None) -> Any:
+        """What checks a call of ``name`` made for ``schema`` against the schema listed now.
+
+        None while the two are the same; else :func:`_checker_of`'s, made once a listing.
+        """
+        now = self.input_schemas.get(name)
+        if schema is None or now is None:
+            return None
+        made = self._checkers.get(name)
+        if made is None or made[0] is not now or made[1] is not schema:
+            made = self._checkers[name] = (
+                now, schema, None if now == schema else _checker_of(now))
+        return made[2]
 
     async def list_tools(self) -> list[mcp_types.Tool]:
         """Every tool the server lists (all pages): listed anew unless it just started."""
@@ -664,6 +685,7 @@ class _Session:
             cursor = page.next_cursor
             if not cursor:
                 self.tool_names = frozenset(t.name for t in found)
+                self.input_schemas = {t.name: t.input_schema for t in found}
                 return found
             if cursor in cursors:  # it would page on for good, its tools over and over
                 self._end(f"pages the listing of its tools in a loop (its cursor "
@@ -959,9 +981,10 @@ def _salvaged(error: Exception) -> list[Any]:
 
     A line Python cannot read either, nested too deeply, is an error answer to the request
     its outermost object names (read off the line without parsing what is nested), if any:
-    that call waited until its timeout, or for good without one.
+    that call waited until its timeout, or for good without one. Such a batch is its
+    objects, each parsed alone, and each still too deep an error answer alike.
     """
-    from shoal.integrations._mcp_transports import shallow_answer
+    from shoal.integrations._mcp_transports import shallow_answer, shallow_batch
 
     errors = getattr(error, "errors", None)
     found = errors() if callable(errors) else None
@@ -970,14 +993,60 @@ def _salvaged(error: Exception) -> list[Any]:
     line, reason = found[0].get("input"), found[0].get("ctx", {}).get("error")
     try:  # a batch arrives parsed already (its items are what the SDK refused)
         message = json.loads(line) if isinstance(line, str) else line
-    except RecursionError:
-        message = shallow_answer(line) if isinstance(line, str) else None
+    except RecursionError:  # its outermost object, or a batch's objects, read shallowly
         reason = f"nested too deeply: {reason}"
+        if not isinstance(line, str) or not line.lstrip().startswith("["):
+            message = shallow_answer(line) if isinstance(line, str) else None
+        else:
+            read = [_error_answer(item, reason) if deep else _batched_message(item)
+                    for item, deep in shallow_batch(line) or ()]
+            return [m for m in read if m is not None]
     except ValueError:
         return []
     read = ([_batched_message(item) for item in message] if isinstance(message, list)
             else [_error_answer(message, reason)])
     return [m for m in read if m is not None]
+
+
+def _checker_of(schema: Any) -> Any:
+    """A validator of ``schema``, a tool's input schema listed anew; else why it is not taken.
+
+    Checked as a listed schema is (see :func:`_remote`), its words then in :func:`_refit`'s.
+    """
+    if not isinstance(schema, dict) or objects_past(schema, MAX_SCHEMA_OBJECTS):
+        return "its new schema is not one shoal takes (no object schema, or too big)"
+    try:
+        check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"its new schema is invalid ({bounded_text(exc.message, 300)})"
+    if ref_loop(schema) is not None:
+        return "its new schema loops (checking any argument against it never ends)"
+    return jsonschema.validators.validator_for(
+        schema, default=jsonschema.Draft202012Validator)(schema)
+
+
+def _refit(srv: MCPServer, name: str, checker: Any, arguments: Mapping[str, Any]) -> None:
+    """Refuse ``arguments`` unless ``checker`` (:func:`_checker_of`'s) finds they fit.
+
+    They were checked against the schema listed when the tool was made: after the server
+    changed it (and said its tools changed), a call that no longer fits was sent as it was.
+    """
+    def refused(why: str) -> MCPToolError:
+        return MCPToolError(srv.described, name, (
+            f"MCP server {srv.described} changed the input schema of tool {name!r} since its "
+            f"tools were listed, and {why}: the call was not sent; list its tools again "
+            "(shoal.mcp.tools)"))
+
+    if isinstance(checker, str):
+        raise refused(checker)
+    try:
+        errors = sorted(checker.iter_errors(dict(arguments)), key=_error_order)
+    except Exception as exc:  # a $ref elsewhere (never fetched), or too deep: not checked
+        raise refused(f"the arguments cannot be checked against it "
+                      f"({describe_exception(exc)})") from None
+    if errors:
+        raise refused(f"the arguments do not fit it now "
+                      f"({'; '.join(_error_text(e) for e in errors[:10])})")
 
 
 def _batched_message(item: Any) -> Any:
@@ -1164,6 +1233,8 @@ class RemoteTool:
     idempotent: bool | None = None
     open_world: bool | None = None
     output_schema: Mapping[str, Any] | None = None
+    #: the input schema as the server listed it (``schema`` has its descriptions made plain)
+    listed_schema: Mapping[str, Any] | None = None
 
 
 def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
@@ -1201,7 +1272,8 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
     return RemoteTool(srv, listed.name,
                       bounded_text(_prompt_text(listed.description or ""), 20_000),
                       schema, hints.read_only_hint, hints.destructive_hint,
-                      hints.idempotent_hint, hints.open_world_hint, listed.output_schema)
+                      hints.idempotent_hint, hints.open_world_hint, listed.output_schema,
+                      listed.input_schema)
 
 
 def _refuse_loops(srv: MCPServer, listed: mcp_types.Tool) -> None:
@@ -1357,7 +1429,7 @@ async def _invoke(remote: RemoteTool, **arguments: Any) -> Any:
     for attempt in range(2):  # a stdio server found gone before the call was sent: once more
         session, own = remote.server._session_for(scope)
         try:
-            result = await session.call_tool(remote.name, arguments)
+            result = await session.call_tool(remote.name, arguments, remote.listed_schema)
             break
         except _NotSent as unsent:  # the next session starts the server again
             if attempt:
