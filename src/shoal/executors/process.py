@@ -112,7 +112,13 @@ from shoal.executors._reaper import kill_trees
 from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors._template import PID, STATUS, exit_code, fork_supported
-from shoal.executors._worker import ENDED, LAST_REPLY_MARK, REPLY_HEADER, REPLY_MARK
+from shoal.executors._worker import (
+    CHANNEL_CLOSED_EXIT,
+    ENDED,
+    LAST_REPLY_MARK,
+    REPLY_HEADER,
+    REPLY_MARK,
+)
 from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
@@ -129,6 +135,10 @@ ALLOWED_ENV: frozenset[str] = frozenset({
 
 #: Crashes of one tool's workers within one run after which the tool is quarantined.
 QUARANTINE_AFTER = 3
+#: The most (run, tool) crash counts a pool keeps: past it, those of the runs that crashed
+#: longest ago are dropped (a long-lived pool serving a run per request, a tool crashing now
+#: and then, would otherwise keep one for every such run, for as long as it lives).
+CRASH_BOOKS = 1024
 
 _HEADER = struct.Struct(">Q")
 _PIPE_SIZE = 1 << 20  # bytes of pipe buffer asked for (Linux's default maximum)
@@ -226,6 +236,10 @@ def _psutil_state(pid: int) -> bytes | None:
 
 def describe_exit(returncode: int, limits: ProcessLimits | None = None) -> str:
     """How a worker ended, for an error message: ``exit code 1``, ``killed by signal ...``."""
+    if returncode == CHANNEL_CLOSED_EXIT:
+        return (f"exit code {returncode}: the tool closed the worker's pipes to shoal (file "
+                "descriptors it did not open: os.closerange(3, ...), say); close only the "
+                "descriptors the tool opened itself")
     if returncode >= 0:
         return f"exit code {returncode}"
     number = -returncode
@@ -1186,6 +1200,17 @@ class ProcessExecutor(Executor):
                 if lane.template in self._templates:
                     self._templates.remove(lane.template)
 
+    def _count_crash(self, key: tuple[str, str]) -> None:
+        """Count a crash of ``key`` (run id, tool name); keep :data:`CRASH_BOOKS` counts at most.
+
+        The count moves to the end (the books are in order of last crash), so the bound drops
+        those of the runs that crashed longest ago, not that of a run crashing now.
+        """
+        with self._books:
+            self._crashes[key] = self._crashes.pop(key, 0) + 1
+            while len(self._crashes) > CRASH_BOOKS:
+                del self._crashes[next(iter(self._crashes))]
+
     def _check_quarantine(self, call: Call) -> None:
         crashes = self._crashes.get((call.run_id, call.tool.name), 0)
         if crashes >= QUARANTINE_AFTER:
@@ -1480,8 +1505,7 @@ class ProcessExecutor(Executor):
         if retired:
             return ExecutorError(f"the process pool was closed while tool {call.tool.name!r} "
                                  "was running")
-        key = (call.run_id, call.tool.name)
-        self._crashes[key] = self._crashes.get(key, 0) + 1
+        self._count_crash((call.run_id, call.tool.name))
         self.workers_crashed += 1
         cause = (worker.stalled or getattr(worker.proc, "lost", None)
                  or describe_exit(code, worker.profile[0]))
