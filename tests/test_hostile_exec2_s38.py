@@ -6,6 +6,7 @@ Each test here failed before the fix it names.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -80,4 +81,64 @@ def test_the_crash_books_bound_keeps_the_quarantine_of_the_runs_going(
 
     errors = asyncio.run(main())
     assert errors == ["WorkerCrashedError"] * 5 + ["ToolQuarantinedError"], errors
+
+
+# ---- one pool given to two runtimes ---------------------------------------------------------
+
+
+def _nap_plan(seconds: float) -> tuple[Plan, str]:
+    plan = Plan()
+    return plan, plan.call(t.nap, seconds=seconds).node
+
+
+def test_a_pool_two_threads_runtimes_share_is_closed_by_the_last_not_the_first() -> None:
+    # was: the runtime whose run ended first closed the pool under the other's running call
+    # (its worker killed: "the process pool was closed while tool 'nap' was running"), and
+    # the two closing at once, each on the other's loop, raised CancelledError out of run_sync
+    pool = ProcessExecutor(2)
+    results: dict[str, shoal.RunResult] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str, seconds: float) -> None:
+        plan, _ = _nap_plan(seconds)
+        try:
+            results[name] = shoal.Runtime(executors={"process": pool}).run_sync(plan)
+        except BaseException as exc:  # (reported by the assert below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=("short", 0.2)),
+               threading.Thread(target=run, args=("long", 3.0))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    for name in ("short", "long"):
+        [outcome] = results[name].outcomes.values()
+        assert outcome.status == "ok", (name, outcome.error)
+    assert pool.worker_pids == []  # the last runtime to end closed it
+
+
+def test_a_pool_given_to_two_runtimes_of_one_loop_outlives_the_first_closed() -> None:
+    # was: rt1.aclose() closed the pool while rt2's call ran on it: that call failed with
+    # "the process pool was closed while tool 'nap' was running", though rt2 was never closed
+    pool = ProcessExecutor(2)
+
+    async def main() -> shoal.RunResult:
+        first, second = (shoal.Runtime(executors={"process": pool}) for _ in range(2))
+        plan, _ = _nap_plan(0.0)
+        await first.run(plan)
+        long_plan, _ = _nap_plan(1.5)
+        going = asyncio.create_task(second.run(long_plan))
+        await asyncio.sleep(0.7)  # its call runs
+        await first.aclose()
+        result = await going
+        assert pool.worker_pids  # still the second runtime's
+        await second.aclose()
+        assert pool.worker_pids == []
+        return result
+
+    result = asyncio.run(main())
+    [outcome] = result.outcomes.values()
+    assert outcome.status == "ok", outcome.error
 
