@@ -27,3 +27,10 @@ def die_hard() -> str:
     """End the worker at once with ``os._exit(3)``: a crash, as a C extension's abort is."""
     os._exit(3)
 
+
+
+@tool(isolation="thread")
+def thread_nap(seconds: float) -> float:
+    """Sleep ``seconds`` on a pool thread; how long that was."""
+    time.sleep(seconds)
+    return seconds

@@ -15,6 +15,7 @@ from shoal import Plan
 from shoal.executors import process
 from shoal.executors.base import Call
 from shoal.executors.process import ProcessExecutor
+from shoal.executors.thread import ThreadExecutor
 from tests import hostile_exec2_s38_tools as t
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
@@ -142,3 +143,27 @@ def test_a_pool_given_to_two_runtimes_of_one_loop_outlives_the_first_closed() ->
     [outcome] = result.outcomes.values()
     assert outcome.status == "ok", outcome.error
 
+
+
+def test_a_thread_pool_given_to_two_runtimes_keeps_the_others_queued_calls() -> None:
+    # the rule holds for every backend: was, rt1.aclose() closed the shared thread pool, and
+    # rt2's call queued behind its running one ended "cancelled", though rt2 was never closed
+    pool = ThreadExecutor(1)
+
+    async def main() -> shoal.RunResult:
+        first, second = (shoal.Runtime(executors={"thread": pool}) for _ in range(2))
+        warm = Plan()
+        warm.call(t.thread_nap, seconds=0.0)
+        await first.run(warm)
+        plan = Plan()
+        plan.call(t.thread_nap, seconds=0.6)
+        plan.call(t.thread_nap, seconds=0.1)  # queued: the pool has one thread
+        going = asyncio.create_task(second.run(plan))
+        await asyncio.sleep(0.3)
+        await first.aclose()
+        result = await going
+        await second.aclose()
+        return result
+
+    result = asyncio.run(main())
+    assert [o.status for o in result.outcomes.values()] == ["ok", "ok"], result.outcomes
