@@ -167,3 +167,25 @@ def test_a_thread_pool_given_to_two_runtimes_keeps_the_others_queued_calls() -> 
 
     result = asyncio.run(main())
     assert [o.status for o in result.outcomes.values()] == ["ok", "ok"], result.outcomes
+
+
+def test_a_call_whose_pool_is_closed_under_it_says_by_what() -> None:
+    # was: "the process pool was closed while tool 'nap' was running": which close, whose, and
+    # why a runtime nobody closed lost its call, the message did not say
+    pool = ProcessExecutor(1)
+    ended: list[shoal.RunResult] = []
+    plan, node = _nap_plan(5.0)
+    thread = threading.Thread(
+        target=lambda: ended.append(shoal.Runtime(executors={"process": pool}).run_sync(plan)))
+    thread.start()
+    for _ in range(400):  # its call runs
+        if pool.worker_pids:
+            break
+        threading.Event().wait(0.05)
+    threading.Event().wait(0.5)
+    asyncio.run(pool.close())
+    thread.join(60)
+    error = ended[0].outcomes[node].error
+    assert error is not None, ended[0].outcomes
+    assert "the process pool was closed while tool 'nap' was running" in error.message
+    assert "by ProcessExecutor.close()" in error.message

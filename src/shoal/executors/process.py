@@ -1503,8 +1503,10 @@ class ProcessExecutor(Executor):
         # it: that group is killed too, before the worker is reaped (its id is then still its)
         code = await asyncio.shield(self._reap(worker, group=True))
         if retired:
-            return ExecutorError(f"the process pool was closed while tool {call.tool.name!r} "
-                                 "was running")
+            return ExecutorError(
+                f"the process pool was closed while tool {call.tool.name!r} was running (by "
+                "ProcessExecutor.close(): a call of your own, or the runtime it was given to "
+                "closing; one given to several runtimes is closed by the last to close)")
         self._count_crash((call.run_id, call.tool.name))
         self.workers_crashed += 1
         cause = (worker.stalled or getattr(worker.proc, "lost", None)
