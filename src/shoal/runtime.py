@@ -39,6 +39,7 @@ from shoal.exceptions import (
     RunClosedError,
     ShoalError,
 )
+from shoal.executors._held import given, held_elsewhere
 from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
@@ -438,7 +439,9 @@ class Runtime:
         ray_address: the Ray cluster to use for ``isolation="ray"`` (default: ``RAY_ADDRESS``
             if set, else a local Ray started on first use).
         executors: backends of your own, by the isolation name they serve in place of shoal's
-            (e.g. ``{"process": MyProcessExecutor()}``); the runtime starts and closes them.
+            (e.g. ``{"process": MyProcessExecutor()}``); the runtime starts and closes them,
+            but one given to several runtimes is closed by the last of them to close (the
+            others only leave it: see docs/backends.md).
         resource_limits: per-resource-key concurrency limits, e.g. ``{"host:*": 4}``; each key
             (rendered from a tool's ``reads``/``writes``) matching a glob pattern gets its own
             limit of that size.
@@ -521,6 +524,8 @@ class Runtime:
         self.ray_address = ray_address
         self._custom: dict[str, Executor] = {} if executors is None else _custom_executors(
             executors)
+        if self._custom:
+            given(self)  # it may share one with another runtime: see _close_backends
         self.resource_limits = dict(resource_limits or {})
         self.fail_fast = fail_fast
         self.deadline = deadline
@@ -849,26 +854,39 @@ class Runtime:
                 await executor.leave()  # what this loop holds: it ends with this call
             return
         if self.approvals.asked or _to_close(executors):  # (else no coroutine: most)
-            await self._close_backends(executors)
+            await self._close_backends(executors, loop_ends=True)
 
     def _runs_elsewhere(self, here: asyncio.AbstractEventLoop) -> bool:
         """Whether runs of another thread's loop (still open) go on with this runtime."""
         return any(ended.get_loop() is not here and not ended.get_loop().is_closed()
                    and not ended.done() for ended in list(self._runs.values()))
 
+    def _held_backends(self) -> list[Executor]:
+        """The backends this runtime holds now (another runtime given one of them asks)."""
+        return list(self._executors.values())
+
     def _take_executors(self) -> dict[str, Executor]:
         """The backends, taken out (under ``_making``): a run started now makes its own."""
         executors, self._executors = self._executors, {}
         return executors
 
-    async def _close_backends(self, executors: Mapping[str, Executor]) -> None:
-        """Close ``executors`` (taken out of the runtime) and the approval desk."""
+    async def _close_backends(self, executors: Mapping[str, Executor], *,
+                              loop_ends: bool = False) -> None:
+        """Close ``executors`` (taken out of the runtime) and the approval desk.
+
+        A backend given to other runtimes too, still held by one of them, is left to the last
+        (see :mod:`shoal.executors._held`): only what this loop holds is released, if the
+        loop ``loop_ends`` (``run_sync``'s), since another runtime's runs may use it here.
+        """
         await self.approvals.aclose()
         if not executors:
             return
         for executor in {id(e): e for e in executors.values()}.values():
+            if self._custom and held_elsewhere(executor, self):  # another runtime's to close
+                if loop_ends:
+                    await executor.leave()
             # the inline backend holds nothing (one per shoal.run): its no-op close skipped
-            if type(executor).close is not Executor.close:
+            elif type(executor).close is not Executor.close:
                 await executor.close()
 
     def _check_ids(self, run_id: str | None, resume: str | None,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stubs: signal.py wraps it
 import contextlib
+import errno
 import faulthandler
 import gc
 import os
@@ -76,15 +77,28 @@ REPLY_MARK = b"shR\x01"
 #: limit, its priority), so the parent replaces it rather than give it another call.
 LAST_REPLY_MARK = b"shR\x02"
 ENDED = struct.Struct(">d")  # before a reply to a command: when its work ended, see above
+#: The worker's exit status when a tool closed its pipes to the parent (``os.closerange``):
+#: reserved, so that the parent can say so rather than "exit code 1".
+CHANNEL_CLOSED_EXIT = 117
+
+
+def _channel_closed(exc: OSError) -> None:
+    """Exit with :data:`CHANNEL_CLOSED_EXIT` if ``exc`` says a tool closed a pipe's descriptor."""
+    if exc.errno == errno.EBADF:
+        os._exit(CHANNEL_CLOSED_EXIT)
 
 
 def read_message(stream: IO[bytes]) -> bytes | None:
     """The next message's bytes, or ``None`` at end of file (the parent is gone)."""
-    header = stream.read(HEADER.size)
-    if len(header) < HEADER.size:
-        return None
-    (size,) = HEADER.unpack(header)
-    body = stream.read(size)
+    try:
+        header = stream.read(HEADER.size)
+        if len(header) < HEADER.size:
+            return None
+        (size,) = HEADER.unpack(header)
+        body = stream.read(size)
+    except OSError as exc:
+        _channel_closed(exc)
+        raise
     return body if len(body) == size else None
 
 
@@ -106,6 +120,9 @@ def write_message(stream: IO[bytes], body: bytes, *, ended: float | None = None,
         stream.flush()
     except BrokenPipeError:
         os._exit(0)
+    except OSError as exc:
+        _channel_closed(exc)
+        raise
 
 
 def apply_limits(memory: int | None, open_files: int | None) -> None:
@@ -263,7 +280,9 @@ def watch_parent(cmd_fd: int) -> None:
     poller.register(cmd_fd, 0)
     while True:
         for _, events in poller.poll():
-            if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            if events & select.POLLNVAL:  # a tool closed the descriptor: the parent is here
+                os._exit(CHANNEL_CLOSED_EXIT)
+            if events & (select.POLLHUP | select.POLLERR):
                 exit_with_group()
 
 
