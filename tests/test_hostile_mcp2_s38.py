@@ -180,7 +180,7 @@ def test_the_plain_reading_of_a_schema_finds_what_jsonschemas_own_check_finds() 
     # jsonschema's check (even the quick meta-checker's) took 1 s a listing for a schema of
     # 4,900 properties. The plain reading takes a schema of common keywords at once: it must
     # take only what jsonschema takes, and check_schema refuse what it refuses, word for word
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]
 
     from shoal.integrations._mcp_schema import check_schema, plainly_valid
     from tests.test_hostile_mcp_s37 import SCHEMAS, _random_schema, _schema_error
