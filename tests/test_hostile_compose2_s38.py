@@ -276,8 +276,8 @@ def test_a_run_waiting_on_a_shared_gate_is_not_starved_by_a_busy_run_that_frees_
 # -- a big immutable value is not walked by deepcopy at each write and read -------------------
 
 
-def test_a_big_tuple_of_numbers_is_written_and_read_without_a_deep_copy(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def _count_deep_copies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the length of each tuple ``copy.deepcopy`` is given (0 for anything else)."""
     import copy
 
     walked: list[int] = []
@@ -287,10 +287,16 @@ def test_a_big_tuple_of_numbers_is_written_and_read_without_a_deep_copy(
         walked.append(len(value) if isinstance(value, tuple) else 0)
         return real(value, memo)
 
+    monkeypatch.setattr(copy, "deepcopy", counted)
+    return walked
+
+
+def test_a_big_tuple_of_numbers_is_written_and_read_without_a_deep_copy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    walked = _count_deep_copies(monkeypatch)
     board = shoal.Board(low=shoal.merge.minimum, tags=shoal.merge.union,
                         other=shoal.merge.minimum)
     big = tuple(range(100_000))  # copied twice a write, walked item by item: 0.3 s a write
-    monkeypatch.setattr(copy, "deepcopy", counted)
     board.write("low", big)
     board.write("low", (*big[:-1], -1.5))
     board.write("tags", frozenset({(1, "a"), ("b", (2.5, None))}))
@@ -304,15 +310,7 @@ def test_a_big_tuple_of_numbers_is_written_and_read_without_a_deep_copy(
 
 def test_a_call_writes_and_reads_a_big_tuple_without_a_deep_copy(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import copy
-
-    walked: list[int] = []
-    real = copy.deepcopy
-
-    def counted(value: Any, memo: Any = None, _nil: Any = None) -> Any:
-        walked.append(len(value) if isinstance(value, tuple) else 0)
-        return real(value, memo)
-
+    walked = _count_deep_copies(monkeypatch)
     big = tuple(range(100_000))
 
     @shoal.tool
@@ -324,7 +322,6 @@ def test_a_call_writes_and_reads_a_big_tuple_without_a_deep_copy(
     plan = shoal.Plan()
     plan.call(put)
     board = shoal.Board(low=shoal.merge.minimum)
-    monkeypatch.setattr(copy, "deepcopy", counted)
     result = shoal.run_sync(plan, board=board)
     assert result.value("put#1") == 100_000
     assert max(walked, default=0) < 100_000  # the tuple itself never walked by a copy

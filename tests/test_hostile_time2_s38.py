@@ -115,24 +115,34 @@ def test_a_run_cancelled_while_a_call_is_held_ends_that_call_cancelled() -> None
                                               "timed out and still runs, to release file:/p")]]
 
 
-def test_on_the_real_clock_two_writes_to_one_key_never_overlap() -> None:
+def _two_writes(lasts: float) -> tuple[shoal.Plan, str, str, dict[str, list[float]]]:
+    """A write of db:t that times out (0.3 s) but lasts ``lasts`` s on its thread, then another.
+
+    On the real clock: the thread must have begun before its timeout fires (see the module's
+    docstring); 0.3 s leaves a loaded machine room for that.
+    """
     spans: dict[str, list[float]] = {}
 
     def slow(p: str) -> None:
         spans["slow"] = [time.monotonic()]
-        time.sleep(1.0)
+        time.sleep(lasts)
         spans["slow"].append(time.monotonic())
 
     def quick(p: str) -> None:
-        spans["quick"] = [time.monotonic(), time.monotonic()]
+        spans["quick"] = [time.monotonic()]
 
     plan = shoal.Plan()
-    first = plan.call(shoal.tool(slow, writes=["db:{p}"], timeout=0.1), p="t")
-    second = plan.call(shoal.tool(quick, writes=["db:{p}"]), p="t")
+    first = plan.call(shoal.tool(slow, writes=["db:{p}"], timeout=0.3), p="t").node
+    second = plan.call(shoal.tool(quick, writes=["db:{p}"]), p="t").node
+    return plan, first, second, spans
+
+
+def test_on_the_real_clock_two_writes_to_one_key_never_overlap() -> None:
+    plan, first, second, spans = _two_writes(1.2)
     result = shoal.run_sync(plan)
-    assert result[first.node].status == "timed_out"
-    assert (result[first.node].finished_at or 0.0) < 0.9  # recorded at its timeout, not its end
-    assert result[second.node].status == "ok"
+    assert result[first].status == "timed_out"
+    assert (result[first].finished_at or 0.0) < 1.1  # recorded at its timeout, not its end
+    assert result[second].status == "ok"
     assert spans["quick"][0] >= spans["slow"][1]
 
 
@@ -360,19 +370,7 @@ def test_a_decimal_rate_period_and_approval_timeout_are_taken_as_floats() -> Non
 
 
 def test_a_journaled_run_holds_the_key_and_keeps_why_in_its_events(tmp_path: Any) -> None:
-    spans: dict[str, list[float]] = {}
-
-    def slow(p: str) -> None:
-        spans["slow"] = [time.monotonic()]
-        time.sleep(0.9)
-        spans["slow"].append(time.monotonic())
-
-    def quick(p: str) -> None:
-        spans["quick"] = [time.monotonic()]
-
-    plan = shoal.Plan()
-    first = plan.call(shoal.tool(slow, writes=["db:{p}"], timeout=0.3), p="t").node
-    second = plan.call(shoal.tool(quick, writes=["db:{p}"]), p="t").node
+    plan, first, second, spans = _two_writes(0.9)
     store = shoal.SQLiteStore(tmp_path / "runs.db", keep_events=True)
     result = shoal.Runtime(store=store).run_sync(plan)
     assert result[second].status == "ok" and spans["quick"][0] >= spans["slow"][1]

@@ -138,17 +138,28 @@ def test_a_resource_limit_slot_is_held_until_an_abandoned_thread_ends() -> None:
     assert work.log == ["0 begins", "0 ends", "quick runs"]
 
 
-def test_a_resource_limit_slot_kept_past_its_runs_end_goes_back_when_the_thread_ends() -> None:
-    # its run is over (run_sync closed its loop): the thread gives the slot back as it ends,
-    # and the next run of the runtime gets it then, not while the thread still uses host:a
+_TwoRuns = tuple[_Attempts, shoal.Runtime, shoal.Plan, str, shoal.Plan, str]
+
+
+def _two_runs_on_one_slot() -> _TwoRuns:
+    """A runtime of one ``host:*`` slot, a read of host:a outliving its timeout, another's read.
+
+    Returns the work, the runtime, and each plan with its node.
+    """
     work = _Attempts()
     slow = shoal.tool(work.work, name="slow", reads=["host:{p}"], timeout=0.2)
     quick = shoal.tool(lambda p: work.log.append("quick runs"), name="quick",
                        reads=["host:{p}"])
     runtime = shoal.Runtime(resource_limits={"host:*": 1})
     first, second = shoal.Plan(), shoal.Plan()
-    one = first.call(slow, p="a").node
-    two = second.call(quick, p="a").node
+    one, two = first.call(slow, p="a").node, second.call(quick, p="a").node
+    return work, runtime, first, one, second, two
+
+
+def test_a_resource_limit_slot_kept_past_its_runs_end_goes_back_when_the_thread_ends() -> None:
+    # its run is over (run_sync closed its loop): the thread gives the slot back as it ends,
+    # and the next run of the runtime gets it then, not while the thread still uses host:a
+    work, runtime, first, one, second, two = _two_runs_on_one_slot()
     try:
         assert runtime.run_sync(first)[one].status == "timed_out"
         threading.Timer(0.3, work.gate.set).start()
@@ -218,14 +229,7 @@ def test_a_held_retry_names_the_key_its_attempt_used_not_the_plans_wildcard() ->
 
 
 def test_another_run_of_the_runtime_waits_for_the_slot_an_abandoned_thread_keeps() -> None:
-    work = _Attempts()
-    slow = shoal.tool(work.work, name="slow", reads=["host:{p}"], timeout=0.2)
-    quick = shoal.tool(lambda p: work.log.append("quick runs"), name="quick",
-                       reads=["host:{p}"])
-    runtime = shoal.Runtime(resource_limits={"host:*": 1})
-    first, second = shoal.Plan(), shoal.Plan()
-    first.call(slow, p="a")
-    second.call(quick, p="a")
+    work, runtime, first, _, second, _ = _two_runs_on_one_slot()
 
     async def main() -> None:
         one = runtime.start(first)
