@@ -56,6 +56,9 @@ from typing import IO, Any
 
 # Importing the package runs shoal/__init__; tools import it anyway, and paying for it here,
 # before "ready", keeps it out of the first call's measured time.
+# (imported here, not when the worker starts serving: by then the call's limits hold, and an
+# open-files limit of 1 left no descriptor to read the module with)
+from shoal.cli.pipes import Unbroken
 from shoal.exceptions import ConfigError, SerializationError
 from shoal.executors._errors import error_reply
 from shoal.executors._results import (
@@ -583,8 +586,6 @@ def guard_streams() -> None:
     drops its own writes. The wrappers are ``sys.__stdout__`` and ``sys.__stderr__`` too:
     :func:`restore_state` gives a call those back.
     """
-    from shoal.cli.pipes import Unbroken  # (light: os, sys, contextlib)
-
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, Unbroken):
