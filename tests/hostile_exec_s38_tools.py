@@ -7,26 +7,7 @@ import os
 import resource
 import signal
 
-import shoal
 from shoal.tools import tool
-
-
-@shoal.tool
-def half_send_then(signal_name: str) -> str:
-    """In an agent's process: send part of a message to the parent, then take a signal.
-
-    ``SIGKILL``: as the kernel's OOM killer ends a process that is sending a large message
-    (its result, a long event): the parent sees its socket end in the middle of one.
-    ``SIGSTOP``: as ``kill -STOP`` stops it there: the rest never comes.
-    """
-    from shoal.agents._process import Link
-    from shoal.agents.remote import HEADER
-
-    link = next(o for o in gc.get_objects() if isinstance(o, Link))
-    with link._send_lock:  # no other message of the agent's between the two parts
-        link._sock.sendall(HEADER.pack(10_000) + b"\x80" * 100)
-        os.kill(os.getpid(), getattr(signal, signal_name))
-    return "unreachable"
 
 
 @tool(isolation="process")
@@ -65,7 +46,6 @@ def stop_myself() -> int:
 @tool(isolation="process")
 def change_the_interpreter() -> int:
     """Lower the recursion limit, set trace and profile hooks, turn the collector off; pid."""
-    import gc
     import sys
     import threading
 
@@ -80,7 +60,6 @@ def change_the_interpreter() -> int:
 @tool(isolation="process")
 def interpreter_state() -> dict[str, object]:
     """What a call finds of the interpreter, and a result nested 60 lists deep; the pid."""
-    import gc
     import sys
     import threading
 

@@ -17,59 +17,11 @@ import pytest
 
 import shoal
 from shoal import Plan
-from shoal.testing import ScriptedModel, call
 from tests import hostile_exec_s38_tools as st
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
-
-
-# ---- an agent process killed while it sends a message -----------------------------------------
-
-
-def _half_sender_tree() -> shoal.Agent[str]:
-    """A lead whose process subagent sends part of a message, then takes its task's signal."""
-    model = ScriptedModel.per_prompt({
-        "go": [[call("helper", task="SIGKILL")], "lead done"],
-        "stop": [[call("helper", task="SIGSTOP")], "lead done"],
-        "SIGKILL": [[call("half_send_then", signal_name="SIGKILL")], "unreachable"],
-        "SIGSTOP": [[call("half_send_then", signal_name="SIGSTOP")], "unreachable"],
-    })
-    helper = shoal.Agent(name="helper", model=model, tools=[st.half_send_then],
-                         isolation="process")
-    return shoal.Agent(name="lead", model=model, subagents=[helper])
-
-
-def test_an_agent_process_killed_mid_message_is_reported_killed_not_a_short_read() -> None:
-    # was: SerializationError("... announced 10,000 bytes, but its socket ended after 100: a
-    # short read (something wrote part of a message to its socket, or its process died while
-    # writing one)"): the kernel's OOM killer, ending an agent that sends a large result,
-    # read as garbage on the socket, and how the process ended was never said
-    result = _half_sender_tree().run_sync("go")
-    child = result.children[0]
-    assert child.status == "failed" and isinstance(child.error, shoal.AgentError), child.error
-    message = str(child.error)
-    assert "the process running agent lead/helper#1 died" in message
-    assert "killed by signal SIGKILL" in message
-    assert "100 of its 10,000 bytes" in message  # what came of the message it was sending
-    assert result.output == "lead done"
-
-
-def test_an_agent_process_stopped_mid_message_is_reported_stopped_not_a_short_read(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # was: SerializationError("... announced 10,000 bytes, but not all came within 2 s: a
-    # short read (something wrote part of a message to its socket, or its process died
-    # while writing one)"): it neither died nor wrote garbage, it was stopped (kill -STOP)
-    from shoal.agents import remote
-
-    monkeypatch.setattr(remote, "MESSAGE_WAIT", 2.0)
-    result = _half_sender_tree().run_sync("stop")
-    child = result.children[0]
-    assert child.status == "failed" and isinstance(child.error, shoal.AgentError), child.error
-    message = str(child.error)
-    assert "lead/helper#1" in message and "stopped (SIGSTOP or SIGTSTP)" in message
-    assert "10,000" in message and result.output == "lead done"
 
 
 # ---- what a call lowers for good on its worker ------------------------------------------------

@@ -381,28 +381,14 @@ async def read_body(reader: asyncio.StreamReader, what: str) -> bytes | None:
         async with asyncio.timeout(wait):
             return await reader.readexactly(size)
     except asyncio.IncompleteReadError as exc:
-        raise _CutShort(what, size, f"its socket ended after {len(exc.partial):,}",
-                        f"{len(exc.partial):,} of its {size:,} bytes") from None
+        came = f"its socket ended after {len(exc.partial):,}"
     except ConnectionError as exc:
-        raise _CutShort(what, size, f"its socket failed before all came ({exc})",
-                        f"its socket failed before all {size:,} bytes came") from None
+        came = f"its socket failed before all came ({exc})"
     except TimeoutError:
-        raise _CutShort(what, size, f"not all came within {wait:g} s",
-                        f"not all of its {size:,} bytes", stopped_after=wait) from None
-
-
-class _CutShort(SerializationError):
-    """A message whose sender's socket ended in its middle (its process died sending it?)."""
-
-    def __init__(self, what: str, size: int, came: str, sent: str,
-                 stopped_after: float | None = None) -> None:
-        super().__init__(
-            f"{what} announced {size:,} bytes, but {came}: a short read (something wrote part "
-            f"of a message to its socket, or its process died while writing one)")
-        #: what came of the message, for an error that names how the process ended
-        self.sent = sent
-        #: seconds the rest was waited for, when the socket is still open
-        self.stopped_after = stopped_after
+        came = f"not all came within {wait:g} s"
+    raise SerializationError(
+        f"{what} announced {size:,} bytes, but {came}: a short read (something wrote part of a "
+        f"message to its socket, or its process died while writing one)")
 
 
 #: The shape of each message an agent sends (see the module docstring): its length, and a
@@ -1575,11 +1561,6 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
                 _fail(run, "failed", AgentError(
                     f"agent {run.lineage}: {cause}" if channel.stalled is not None
                     else f"the process running agent {run.lineage} died: {cause}"), server)
-        except _CutShort as short:  # its socket ended mid-message: killed as it sent one?
-            if deadlines:
-                _stopped(run, server)
-            else:
-                _fail(run, "failed", await _died_sending(run, channel, short), server)
         except Exception as exc:  # it could not load the agent; a reply that does not load
             if deadlines and isinstance(exc, SerializationError):  # cut short by the kill
                 _stopped(run, server)
@@ -1595,34 +1576,6 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
         await server.close()
         await channel.close()
     return result
-
-
-async def _died_sending(run: AgentRun, channel: Channel, short: _CutShort) -> Exception:
-    """The error of an agent whose socket ended in the middle of a message.
-
-    Its process killed as it sent it (the kernel's OOM killer ends the process that holds the
-    memory: one sending a large result): the signal is the cause; one stopped (``kill
-    -STOP``) before the rest came: that is. One that exited by itself (a tool wrote part of a
-    message, then ended it) or still runs keeps the short read's error, which then says how
-    it ended.
-    """
-    if not isinstance(channel, ProcessChannel):
-        return short
-    if short.stopped_after is not None and process_state(channel.pid) == b"T":
-        return AgentError(  # killed as the channel closes
-            f"agent {run.lineage}: its process was stopped (SIGSTOP or SIGTSTP) in the middle "
-            f"of a message ({short.sent} came within {short.stopped_after:.3g} s): it was killed")
-    try:
-        code = await asyncio.wait_for(asyncio.shield(channel.proc.wait()), 2.0)
-    except TimeoutError:
-        return short
-    if channel.stalled is not None:  # killed here, as found stopped: the kill is no cause
-        return AgentError(f"agent {run.lineage}: {channel.stalled}")
-    cause = getattr(channel.proc, "lost", None) or describe_exit(code)
-    if code >= 0:  # it exited by itself, after a tool wrote part of a message: that is why
-        return SerializationError(f"{short} (its process then ended: {cause})")
-    return AgentError(f"the process running agent {run.lineage} died while it sent a message "
-                      f"({short.sent} came): {cause}")
 
 
 async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any],
