@@ -166,18 +166,12 @@ def test_the_live_view_says_which_calls_an_abandoned_thread_holds_up() -> None:
 # ---- Budget(wall_clock=) that the virtual clock leapt to while a sync tool ran --------------
 
 
-def test_a_wall_clock_the_virtual_clock_leapt_to_past_a_thread_does_not_say_raise_it() -> None:
-    # was: "budget exceeded: wall_clock limit is 60, reached (at the whole tree); raise
-    # Budget(wall_clock=) to allow more", of a sync tool of 0.3 s: the clock leaps to any limit
-    # while a thread runs, so a larger one cannot help
-    from shoal.testing import ScriptedModel, call
+def _wall_clock_breach(fn: Any, asked: Any) -> shoal.BudgetExceeded:
+    """What an agent calling ``fn`` once (``asked``) under ``Budget(wall_clock=60)`` raises."""
+    from shoal.testing import ScriptedModel
 
-    def lookup(q: str) -> str:
-        time.sleep(0.3)
-        return q
-
-    model = ScriptedModel([[call("lookup", q="x")], "done"])
-    agent = shoal.Agent(name="lead", model=model, tools=[shoal.tool(lookup)])
+    model = ScriptedModel([[asked], "done"])
+    agent = shoal.Agent(name="lead", model=model, tools=[shoal.tool(fn)])
 
     async def main() -> shoal.BudgetExceeded:
         try:
@@ -186,7 +180,20 @@ def test_a_wall_clock_the_virtual_clock_leapt_to_past_a_thread_does_not_say_rais
             return exc
         raise AssertionError("the budget was not exceeded")
 
-    exc = run_virtual(main())
+    return run_virtual(main())
+
+
+def test_a_wall_clock_the_virtual_clock_leapt_to_past_a_thread_does_not_say_raise_it() -> None:
+    # was: "budget exceeded: wall_clock limit is 60, reached (at the whole tree); raise
+    # Budget(wall_clock=) to allow more", of a sync tool of 0.3 s: the clock leaps to any limit
+    # while a thread runs, so a larger one cannot help
+    from shoal.testing import call
+
+    def lookup(q: str) -> str:
+        time.sleep(0.3)
+        return q
+
+    exc = _wall_clock_breach(lookup, call("lookup", q="x"))
     message = str(exc)
     assert str(pickle.loads(pickle.dumps(exc))) == message  # (a worker process sends it on)
     assert "raise Budget(wall_clock=)" not in message
@@ -195,7 +202,7 @@ def test_a_wall_clock_the_virtual_clock_leapt_to_past_a_thread_does_not_say_rais
 
 
 def test_a_wall_clock_reached_by_virtual_sleeps_still_says_raise_it() -> None:
-    from shoal.testing import ScriptedModel, call
+    from shoal.testing import call
 
     async def nap() -> str:
         import asyncio
@@ -203,17 +210,8 @@ def test_a_wall_clock_reached_by_virtual_sleeps_still_says_raise_it() -> None:
         await asyncio.sleep(100)
         return "ok"
 
-    model = ScriptedModel([[call("nap")], "done"])
-    agent = shoal.Agent(name="lead", model=model, tools=[shoal.tool(nap)])
-
-    async def main() -> shoal.BudgetExceeded:
-        try:
-            await agent.run("go", budget=shoal.Budget(wall_clock=60))
-        except shoal.BudgetExceeded as exc:
-            return exc
-        raise AssertionError("the budget was not exceeded")
-
-    assert "raise Budget(wall_clock=) to allow more" in str(run_virtual(main()))
+    assert "raise Budget(wall_clock=) to allow more" in str(
+        _wall_clock_breach(nap, call("nap")))
 
 
 # ---- Decimal seconds and dollars (a config file read with Decimal, a price table's) --------
