@@ -59,7 +59,7 @@ from shoal.exceptions import (
     describe_exception,
     exception_message,
 )
-from shoal.models import resolve_model
+from shoal.models import check_model_spec, resolve_model
 from shoal.models.base import Model
 from shoal.outcome import _strict, json_text
 from shoal.planfile import check_import
@@ -163,13 +163,34 @@ def model_option(spec: str, modules: Sequence[str] | None = None) -> str | Model
             or not attr.isidentifier():
         return spec  # a model string, or no module:name either (':'): said as a model string's
 
+    if not module_name.endswith(".py") and "/" not in module_name:
+        _check_importable(spec, module_name)
     found = getattr(_import(module_name, modules, spec), attr, None)
     if callable(found) and not isinstance(found, Model):
         found = found()
     if not isinstance(found, Model):
+        what = (f"{module_name.strip()!r} has no {attr!r}" if found is None
+                else f"{attr!r} is a {type(found).__name__}")
         raise ConfigError(f"--model {spec!r} is neither a model string (openai:NAME, "
-                          "anthropic:NAME, local) nor a shoal Model object")
+                          f"anthropic:NAME, local) nor a shoal Model object ({what})")
     return found
+
+
+def _check_importable(spec: str, module_name: str) -> None:
+    """Refuse a ``--model`` whose module cannot be found, as the unknown model it most likely is.
+
+    ``bogus:thing`` is a mistyped provider far more often than a module: the message names the
+    model strings accepted (and a close provider) as well as the ``module:NAME`` form.
+    """
+    top = module_name.partition(".")[0].strip()
+    if top.isidentifier() and importlib.util.find_spec(top) is not None:
+        return
+    try:
+        check_model_spec(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; on the command line also module:NAME or dir/file.py:NAME "
+                          f"naming one (no module {module_name.strip()!r} is importable "
+                          "from here)") from None
 
 
 def _import(module_name: str, modules: Sequence[str] | None = None, name: str = "") -> Any:
