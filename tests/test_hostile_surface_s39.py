@@ -302,3 +302,14 @@ def test_an_async_approver_asked_as_the_run_is_cancelled_leaves_no_coroutine_una
     for i in range(3):
         asyncio.run(scenario(tmp_path / f"runs{i}.db"))
         gc.collect()
+
+
+def test_a_views_key_that_is_not_text_does_not_hide_a_text_key_like_it() -> None:
+    # was: {1: "a", "1": "b"} was viewed as {"1": "b"}: an item lost from what shoal show
+    # prints, and, for a value kept as its view only, from the value read back
+    lock = threading.Lock()
+    for value in ({1: "a", "1": "b", "lock": lock}, {"1": "b", 1: "a", "lock": lock}):
+        encoded = encode_value(value)
+        shown = decode_value(encoded.encoding, encoded.payload, encoded.view)[0]
+        assert len(shown) == 3 and shown["1"] == "b" and shown["<int 1>"] == "a"
+    assert view_value(encode_value(({2: "x"},)).view) == [{"2": "x"}]  # alone: as before

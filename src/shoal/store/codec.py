@@ -309,7 +309,7 @@ def _container_view(value: Any, depth: int, left: list[int], path: set[int]) -> 
             if left[0] <= 0:
                 shown["…"] = f"{len(value) - len(shown)} more"
                 break
-            name = key if type(key) is str else _short_repr(key)
+            name = key if type(key) is str else _key_name(key, value, shown)
             shown[name] = _viewable(item, depth + 1, left, path)
         return shown
     items: list[Any] = []
@@ -319,6 +319,18 @@ def _container_view(value: Any, depth: int, left: list[int], path: set[int]) -> 
             break
         items.append(_viewable(item, depth + 1, left, path))
     return items
+
+
+def _key_name(key: Any, mapping: dict[Any, Any], shown: dict[str, Any]) -> str:
+    """A key that is not text as a view's key: its repr, with its type if text is that too.
+
+    ``{1: "a", "1": "b"}`` was viewed as ``{"1": "b"}``: one item lost, and the view of
+    another value.
+    """
+    name = _short_repr(key)
+    if name in shown or name in mapping:
+        name = f"<{_type_name(key)} {name}>"
+    return name
 
 
 class _Unknown(Exception):
