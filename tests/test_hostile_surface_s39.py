@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import sqlite3
 import subprocess
@@ -31,6 +32,7 @@ from shoal.store.codec import (
 )
 from shoal.store.sqlite import SQLiteStore
 from tests.test_hostile_journal2_s38 import _sending, send
+from tests.test_hostile_journal_s36 import shoal_cli
 
 PAIR = "\ud83d\ude00"  # two code points: a high surrogate and a low one, not one character
 EMOJI = "\U0001f600"  # the one character JSON's escapes of PAIR read back as
@@ -178,6 +180,12 @@ async def _never(request: shoal.ApprovalRequest) -> shoal.Decision:
     raise AssertionError("never answered")
 
 
+@shoal.tool
+def send_nothing(text: str) -> str:
+    """Returns its text."""
+    return text
+
+
 def _hush(request: shoal.ApprovalRequest) -> shoal.Decision:
     raise AssertionError(f"asked again about {request.args}")
 
@@ -313,3 +321,37 @@ def test_a_views_key_that_is_not_text_does_not_hide_a_text_key_like_it() -> None
         shown = decode_value(encoded.encoding, encoded.payload, encoded.view)[0]
         assert len(shown) == 3 and shown["1"] == "b" and shown["<int 1>"] == "a"
     assert view_value(encode_value(({2: "x"},)).view) == [{"2": "x"}]  # alone: as before
+
+
+# ---- shoal runs lists a run its other commands could not name -----------------------------
+
+
+def test_a_run_id_with_surrogates_is_named_as_shoal_runs_shows_it(tmp_path: Path) -> None:
+    # was: a run id holding lone surrogates (valid JSON from a program, kept exactly) was
+    # listed by shoal runs as r\ud83d..., but shoal show, cancel and resume, given that,
+    # said "no run": no command line can pass the code points themselves
+    plan = shoal.Plan(name="p")
+    plan.call(send_nothing, text="hi")
+    run_id = f"r{PAIR}\udcff"
+    runtime = shoal.Runtime(store=SQLiteStore(tmp_path / ".shoal" / "runs.db"))
+    assert runtime.run_sync(plan, run_id=run_id).ok
+    listed = json.loads(shoal_cli("runs", "--json", cwd=tmp_path).stdout)
+    (shown,) = [run["run_id"] for run in listed]
+    assert shown == "r\\ud83d\\ude00\\udcff"
+    proc = shoal_cli("show", shown, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["run_id"] == shown
+    cancel = shoal_cli("cancel", shown, cwd=tmp_path)
+    assert cancel.returncode == 1 and "not running" in cancel.stdout + cancel.stderr
+
+
+def test_a_run_whose_id_is_written_with_a_backslash_is_still_named_by_it(tmp_path: Path) -> None:
+    # the escape names the run holding the code points only when no run has that very id
+    runtime = shoal.Runtime(store=SQLiteStore(tmp_path / ".shoal" / "runs.db"))
+    for run_id, name in (("r\\udcff", "literal"), ("r\udcff", "surrogate")):
+        plan = shoal.Plan(name=name)
+        plan.call(send_nothing, text="hi")
+        assert runtime.run_sync(plan, run_id=run_id).ok
+    proc = shoal_cli("show", "r\\udcff", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["name"] == "literal"
