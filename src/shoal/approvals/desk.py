@@ -810,13 +810,16 @@ class RunApprovals:
             ask.args, ask.args_hash, f"{self.lineage}/{ask.node_id}" if self.lineage
             else ask.node_id, ask.reason, self._epoch(), description)
 
-    def noted(self, events: Sequence[Event], actions: Sequence[ApprovalAction]) -> list[Event]:
+    def noted(self, events: Sequence[Event], actions: Sequence[ApprovalAction]
+              ) -> Sequence[Event]:
         """``events``, each :class:`ApprovalRequested` of ``actions`` saying what its request says.
 
         That is, for a call an edit changed before the run stopped, how (see
         :meth:`_with_earlier_edit`): the event, streamed and journaled, said only why the
         call needed approval, where the approver was told it had run as edited.
         """
+        if not self._earlier_edits(self._state.run_id):  # (most runs: no edit before)
+            return events
         asks = {action.node_id: action for action in actions if isinstance(action, Ask)}
         shown: list[Event] = []
         for event in events:
@@ -833,13 +836,7 @@ class RunApprovals:
         A resume asks about such a call with the arguments it was asked with at first: an
         approver who is not told would approve the call as first asked, not as it ran.
         """
-        if self._edits is None:  # the earlier sessions' records: read once
-            try:
-                self._edits = earlier_edits(self.ledger.ledger.approvals(request.run_id))
-            except Exception:  # unreadable: the request is asked as it is
-                log.exception("could not read the earlier decisions of run %s", request.run_id)
-                self._edits = {}
-        edit = self._edits.get((request.node_id, request.args_hash))
+        edit = self._earlier_edits(request.run_id).get((request.node_id, request.args_hash))
         if edit is None:
             return request
         edited = dataclasses.replace(request, args=edit.arguments).describe()
@@ -848,6 +845,16 @@ class RunApprovals:
             f"before the run stopped, {edit.decided_by or 'its approver'} edited this call to "
             f"{edited} and it ran so: approving runs it as asked here (edit it again to run "
             f"it as edited); {request.reason}"))
+
+    def _earlier_edits(self, run_id: str) -> dict[tuple[str, str], ApprovalRecord]:
+        """The calls an edit changed before the run stopped (read once: see earlier_edits)."""
+        if self._edits is None:  # the earlier sessions' records
+            try:
+                self._edits = earlier_edits(self.ledger.ledger.approvals(run_id))
+            except Exception:  # unreadable: the request is asked as it is
+                log.exception("could not read the earlier decisions of run %s", run_id)
+                self._edits = {}
+        return self._edits
 
     def _ruled(self, pos: int, request: ApprovalRequest, decision: Decision, by: str) -> None:
         """Keep ``decision``, use it (once), and let the state machine act on it.
