@@ -20,6 +20,7 @@ import pytest
 import shoal
 from shoal.approvals import approval_hash
 from shoal.approvals.ledger import hash_before_keys
+from shoal.events import edited_args_text
 from shoal.exceptions import ConfigError
 from shoal.outcome import STATUSES, Outcome
 from shoal.store.base import OutcomeRecord, RunRecord
@@ -355,3 +356,11 @@ def test_a_run_whose_id_is_written_with_a_backslash_is_still_named_by_it(tmp_pat
     proc = shoal_cli("show", "r\\udcff", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["name"] == "literal"
+
+
+def test_an_edits_arguments_text_tells_a_surrogate_pair_from_its_character() -> None:
+    # was: ApprovalDecided.edited_args (and the note an edited call's model reads) wrote PAIR
+    # and EMOJI alike, "\ud83d\ude00": a reader took the two code points for the character
+    texts = [edited_args_text({"to": text}) for text in (PAIR, EMOJI)]
+    assert [json.loads(text)["to"] for text in texts] == ["\\ud83d\\ude00", EMOJI]
+    assert edited_args_text({"to": "bob"}) == '{"to": "bob"}'  # as before
