@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import json
 import os
 import sqlite3
@@ -364,3 +365,18 @@ def test_an_edits_arguments_text_tells_a_surrogate_pair_from_its_character() -> 
     texts = [edited_args_text({"to": text}) for text in (PAIR, EMOJI)]
     assert [json.loads(text)["to"] for text in texts] == ["\\ud83d\\ude00", EMOJI]
     assert edited_args_text({"to": "bob"}) == '{"to": "bob"}'  # as before
+
+
+def test_shoal_shows_approved_arguments_with_a_surrogate_pair_apart_from_its_character() -> None:
+    # was: shoal show's approvals table wrote both {"to": PAIR} and {"to": EMOJI} as
+    # {"to": "\ud83d\ude00"}: the arguments a person approved read as others
+    from rich.console import Console
+
+    from shoal.cli.journal import _approval_table
+    from shoal.store.base import ApprovalRecord
+
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(_approval_table([ApprovalRecord("r", f"n{i}", "t", "h", {"to": text})
+                                   for i, text in enumerate((PAIR, EMOJI))]))
+    lines = [line for line in console.export_text().splitlines() if line.startswith(("n0", "n1"))]
+    assert '"\\\\ud83d\\\\ude00"' in lines[0] and '"\\ud83d\\ude00"' in lines[1]

@@ -816,7 +816,9 @@ def _approval_table(approvals: Sequence[ApprovalRecord], ids: int = ID_WIDTH) ->
                       safe_text(a.decision, style, width=SHORT_WIDTH),
                       safe_text(a.decided_by or "-", width=SHORT_WIDTH),
                       Text(one_line(a.reason or "", ARGUMENTS_WIDTH)),
-                      Text(one_line(json.dumps(jsonable(a.arguments)), ARGUMENTS_WIDTH)))
+                      # json_text: a surrogate pair's two code points are not its character
+                      Text(one_line(json_text(jsonable(a.arguments), indent=None),
+                                    ARGUMENTS_WIDTH)))
     return table
 
 
