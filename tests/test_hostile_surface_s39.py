@@ -380,3 +380,15 @@ def test_shoal_shows_approved_arguments_with_a_surrogate_pair_apart_from_its_cha
                                    for i, text in enumerate((PAIR, EMOJI))]))
     lines = [line for line in console.export_text().splitlines() if line.startswith(("n0", "n1"))]
     assert '"\\\\ud83d\\\\ude00"' in lines[0] and '"\\ud83d\\ude00"' in lines[1]
+
+
+def test_a_status_of_a_str_enum_equal_to_a_known_one_is_taken() -> None:
+    import enum
+
+    class Said(enum.StrEnum):
+        OK = "ok"
+        TYPO = "okay"
+
+    assert Outcome("n", "t", Said.OK).ok  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="okay"):
+        Outcome("n", "t", Said.TYPO)  # type: ignore[arg-type]

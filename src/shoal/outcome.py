@@ -38,7 +38,7 @@ _KNOWN = frozenset(STATUSES)
 
 def _check_status(status: object) -> None:
     """Refuse ``status`` unless it is one of :data:`STATUSES` (a ``str`` subclass may be)."""
-    if isinstance(status, str) and status in _KNOWN:
+    if isinstance(status, str) and status in STATUSES:  # (a str enum equal to one: taken)
         return
     shown = _safe_repr(status)
     if not isinstance(status, str):
