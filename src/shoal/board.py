@@ -637,9 +637,11 @@ def call_digest(tool: str, arguments: Mapping[str, Any]) -> str:
     already, is not made twice; a model asked again may make another call under the same
     name (``note#1`` of its turn), whose digest differs, and whose writes count too.
     """
-    from shoal.approvals.ledger import approval_hash  # the same canonical hash as approvals
+    # the canonical hash of approvals, as it was before keys that are not text were told
+    # apart: a commit journaled under it before is found on resume, not made again
+    from shoal.approvals.ledger import approval_hash, hash_before_keys
 
-    return approval_hash(tool, arguments)
+    return hash_before_keys(tool, arguments) or approval_hash(tool, arguments)
 
 
 #: The mark, in a board record's data, of a commit journaled as it was applied (by the root of

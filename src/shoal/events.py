@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import inspect
-import json
 import logging
 import os
 import shlex
@@ -422,12 +421,14 @@ MAX_EDIT_CHARS = 2_000
 
 
 def edited_args_text(args: Any) -> str:
-    """Arguments an approver's edit made a call run with, as JSON text a person can read.
+    r"""Arguments an approver's edit made a call run with, as JSON text a person can read.
 
     Quotes and control characters escaped, cut to :data:`MAX_EDIT_CHARS` (saying how much
     was left out): what :class:`ApprovalDecided` carries and an edited call's model reads.
+    A lone surrogate is written out as the text ``\udcff`` (:func:`~shoal.outcome.json_text`):
+    JSON's escape of a surrogate pair's two code points read as the character they pair to.
     """
-    return bounded_text(json.dumps(jsonable(args)), MAX_EDIT_CHARS)
+    return bounded_text(json_text(jsonable(args), indent=None), MAX_EDIT_CHARS)
 
 
 EventSink = Callable[[Event], None]

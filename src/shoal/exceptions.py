@@ -28,6 +28,8 @@
     ├── ConfigError                 an invalid runtime setting (limits, executors, rates)
     │   ├── ArgumentTypeError       a plan's, an open run's or a ref's argument of the wrong
     │   │                           kind (a node id that is no text); also a ``TypeError``
+    │   ├── StatusError             an :class:`~shoal.outcome.Outcome` of a status that is not
+    │   │                           one of ``STATUSES`` (a typo); also a ``ValueError``
     │   └── OpenFilesLimitError     a process's ``open_files`` limit reached by its tools' files
     │                               or its model's connections; also an ``OSError`` (EMFILE)
     ├── MissingDependencyError      an optional extra is not installed; says what to install
@@ -93,6 +95,7 @@ __all__ = [
     "ConfigError",
     "AgentError",
     "ArgumentTypeError",
+    "StatusError",
     "AsyncOnlyError",
     "BudgetExceeded",
     "ExecutorError",
@@ -440,6 +443,14 @@ class ArgumentTypeError(ConfigError, TypeError):
     A node id or ``item_arg=`` that is no text, an ``after=`` naming something that is no
     node, a ref's key that is neither a field name nor an index, a node named by neither a ref
     nor its id. A ``TypeError`` too, as these refusals were before they had a type of their own.
+    """
+
+
+class StatusError(ConfigError, ValueError):
+    """An outcome was made with a status that is none of :data:`~shoal.outcome.STATUSES`.
+
+    A typo (``"okay"``) in a store or a backend of your own: such an outcome was counted
+    nowhere, was not ``ok``, and read back from the journal as damaged. A ``ValueError`` too.
     """
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_core import to_jsonable_python
 
-from shoal.exceptions import RemoteToolError, bounded_text
+from shoal.exceptions import RemoteToolError, StatusError, bounded_text
 
 if TYPE_CHECKING:
     from shoal.board import BoardConflict
@@ -31,6 +31,20 @@ __all__ = [
 Status = Literal["ok", "failed", "timed_out", "cancelled", "skipped", "denied", "in_doubt"]
 STATUSES: tuple[Status, ...] = (
     "ok", "failed", "timed_out", "cancelled", "skipped", "denied", "in_doubt")
+
+
+_KNOWN = frozenset(STATUSES)
+
+
+def _check_status(status: object) -> None:
+    """Refuse ``status`` unless it is one of :data:`STATUSES` (a ``str`` subclass may be)."""
+    if isinstance(status, str) and status in STATUSES:  # (a str enum equal to one: taken)
+        return
+    shown = _safe_repr(status)
+    if not isinstance(status, str):
+        shown = f"{type(status).__name__} {shown}"
+    raise StatusError(f"an outcome's status is one of {', '.join(STATUSES)}; got "
+                      f"{shown[:200]}")
 
 
 #: Values that expand to more than this many JSON items (shared parts count each time they
@@ -395,6 +409,13 @@ class Outcome:
     where: str = ""
     interrupted: bool = False
     edited_args: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # a typo'd status ("okay") was kept: counted nowhere, never ok, and read back from
+        # the journal as damage; refused here, where the mistake is (a set look: hot path)
+        status = self.status
+        if type(status) is not str or status not in _KNOWN:
+            _check_status(status)
 
     @property
     def ok(self) -> bool:

@@ -50,6 +50,7 @@ from shoal.approvals.ledger import (
 from shoal.approvals.policy import _ANSWER, ApprovalRequest, Approver, Decision, reviewed, stopped
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.clock import running_loop
+from shoal.events import ApprovalRequested, Event
 from shoal.exceptions import bounded_text, describe_exception, exception_message
 from shoal.limits import Rate, RateLimiter
 from shoal.outcome import _safe_repr
@@ -758,16 +759,12 @@ class RunApprovals:
         denies them all, as unstored. ``together``: the earlier decisions found (a resume)
         are kept in one commit too, then acted on.
         """
-        run_id = self._state.run_id
         requests: list[tuple[Ask, ApprovalRequest]] = []
         for ask in asks:
             tool = self._state.awaiting(ask.pos)
             if tool is None:
                 continue  # cancelled while its request was being stored
-            requests.append((ask, ApprovalRequest(
-                request_id_of(run_id, ask.node_id, ask.args_hash), run_id, ask.node_id, ask.tool,
-                ask.args, ask.args_hash, f"{self.lineage}/{ask.node_id}" if self.lineage
-                else ask.node_id, ask.reason, self._epoch(), tool.description)))
+            requests.append((ask, self._request(ask, tool.description)))
         if not requests:
             return
         kept: list[ApprovalRecord | Exception] = []
@@ -775,7 +772,7 @@ class RunApprovals:
             with batched(self.ledger.ledger):  # one commit for the lot
                 for ask, request in requests:
                     try:
-                        kept.append(self.ledger.record(request, ask.kind))
+                        kept.append(self.ledger.record(request, ask.kind, ask.before))
                     except Exception as exc:  # unstored, it could not be used once: denied
                         kept.append(exc)
         except Exception as exc:  # the batch could not begin or commit: none of them is kept
@@ -805,19 +802,41 @@ class RunApprovals:
             self._asked[ask.pos] = request
             self.desk.submit(request, partial(self._ruled, ask.pos, request))
 
+    def _request(self, ask: Ask, description: str) -> ApprovalRequest:
+        """The request about the call of ``ask``, as the approver is asked it."""
+        run_id = self._state.run_id
+        return ApprovalRequest(
+            request_id_of(run_id, ask.node_id, ask.args_hash), run_id, ask.node_id, ask.tool,
+            ask.args, ask.args_hash, f"{self.lineage}/{ask.node_id}" if self.lineage
+            else ask.node_id, ask.reason, self._epoch(), description)
+
+    def noted(self, events: Sequence[Event], actions: Sequence[ApprovalAction]
+              ) -> Sequence[Event]:
+        """``events``, each :class:`ApprovalRequested` of ``actions`` saying what its request says.
+
+        That is, for a call an edit changed before the run stopped, how (see
+        :meth:`_with_earlier_edit`): the event, streamed and journaled, said only why the
+        call needed approval, where the approver was told it had run as edited.
+        """
+        if not self._earlier_edits(self._state.run_id):  # (most runs: no edit before)
+            return events
+        asks = {action.node_id: action for action in actions if isinstance(action, Ask)}
+        shown: list[Event] = []
+        for event in events:
+            if isinstance(event, ApprovalRequested) and (ask := asks.get(event.node_id)):
+                said = self._with_earlier_edit(self._request(ask, "")).reason
+                if said != ask.reason:
+                    event = dataclasses.replace(event, reason=said)
+            shown.append(event)
+        return shown
+
     def _with_earlier_edit(self, request: ApprovalRequest) -> ApprovalRequest:
         """``request``, its reason saying how an edit changed the call before the run stopped.
 
         A resume asks about such a call with the arguments it was asked with at first: an
         approver who is not told would approve the call as first asked, not as it ran.
         """
-        if self._edits is None:  # the earlier sessions' records: read once
-            try:
-                self._edits = earlier_edits(self.ledger.ledger.approvals(request.run_id))
-            except Exception:  # unreadable: the request is asked as it is
-                log.exception("could not read the earlier decisions of run %s", request.run_id)
-                self._edits = {}
-        edit = self._edits.get((request.node_id, request.args_hash))
+        edit = self._earlier_edits(request.run_id).get((request.node_id, request.args_hash))
         if edit is None:
             return request
         edited = dataclasses.replace(request, args=edit.arguments).describe()
@@ -826,6 +845,16 @@ class RunApprovals:
             f"before the run stopped, {edit.decided_by or 'its approver'} edited this call to "
             f"{edited} and it ran so: approving runs it as asked here (edit it again to run "
             f"it as edited); {request.reason}"))
+
+    def _earlier_edits(self, run_id: str) -> dict[tuple[str, str], ApprovalRecord]:
+        """The calls an edit changed before the run stopped (read once: see earlier_edits)."""
+        if self._edits is None:  # the earlier sessions' records
+            try:
+                self._edits = earlier_edits(self.ledger.ledger.approvals(run_id))
+            except Exception:  # unreadable: the request is asked as it is
+                log.exception("could not read the earlier decisions of run %s", run_id)
+                self._edits = {}
+        return self._edits
 
     def _ruled(self, pos: int, request: ApprovalRequest, decision: Decision, by: str) -> None:
         """Keep ``decision``, use it (once), and let the state machine act on it.

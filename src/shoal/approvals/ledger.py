@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # at run time only their attributes are read: no import cycle
     from shoal.tools import Tool
 
 __all__ = ["ApprovalLedger", "MemoryLedger", "RunLedger", "approval_hash", "batched", "batches",
-           "earlier_edits"]
+           "earlier_edits", "hash_before_keys"]
 
 log = logging.getLogger("shoal")
 
@@ -50,9 +50,23 @@ def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
     give the same hash, and arguments that differ only there give different ones. A set's
     members are taken in a canonical order (the order a set iterates in changes from one
     process to the next). Arguments that are plain JSON data (what a model sends) are written
-    out in one pass of the C JSON encoder, however large.
+    out in one pass of the C JSON encoder, however large. Keys that are not text (``{1: 1}``)
+    are told apart from text ones (``{"1": 1}``), which JSON writes alike.
     """
     return hash_and_kind(tool, arguments)[0]
+
+
+def hash_before_keys(tool: str, arguments: Mapping[str, Any]) -> str:
+    """:func:`approval_hash` as it was before keys that are not text were told apart.
+
+    ``""`` when it is the same (arguments with text keys only: all that a model sends). A
+    journal written before holds decisions bound to it: a resume finds them by it (see
+    :meth:`RunLedger.record`); a board's call digest stays it (a commit journaled under it
+    is not made again on resume).
+    """
+    if not _other_keys(dict(arguments)):
+        return ""
+    return _hash(tool, dict(arguments), keys=False)[0]
 
 
 def hash_and_kind(tool: str, arguments: Mapping[str, Any]) -> tuple[str, bool]:
@@ -63,7 +77,11 @@ def hash_and_kind(tool: str, arguments: Mapping[str, Any]) -> tuple[str, bool]:
     holder of a reference to them can change (the scheduler, which holds the only one, then
     need not hash them again before they run).
     """
-    arguments = dict(arguments)
+    return _hash(tool, dict(arguments), keys=True)
+
+
+def _hash(tool: str, arguments: dict[str, Any], *, keys: bool) -> tuple[str, bool]:
+    """:func:`hash_and_kind`; ``keys=False``: keys that are not text hashed as text (before)."""
     text, exact = _plain_json(arguments)
     if text is None:  # sets, bytes, numbers JSON cannot hold, self-containing or other values
         # looked at once: for a value too large or holding itself, the look walks JSON_ITEMS
@@ -73,7 +91,8 @@ def hash_and_kind(tool: str, arguments: Mapping[str, Any]) -> tuple[str, bool]:
         else:
             data = _safe_repr(arguments)  # as jsonable gives it
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        if isinstance(data, str) or _lossy(arguments):  # its JSON stands for others too
+        # its JSON stands for others too (keys that are not text: JSON writes 1 as "1")
+        if isinstance(data, str) or _lossy(arguments) or (keys and _other_keys(arguments)):
             text += f"\n{exact_digest(arguments)}"  # so bind the exact arguments
     digest = hashlib.sha256(f"{tool}\n{text}".encode("utf-8", "surrogatepass")).hexdigest()
     return digest, exact
@@ -202,6 +221,22 @@ def _lossy(value: Any) -> bool:
             return True
         if isinstance(item, Mapping):
             if has_surrogate_key(item):  # written out as text: "\\udc80" reads the same
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+    return False
+
+
+def _other_keys(value: Any) -> bool:
+    """Whether a mapping in ``value`` (looked at in bounds) has a key that is not text."""
+    if not _converts_in_bounds(value):
+        return False  # bound by its exact digest already (see _lossy)
+    stack = [value]
+    while stack:  # in bounds: at most JSON_ITEMS items
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if not all(isinstance(key, str) for key in item):
                 return True
             stack.extend(item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
@@ -411,15 +446,41 @@ class RunLedger:
         self.ledger = ledger
         self._epoch = epoch
 
-    def record(self, request: ApprovalRequest, kind: str) -> ApprovalRecord:
+    def record(self, request: ApprovalRequest, kind: str, before: str = "") -> ApprovalRecord:
         """Keep ``request`` (pending); what the ledger holds for that call is returned.
 
         That is the request as kept, or, for a call decided before its run stopped (a
         resume), the earlier decision, which stands. Raises if the request cannot be kept.
+        ``before``: the call's :func:`hash_before_keys`, under which a journal written
+        before may hold its request (see :meth:`_carried`).
         """
-        return self.ledger.request_approval(ApprovalRecord(
+        kept = self.ledger.request_approval(ApprovalRecord(
             request.run_id, request.node_id, request.tool, request.args_hash,
             arguments=request.args, kind=kind, requested_at=request.requested_at))
+        if before and kept.decision == "pending":
+            return self._carried(kept, before)
+        return kept
+
+    def _carried(self, kept: ApprovalRecord, before: str) -> ApprovalRecord:
+        """``kept``, with the decision of the call's request kept under its former hash.
+
+        That request (of a journal written before keys that are not text were hashed apart)
+        is closed, used: the call is decided under its own hash from here on. A pending one
+        is asked again; a decision stands, as any earlier decision does on resume.
+        """
+        old = next((record for record in self.ledger.approvals(kept.run_id)
+                    if record.node_id == kept.node_id and record.args_hash == before
+                    and not record.used), None)
+        if old is None:
+            return kept
+        if old.decision == "pending":
+            self.ledger.decide(kept.run_id, kept.node_id, before, "denied", decided_by="shoal",
+                               reason=_ASKED_AGAIN, at=self._epoch())
+        self.ledger.use_decision(kept.run_id, kept.node_id, before)
+        if old.decision == "pending":
+            return kept
+        return replace(kept, decision=old.decision, decided_by=old.decided_by,
+                       decided_at=old.decided_at, reason=old.reason)
 
     def approve(self, request: ApprovalRequest, decision: Decision, tool: Tool[..., Any],
                 by: str) -> tuple[dict[str, Any] | None, str]:
@@ -473,6 +534,8 @@ class RunLedger:
         return args, args_hash
 
 
+# the reason a request kept under a call's former hash is closed with (see RunLedger._carried)
+_ASKED_AGAIN = "asked again under the call's own hash (its keys that are not text count now)"
 # the reason a request an edit replaced is closed with (see RunLedger._bound_args)
 _REPLACED = "replaced by edited arguments ({})"
 _REPLACED_BY = re.compile(r"replaced by edited arguments \(([0-9a-f]{12})\)")

@@ -294,6 +294,8 @@ class CallbackApprover(Approver):
                 for request_id, task in asking.items():
                     if self._asking.get(request_id) is task:
                         del self._asking[request_id]
+                for i in waiting:  # a task cancelled before its first step never awaited it:
+                    _close_unstarted(answers[i])  # Python then warned "never awaited"
             for i, answer in zip(waiting, done, strict=True):
                 if isinstance(answer, asyncio.CancelledError):  # withdrawn: nobody reads it
                     answer = Decision.deny("withdrawn")
@@ -335,6 +337,12 @@ class CallbackApprover(Approver):
             decided = _raised(exc)
         answer_now(request, decided)
         return decided
+
+
+def _close_unstarted(answer: object) -> None:
+    """Close ``answer`` if it is a coroutine that never started (nothing will await it)."""
+    if inspect.iscoroutine(answer) and inspect.getcoroutinestate(answer) == "CORO_CREATED":
+        answer.close()
 
 
 async def reviewed(approver: Approver, batch: Sequence[ApprovalRequest]) -> Any:

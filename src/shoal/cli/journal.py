@@ -402,6 +402,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
     """Show one run: outcomes, timings, edges and their reasons, approvals and who decided."""
     try:
         journal = open_journal(store, read_only=True)
+        run_id = _given_run_id(journal, run_id)
         record = journal.get_run(run_id)
         if html is not None:
             _write_timeline(journal, run_id, record, html, store, as_json, force=force)
@@ -815,7 +816,9 @@ def _approval_table(approvals: Sequence[ApprovalRecord], ids: int = ID_WIDTH) ->
                       safe_text(a.decision, style, width=SHORT_WIDTH),
                       safe_text(a.decided_by or "-", width=SHORT_WIDTH),
                       Text(one_line(a.reason or "", ARGUMENTS_WIDTH)),
-                      Text(one_line(json.dumps(jsonable(a.arguments)), ARGUMENTS_WIDTH)))
+                      # json_text: a surrogate pair's two code points are not its character
+                      Text(one_line(json_text(jsonable(a.arguments), indent=None),
+                                    ARGUMENTS_WIDTH)))
     return table
 
 
@@ -845,6 +848,7 @@ def cancel_command(
     """
     try:
         journal = open_journal(store)
+        run_id = _given_run_id(journal, run_id)
         record = journal.get_run(run_id)
         if record is None and nested_runs(journal, run_id):  # an agent tree run from code
             _cancel_tree(journal, run_id, nodes or [], reason, wait)
@@ -981,6 +985,28 @@ def _tree_status(journal: SQLiteStore, run_id: str) -> str | None:
     return live_status(tree_record(run_id, nested, journal, live_status)) if nested else None
 
 
+def _given_run_id(journal: SQLiteStore, run_id: str) -> str:
+    r"""The run ``run_id`` names, given as ``shoal runs`` shows it.
+
+    A run id may hold lone surrogates (the journal keeps them exactly), which no command line
+    can pass: ``shoal runs`` shows each as its escape (``r\ud83d``), and ``shoal show
+    'r\ud83d'`` found no run. Such escapes name the run that holds those code points, unless
+    a run has the id as it is written.
+    """
+    if "\\u" not in run_id or _known(journal, run_id):
+        return run_id
+    meant = _SURROGATE_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), run_id)
+    return meant if meant != run_id and _known(journal, meant) else run_id
+
+
+def _known(journal: SQLiteStore, run_id: str) -> bool:
+    return journal.get_run(run_id) is not None or bool(nested_runs(journal, run_id))
+
+
+#: how ``shoal runs`` (and every view) writes a lone surrogate
+_SURROGATE_ESCAPE = re.compile(r"\\u(d[89a-f][0-9a-f]{2})", re.IGNORECASE)
+
+
 def _no_run(journal: SQLiteStore, run_id: str, store: Path) -> ShoalError:
     """The error for a run id the journal does not know, naming the runs it may have meant.
 
@@ -1105,6 +1131,7 @@ def resume_command(
 
     try:
         journal = open_journal(store)
+        run_id = _given_run_id(journal, run_id)
         record = journal.get_run(run_id)
         if record is None and nested_runs(journal, run_id):  # an agent tree run from code
             raise ShoalError(f"run {run_id!r} is an agent tree run from Python, which the "

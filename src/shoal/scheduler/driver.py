@@ -973,7 +973,9 @@ class Driver:
         for when, kind, pos in d.timers:
             self._set_timer(when, kind, pos)
         if d.events:
-            self._publish(d.events)
+            # an ApprovalRequested says what its request says (an edit before a resume)
+            self._publish(self._approvals.noted(d.events, d.approvals)
+                          if d.approvals and (self._sinks or self._internal) else d.events)
         if d.approvals:
             self._approvals.act(d.approvals)
         if d.parked or d.freed:

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, cast
 
-from shoal.approvals.ledger import approval_hash, hash_and_kind
+from shoal.approvals.ledger import approval_hash, hash_and_kind, hash_before_keys
 from shoal.approvals.policy import approval_reason, request_id
 from shoal.deps import Graph, render_key
 from shoal.events import (
@@ -167,6 +167,7 @@ class Ask:
     args_hash: str
     reason: str
     kind: str = "approval"  # or "in_doubt": resume asks whether to run a call in doubt again
+    before: str = ""  # its hash_before_keys: a journal written before keeps it under that
 
 
 @dataclass(frozen=True, slots=True)
@@ -1718,8 +1719,9 @@ class SchedulerState:
                 continue
             args_hash, exact = hash_and_kind(tool.name, slot.args)
             slot.approval = _Approval(args_hash, slot.args if exact else None)
-            d.ask(Ask(slot.pos, slot.node.id, tool.name, jsonable(slot.args),
-                                   args_hash, why, "in_doubt" if doubt else "approval"))
+            d.ask(Ask(slot.pos, slot.node.id, tool.name, jsonable(slot.args), args_hash, why,
+                      "in_doubt" if doubt else "approval",
+                      "" if exact else hash_before_keys(tool.name, slot.args)))
             if self.record_events:
                 d.event(ApprovalRequested(
                     run_id=self.run_id, time=now, node_id=slot.node.id, tool=tool.name,

@@ -206,7 +206,7 @@ def _encode_object(value: Any) -> Encoded:
     except KeyboardInterrupt:
         raise
     except BaseException:  # unpicklable (locks, lambdas, a __reduce__ raising SystemExit ...)
-        return Encoded("repr", view.encode("utf-8"), view)
+        return Encoded("repr", view.encode("utf-8", "surrogatepass"), view)
     return Encoded("pickle", buffer.getvalue(), view)
 
 
@@ -250,10 +250,15 @@ class _CappedBuffer(io.BytesIO):
 
 
 def _view(value: Any) -> str:
-    """The value's JSON view, for people: bounded in size; never raises."""
+    r"""The value's JSON view, for people: bounded in size; never raises.
+
+    Its text is written as it is, not escaped, as the journal's other JSON cells are: JSON's
+    escapes read a high surrogate's followed by a low one's as one character, so the two
+    code points ``"\ud83d\ude00"`` came back as ``"\U0001f600"`` (and the two values were
+    kept alike). The store keeps text with lone surrogates as its ``surrogatepass`` bytes.
+    """
     try:
-        # ensure_ascii: lone surrogates stay escaped, so the view is valid UTF-8 for SQLite
-        return json.dumps(_viewable(value, 0, [VIEW_ITEMS], set()))
+        return json.dumps(_viewable(value, 0, [VIEW_ITEMS], set()), ensure_ascii=False)
     except Exception:  # a view that JSON still refuses
         return json.dumps(f"<unrepresentable {_type_name(value)}>")
 
@@ -304,7 +309,7 @@ def _container_view(value: Any, depth: int, left: list[int], path: set[int]) -> 
             if left[0] <= 0:
                 shown["…"] = f"{len(value) - len(shown)} more"
                 break
-            name = key if type(key) is str else _short_repr(key)
+            name = key if type(key) is str else _key_name(key, value, shown)
             shown[name] = _viewable(item, depth + 1, left, path)
         return shown
     items: list[Any] = []
@@ -314,6 +319,18 @@ def _container_view(value: Any, depth: int, left: list[int], path: set[int]) -> 
             break
         items.append(_viewable(item, depth + 1, left, path))
     return items
+
+
+def _key_name(key: Any, mapping: dict[Any, Any], shown: dict[str, Any]) -> str:
+    """A key that is not text as a view's key: its repr, with its type if text is that too.
+
+    ``{1: "a", "1": "b"}`` was viewed as ``{"1": "b"}``: one item lost, and the view of
+    another value.
+    """
+    name = _short_repr(key)
+    if name in shown or name in mapping:
+        name = f"<{_type_name(key)} {name}>"
+    return name
 
 
 class _Unknown(Exception):
@@ -419,7 +436,8 @@ def decode_value(encoding: str, payload: bytes, view: str | None) -> tuple[Any, 
             # a truncated or overwritten pickle
             raise DamagedValueError(f"the pickle does not load ({type(exc).__name__}: "
                                     f"{str(exc)[:200]})") from None
-    return view_value(view if view is not None else payload.decode("utf-8")), False
+    text = view if view is not None else payload.decode("utf-8", "surrogatepass")
+    return view_value(text), False
 
 
 _PICKLED = "pickle:"  # how an arguments cell holding a pickle begins (a JSON one: '{')
@@ -431,13 +449,13 @@ def encode_arguments(args: Mapping[str, Any]) -> str:
     Plain JSON as JSON text, as ever; anything else (a date, a model the tool's schema made)
     as ``pickle:``, the pickle in base64, a newline and its JSON view: read back as JSON, a
     resumed run's outcome had ``"2030-01-01"`` where the fresh run's had the date. What does
-    not pickle is kept as its JSON form.
+    not pickle is kept as its JSON form, its text not escaped (see :func:`_view`).
     """
     encoded = encode_value(dict(args))
     if encoded.encoding == "pickle":
         payload = base64.b64encode(encoded.payload).decode("ascii")
         return f"{_PICKLED}{payload}\n{encoded.view}"
-    return json.dumps(jsonable(args))
+    return json.dumps(jsonable(args), ensure_ascii=False)
 
 
 def decode_arguments(text: str, decode: bool = True) -> Any:

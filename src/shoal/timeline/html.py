@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -126,15 +127,51 @@ def _replace(target: Path, page: str) -> bool:
 
 
 def _temporary(final: Path) -> tuple[int, str]:
-    """A new file beside ``final``, its mode as a new file's (0o666 less the umask)."""
+    """A new file beside ``final``, its mode as a new file's (0o666 less the umask).
+
+    Its name holds this process's id: the temporaries of a writer killed mid-write (whose
+    process is gone) are removed here first, where each such kill left one more behind.
+    """
+    # (a name of 255 bytes is a file's longest: the temporary one is cut to fit)
+    stem = os.fsencode(final.name)[:180].decode(errors="ignore")
+    _sweep(final, stem)
     while True:
-        # (a name of 255 bytes is a file's longest: the temporary one is cut to fit)
-        stem = os.fsencode(final.name)[:200].decode(errors="ignore")
-        name = str(final.with_name(f".{stem}.{secrets.token_hex(4)}.tmp"))
+        name = str(final.with_name(f".{stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
         try:
             return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
         except FileExistsError:  # (one in four billion)
             continue
+
+
+def _sweep(final: Path, stem: str) -> None:
+    """Remove the temporaries beside ``final`` of writers whose process is gone (killed)."""
+    if os.name != "posix":  # (a process is looked up by its id as POSIX does)
+        return
+    try:
+        names = os.listdir(final.parent)
+    except OSError:  # unreadable folder: making the temporary says why, if it fails
+        return
+    for name in names:
+        match = _TEMPORARY.fullmatch(name)
+        if match is None or match.group(1) != stem or _alive(int(match.group(2))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(final.with_name(name))
+
+
+#: a temporary page's name: ``.{the page's name}.{the writer's pid}.{8 hex digits}.tmp``
+_TEMPORARY = re.compile(r"\.(.*)\.([0-9]{1,10})\.[0-9a-f]{8}\.tmp", re.DOTALL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user's too: not known to be gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's (EPERM), or no such pid at all
+        return pid < 2**31
+    return True
 
 
 _PAGE = r"""<!DOCTYPE html>
