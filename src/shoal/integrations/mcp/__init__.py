@@ -89,7 +89,7 @@ try:
 except ImportError as exc:  # the extra is missing: say how to install it
     raise MissingDependencyError("mcp", "mcp") from exc
 
-from shoal.integrations._mcp_schema import (
+from shoal.integrations.mcp._schema import (
     MAX_SCHEMA_OBJECTS,
     NAMED,
     VALUES,
@@ -98,7 +98,7 @@ from shoal.integrations._mcp_schema import (
     objects_past,
     ref_loop,
 )
-from shoal.integrations._mcp_transports import REQUEST_FAILED
+from shoal.integrations.mcp._transports import REQUEST_FAILED
 
 if TYPE_CHECKING:
     from shoal.executors.base import Call
@@ -317,14 +317,14 @@ class MCPServer:
         params = StdioServerParameters(command=self.command[0], args=list(self.command[1:]),
                                        env=dict(self.env) if self.env else None, cwd=self.cwd,
                                        encoding_error_handler="replace")
-        from shoal.integrations._mcp_transports import stdio_transport
+        from shoal.integrations.mcp._transports import stdio_transport
 
         return Client(_watched(stdio_transport(params, errlog=errlog), session), cache=None)
 
     def _http_transport(self, http_client: Any) -> Any:
         from mcp.client.streamable_http import streamable_http_client
 
-        from shoal.integrations import _mcp_transports
+        from shoal.integrations.mcp import _transports as _mcp_transports
 
         return streamable_http_client(str(self.url), http_client=http_client,
                                       max_sse_event_size=_mcp_transports.MAX_EVENT_BYTES)
@@ -334,7 +334,7 @@ class MCPServer:
 
         A JSON-RPC batch in an answer is read one message at a time, as over stdio.
         """
-        from shoal.integrations._mcp_transports import unbatching_client
+        from shoal.integrations.mcp._transports import unbatching_client
 
         return unbatching_client(dict(self.headers) if self.headers else None)
 
@@ -984,7 +984,7 @@ def _salvaged(error: Exception) -> list[Any]:
     that call waited until its timeout, or for good without one. Such a batch is its
     objects, each parsed alone, and each still too deep an error answer alike.
     """
-    from shoal.integrations._mcp_transports import shallow_answer, shallow_batch
+    from shoal.integrations.mcp._transports import shallow_answer, shallow_batch
 
     errors = getattr(error, "errors", None)
     found = errors() if callable(errors) else None
@@ -1968,7 +1968,7 @@ def _refused_request(error: Exception) -> Any:
     """An error answer to the request a line the SDK could not read names (None: none)."""
     from mcp.shared.message import SessionMessage
 
-    from shoal.integrations._mcp_transports import shallow_message
+    from shoal.integrations.mcp._transports import shallow_message
 
     errors = getattr(error, "errors", None)
     found = errors() if callable(errors) else None
