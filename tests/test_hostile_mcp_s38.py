@@ -273,7 +273,7 @@ def test_the_argument_facts_of_a_schema_of_4900_properties_are_made_at_once() ->
     # a pydantic field an argument: 0.7-1.2 s for 4,900 properties, on every listing
     import time
 
-    from shoal.integrations.mcp import _facts_model
+    from shoal.integrations.mcp._tool import _facts_model
 
     schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(4900)},
               "required": [f"p{i}" for i in range(0, 4900, 7)]}
@@ -293,7 +293,8 @@ def test_the_argument_facts_of_a_schema_of_4900_properties_are_made_at_once() ->
 def test_an_mcp_tools_argument_facts_are_those_its_fields_made(schema: dict[str, Any]) -> None:
     import pydantic
 
-    from shoal.integrations.mcp import MCPTool, RemoteTool, _facts_model
+    from shoal.integrations.mcp import MCPTool, RemoteTool
+    from shoal.integrations.mcp._tool import _facts_model
     from shoal.policy import ToolPolicy
     from shoal.schema import ModelFacts, model_facts
 
