@@ -61,6 +61,7 @@ except ImportError as exc:  # the extra is missing: say how to install it
 from shoal.integrations.mcp._content import SAID_CHARS as SAID_CHARS
 from shoal.integrations.mcp._content import content_text as content_text
 from shoal.integrations.mcp._content import result_value as result_value
+from shoal.integrations.mcp._limits import ANSWER_TIMEOUT as ANSWER_TIMEOUT
 from shoal.integrations.mcp._limits import CANCEL_POST_WAIT as CANCEL_POST_WAIT
 from shoal.integrations.mcp._limits import CLOSE_TIMEOUT as CLOSE_TIMEOUT
 from shoal.integrations.mcp._limits import CONNECT_TIMEOUT as CONNECT_TIMEOUT
@@ -86,7 +87,8 @@ log = logging.getLogger(__name__)
 def server(command: Sequence[str] | None = None, *, url: str | None = None,
            name: str | None = None, env: Mapping[str, str] | None = None,
            cwd: str | None = None, headers: Mapping[str, str] | None = None,
-           connect_timeout: float = CONNECT_TIMEOUT) -> MCPServer:
+           connect_timeout: float = CONNECT_TIMEOUT,
+           answer_timeout: float | None = ANSWER_TIMEOUT) -> MCPServer:
     """An MCP server: started as ``command`` (stdio) or reached at ``url`` (streamable HTTP).
 
     ``name`` names it in errors and in its tools' resource key (default: the name the server
@@ -101,7 +103,8 @@ def server(command: Sequence[str] | None = None, *, url: str | None = None,
     if command is not None and not isinstance(command, Iterable):
         raise ConfigError(f"command is a list of program and arguments, got "
                           f"{type(command).__name__} {shown(command)}")
-    return MCPServer(tuple(command or ()), url, name, env, cwd, headers, connect_timeout)
+    return MCPServer(tuple(command or ()), url, name, env, cwd, headers, connect_timeout,
+                     answer_timeout)
 
 
 async def tools(
@@ -113,6 +116,7 @@ async def tools(
     cwd: str | None = None,
     headers: Mapping[str, str] | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
+    answer_timeout: float | None = ANSWER_TIMEOUT,
     prefix: str = "",
     only: Collection[str] | None = None,
     approval: ApprovalRule | None = None,
@@ -131,6 +135,6 @@ async def tools(
     ``{"write_file": {"writes": "file:{path}", "approval": False}}``.
     """
     srv = server(command, url=url, name=name, env=env, cwd=cwd, headers=headers,
-                 connect_timeout=connect_timeout)
+                 connect_timeout=connect_timeout, answer_timeout=answer_timeout)
     return await srv.tools(prefix=prefix, only=only, approval=approval, timeout=timeout,
                            overrides=overrides)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 CONNECT_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake
+#: seconds a call whose tool has no timeout of its own waits for its answer (MCPServerError)
+ANSWER_TIMEOUT = 600.0
 CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancelled
 CANCEL_POST_WAIT = 2.0  # seconds a closing HTTP session waits for its cancels to be posted
 STDERR_TAIL = 2000  # characters of a server's stderr quoted when it fails

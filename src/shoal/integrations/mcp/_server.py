@@ -16,7 +16,7 @@ import mcp_types
 from mcp import Client, StdioServerParameters
 
 from shoal.exceptions import ConfigError
-from shoal.integrations.mcp._limits import _SESSIONS, CONNECT_TIMEOUT
+from shoal.integrations.mcp._limits import _SESSIONS, ANSWER_TIMEOUT, CONNECT_TIMEOUT
 from shoal.integrations.mcp._listed import _once_each, _overridden, _policy, _remote, _shoal_names
 from shoal.integrations.mcp._session import _Session
 from shoal.integrations.mcp._tool import MCPTool
@@ -29,11 +29,12 @@ if TYPE_CHECKING:
     from shoal.executors.base import Call
 
 
-def _scope_of(call: Call, scope: RunScope | None) -> RunScope | None:
-    return scope
+def _site_of(call: Call, scope: RunScope | None) -> tuple[RunScope | None, float | None]:
+    """What a call's run gives it: the run (its sessions), and the call's own timeout."""
+    return scope, call.timeout
 
 
-register_injector("shoal.mcp", _scope_of)
+register_injector("shoal.mcp", _site_of)
 
 
 @dataclass(eq=False)
@@ -53,6 +54,7 @@ class MCPServer:
     cwd: str | None = None
     headers: Mapping[str, str] | None = None
     connect_timeout: float = CONNECT_TIMEOUT
+    answer_timeout: float | None = ANSWER_TIMEOUT
     _held: _Session | None = field(default=None, init=False, repr=False)
     _retired: list[_Session] = field(default_factory=list, init=False, repr=False)
     _label: str = field(default="", init=False, repr=False)
@@ -82,6 +84,11 @@ class MCPServer:
         if isinstance(wait, bool) or not (isinstance(wait, int | float) and 0 < wait < math.inf):
             raise ConfigError(f"connect_timeout must be a positive, finite number of seconds, "
                               f"got {shown(wait)}")
+        bound = self.answer_timeout
+        if bound is not None and (isinstance(bound, bool) or not (
+                isinstance(bound, int | float) and 0 < bound < math.inf)):
+            raise ConfigError(f"answer_timeout must be a positive, finite number of seconds "
+                              f"(or None: wait for good), got {shown(bound)}")
         if self.name is not None and not isinstance(self.name, str):
             raise ConfigError(f"name must be a str (or None), got {type(self.name).__name__} "
                               f"{shown(self.name)}")

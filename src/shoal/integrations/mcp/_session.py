@@ -250,12 +250,15 @@ class _Session:
         return MCPServerError(self.server.described, f"{cause}{doing}")
 
     async def call_tool(self, name: str, arguments: Mapping[str, Any],
-                        schema: Mapping[str, Any] | None = None) -> mcp_types.CallToolResult:
+                        schema: Mapping[str, Any] | None = None,
+                        bound: float | None = None) -> mcp_types.CallToolResult:
         """Call ``name``; fail with :class:`MCPServerError` if the server dies meanwhile.
 
         :class:`_NotSent` instead when a stdio server's connection was found closed before
         the call's request was written: the server never saw the call. ``schema``: the input
-        schema the arguments were checked against (see :func:`_refit`).
+        schema the arguments were checked against (see :func:`_refit`). ``bound``: the
+        seconds its answer may take once sent (None: no bound), past which it is cancelled
+        and fails with :class:`MCPServerError` naming the server's ``answer_timeout``.
         """
         listing = self._listing
         connected = (self._client is not None and not self.dead and listing is not None
@@ -282,8 +285,17 @@ class _Session:
             work = asyncio.ensure_future(client.call_tool(name, dict(arguments)))
         finally:
             _SENDING.reset(token)
+        limit = asyncio.timeout(bound)  # None: no bound
         try:
-            result: mcp_types.CallToolResult = await self._race(work, f"calling {name!r}")
+            async with limit:
+                result: mcp_types.CallToolResult = await self._race(work, f"calling {name!r}")
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            raise MCPServerError(self.server.described, (
+                f"did not answer the call of {name!r} within {bound:g} s (answer_timeout, the "
+                "bound of a call whose tool has no timeout of its own: give the tool timeout=, "
+                "or the server answer_timeout=None to wait for good)")) from None
         except MCPServerError as exc:
             if (self.server.command and not sent.written) or self.terminated:
                 raise _NotSent(exc) from None

@@ -32,12 +32,19 @@ if TYPE_CHECKING:
 
 
 async def _invoke(remote: RemoteTool, **arguments: Any) -> Any:
-    """Call the remote tool (the function behind every :class:`MCPTool`)."""
-    scope = arguments.pop(_SCOPE_PARAM, None)
+    """Call the remote tool (the function behind every :class:`MCPTool`).
+
+    A call whose tool has no timeout (the runtime gives none, or it is called directly)
+    waits for its answer at most the server's ``answer_timeout``: nothing tells a server
+    that will never answer (over HTTP, say) from a slow one, and the call waited for good.
+    """
+    scope, timeout = arguments.pop(_SCOPE_PARAM, None) or (None, None)
+    bound = remote.server.answer_timeout if timeout is None else None
     for attempt in range(2):  # a stdio server found gone before the call was sent: once more
         session, own = remote.server._session_for(scope)
         try:
-            result = await session.call_tool(remote.name, arguments, remote.listed_schema)
+            result = await session.call_tool(remote.name, arguments, remote.listed_schema,
+                                             bound)
             break
         except _NotSent as unsent:  # the next session starts the server again
             if attempt:
