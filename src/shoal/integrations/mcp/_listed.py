@@ -80,10 +80,15 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
                                   "only=[...]")
     schema = _described_plainly(schema)
     return RemoteTool(srv, listed.name,
-                      bounded_text(_prompt_text(listed.description or ""), 20_000),
+                      _described(listed),
                       schema, hints.read_only_hint, hints.destructive_hint,
                       hints.idempotent_hint, hints.open_world_hint, listed.output_schema,
                       listed.input_schema)
+
+
+def _described(listed: mcp_types.Tool) -> str:
+    """A listed tool's description as a model is offered it: plain (no control characters)."""
+    return bounded_text(_prompt_text(listed.description or ""), 20_000)
 
 
 def _refuse_loops(srv: MCPServer, listed: mcp_types.Tool) -> None:

@@ -58,6 +58,9 @@ class MCPServer:
     _held: _Session | None = field(default=None, init=False, repr=False)
     _retired: list[_Session] = field(default_factory=list, init=False, repr=False)
     _label: str = field(default="", init=False, repr=False)
+    #: its tools by name, as the last listing of any of its sessions found them (None: none
+    #: yet): what its tools offer models now (see :meth:`MCPTool.spec_now`)
+    _latest: dict[str, mcp_types.Tool] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.command, str | bytes) or not isinstance(self.command, Sequence):

@@ -300,6 +300,12 @@ class _Session:
             if (self.server.command and not sent.written) or self.terminated:
                 raise _NotSent(exc) from None
             raise
+        listing = self._listing
+        if listing is not None and not listing.done():
+            # the server said its tools changed (during the call, say): the answer waits for
+            # the new listing (bounded by connect_timeout, and never failed by it), so that
+            # what the call's caller does next (a model's next turn) sees the tools as now
+            await asyncio.wait({listing})
         return result
 
     def _checker(self, name: str, schema: Mapping[str, Any] | None) -> Any:
@@ -351,6 +357,7 @@ class _Session:
             if not cursor:
                 self.tool_names = frozenset(t.name for t in found)
                 self.input_schemas = {t.name: t.input_schema for t in found}
+                self.server._latest = {t.name: t for t in found}
                 return found
             if cursor in cursors:  # it would page on for good, its tools over and over
                 self._end(f"pages the listing of its tools in a loop (its cursor "

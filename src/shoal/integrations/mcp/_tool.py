@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import re
@@ -22,7 +23,9 @@ from shoal.integrations.mcp._checks import _error_order, _error_text, _nested_de
 from shoal.integrations.mcp._content import result_value
 from shoal.integrations.mcp._errors import _NotSent
 from shoal.integrations.mcp._limits import _SCOPE_PARAM, MAX_ARGUMENT_DEPTH
+from shoal.integrations.mcp._listed import _described, _remote
 from shoal.integrations.mcp._text import _server_words
+from shoal.models.base import ToolSpec
 from shoal.policy import ToolPolicy, policy_from
 from shoal.schema import model_facts
 from shoal.tools import Tool
@@ -102,13 +105,65 @@ class MCPTool(Tool[..., Any]):
         return [str(name) for name in self.remote.schema.get("properties") or {}]
 
     def json_schema(self) -> dict[str, Any]:
-        """The server's input schema, as the server gave it."""
-        return copy.deepcopy(dict(self.remote.schema))
+        """The server's input schema, as the server lists it now (descriptions made plain)."""
+        return copy.deepcopy(dict((self._now() or self.remote).schema))
+
+    def spec_now(self, made: ToolSpec) -> ToolSpec | None:
+        """The tool as a model is offered it now; None once its server lists it no more.
+
+        ``made``: its spec when the agent was defined, returned as it is while the server
+        lists the tool as then. After the server said its tools changed, the session lists
+        them again and checks calls against the new listing, but the model was still
+        offered the schema and description of the first: a schema the server no longer
+        takes, and a tool it no longer has.
+        """
+        now = self._now()
+        if now is None or now is self.remote:
+            return None if now is None else made
+        seen = self.__dict__.get("_spec_now")
+        if seen is None or seen[0] is not now or seen[1] is not made:
+            spec = ToolSpec(self.name, now.description, copy.deepcopy(dict(now.schema)))
+            seen = self.__dict__["_spec_now"] = (now, made, made if spec == made else spec)
+        spec_now: ToolSpec = seen[2]
+        return spec_now
+
+    def _now(self) -> RemoteTool | None:
+        """The tool as its server lists it now: :attr:`remote` while it is the same.
+
+        None once the server lists it no more. A new listing of it that shoal refuses (an
+        invalid schema, say: see :func:`_remote`) leaves :attr:`remote`, whose calls the
+        session then refuses saying why.
+        """
+        latest = self.remote.server._latest
+        if latest is None:  # never listed (a tool made by hand)
+            return self.remote
+        listed = latest.get(self.remote.name)
+        if listed is None:
+            return None
+        seen = self.__dict__.get("_listed_now")
+        if seen is not None and seen[0] is listed:
+            now: RemoteTool = seen[1]
+            return now
+        now = self.remote
+        if listed.input_schema != self.remote.listed_schema or (
+                _described(listed) != self.remote.description):
+            with contextlib.suppress(ToolDefinitionError):
+                now = _remote(self.remote.server, listed)
+        self.__dict__["_listed_now"] = (listed, now)
+        return now
 
     def validate(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Check ``args`` against the server's schema; raise :class:`ToolArgumentError`."""
+        """Check ``args`` against the server's schema; raise :class:`ToolArgumentError`.
+
+        Arguments that fit the schema the server lists now pass too (a model is offered
+        that one: :meth:`spec_now`); the session checks every call against it before
+        sending it, and refuses, saying so, one that fits only the schema listed first.
+        """
         self._check_depth(args)
         errors = sorted(self._schema_errors(dict(args), None, ""), key=_error_order)
+        now = self._now() if errors else None
+        if now is not None and now is not self.remote:
+            errors = sorted(self._schema_errors(dict(args), None, "", now), key=_error_order)
         if errors:
             first = errors[0]
             argument = str(first.absolute_path[0]) if first.absolute_path else ""
@@ -156,16 +211,19 @@ class MCPTool(Tool[..., Any]):
                     f"argument {str(name)!r} is nested more than {MAX_ARGUMENT_DEPTH} levels "
                     "deep, more than an MCP request can carry; pass it flatter (or as text)"))
 
-    def _schema_errors(self, value: Any, schema: Any, path: str) -> list[Any]:
+    def _schema_errors(self, value: Any, schema: Any, path: str,
+                       now: RemoteTool | None = None) -> list[Any]:
         """What the server's schema finds wrong with ``value`` (``schema``: a part of it).
 
         A schema jsonschema cannot apply (a ``$ref`` to elsewhere, which is never fetched)
         is a :class:`ToolArgumentError` saying so, rather than an error from deep inside.
+        ``now``: the tool as the server lists it now, whose schema is used (see :meth:`_now`).
         """
         try:
+            validator = self._validator if now is None else self._validator_of(now)
             if schema is None:
-                return list(self._validator.iter_errors(value))
-            return list(self._validator.descend(value, schema, path=path))
+                return list(validator.iter_errors(value))
+            return list(validator.descend(value, schema, path=path))
         except RecursionError:  # the value's doing, not the schema's ($refs cost frames)
             raise ToolArgumentError(self.name, path, (
                 f"{f'argument {path!r} is' if path else 'the arguments are'} nested too deeply "
@@ -174,6 +232,14 @@ class MCPTool(Tool[..., Any]):
         except Exception as exc:
             raise ToolArgumentError(self.name, path, f"the server's input schema cannot "
                                     f"check arguments: {describe_exception(exc)}") from None
+
+    def _validator_of(self, now: RemoteTool) -> Any:
+        """A validator of ``now``'s schema, made once for each new listing of the tool."""
+        seen = self.__dict__.get("_validator_now")
+        if seen is None or seen[0] is not now:
+            seen = self.__dict__["_validator_now"] = (now, jsonschema.validators.validator_for(
+                now.schema, default=jsonschema.Draft202012Validator)(dict(now.schema)))
+        return seen[1]
 
 
 def _facts_model(name: str, schema: Mapping[str, Any]) -> type[pydantic.BaseModel]:
