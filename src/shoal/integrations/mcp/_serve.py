@@ -12,11 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import mcp_types
 
-from shoal.exceptions import (
-    ConfigError,
-    PlanError,
-    ShoalError,
-)
+from shoal.exceptions import ConfigError, PlanError, ShoalError, bounded_text
 from shoal.integrations.mcp._limits import CLOSE_TIMEOUT, NAME_PATTERN
 from shoal.integrations.mcp._serve_io import _serve_http, _serve_stdio
 from shoal.integrations.mcp._tool import MCPTool
@@ -86,7 +82,8 @@ class _Served:
 
         found = self.table.get(name)
         if found is None:
-            return _error_result(f"no tool {name!r}; the tools: {', '.join(self.table)}")
+            return _error_result(f"no tool {bounded_text(repr(name), 200)}; the tools: "
+                                 f"{', '.join(self.table)}")
         plan = Plan(name=f"mcp {name}")
         try:
             ref = plan.add(found, dict(arguments), node_id=name)

@@ -82,8 +82,10 @@ def _refused_request(error: Exception) -> Any:
         message = json.loads(line)
     except RecursionError:
         message, reason = shallow_message(line), f"nested too deeply: {reason}"
-    except ValueError:  # no JSON: no request to name
+    except json.JSONDecodeError:  # no JSON: no request to name
         return None
+    except ValueError:  # JSON all the same: an integer of more digits than Python reads
+        message = shallow_message(line)
     if not (isinstance(message, dict) and "method" in message):  # a request: it has one
         return None
     request = message.get("id")

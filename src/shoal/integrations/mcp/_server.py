@@ -19,6 +19,7 @@ from shoal.exceptions import ConfigError
 from shoal.integrations.mcp._limits import _SESSIONS, ANSWER_TIMEOUT, CONNECT_TIMEOUT
 from shoal.integrations.mcp._listed import _once_each, _overridden, _policy, _remote, _shoal_names
 from shoal.integrations.mcp._session import _Session
+from shoal.integrations.mcp._text import _names_said
 from shoal.integrations.mcp._tool import MCPTool
 from shoal.integrations.mcp._wire import _http_statuses, _watched
 from shoal.merge import shown
@@ -149,7 +150,7 @@ class MCPServer:
             if missing:
                 raise ConfigError(f"MCP server {self.described} has no tool "
                                   f"{', '.join(map(repr, sorted(missing)))}; it has "
-                                  f"{', '.join(t.name for t in listed) or 'none'}")
+                                  f"{_names_said(t.name for t in listed) or 'none'}")
             listed = [t for t in listed if t.name in wanted]
         remotes = [_remote(self, t) for t in _once_each(self, listed)]
         names = _shoal_names([prefix + r.name for r in remotes])

@@ -39,7 +39,7 @@ from shoal.integrations.mcp._limits import (
     STDERR_TAIL,
 )
 from shoal.integrations.mcp._logs import _HTTP_UNREADABLE
-from shoal.integrations.mcp._text import _reason_phrase, _server_words
+from shoal.integrations.mcp._text import _names_said, _reason_phrase, _server_words
 from shoal.integrations.mcp._transports import REQUEST_FAILED
 from shoal.integrations.mcp._wire import _HTTP_FAILED, _SENDING, _UNREADABLE, _Sent
 
@@ -274,7 +274,7 @@ class _Session:
             raise MCPToolError(self.server.described, name, (
                 f"MCP server {self.server.described} does not list tool {name!r} now (its "
                 f"tools changed since they were listed; it lists "
-                f"{bounded_text(', '.join(sorted(self.tool_names)), 500) or 'none'}): the "
+                f"{_names_said(sorted(self.tool_names)) or 'none'}): the "
                 "call was not sent; list its tools again (shoal.mcp.tools)"))
         checker = self._checker(name, schema)
         if checker is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shoal.exceptions import bounded_text
@@ -26,6 +26,16 @@ def _server_words(text: str) -> str:
 
 #: The most characters of an HTTP reason phrase an error quotes (the standard ones are short).
 REASON_PHRASE_CHARS = 100
+
+
+def _names_said(names: Iterable[str]) -> str:
+    """A server's tool names as an error lists them: each as it is if printable, else its repr.
+
+    A name is the server's own text: its escape sequences went into the error as they were
+    (to the terminal, and to a model, whose next prompt a tool's error is).
+    """
+    return bounded_text(", ".join(name if name.isprintable() else repr(name)
+                                  for name in names), 500)
 
 
 def _reason_phrase(phrase: str) -> str:

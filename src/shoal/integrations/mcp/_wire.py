@@ -140,16 +140,19 @@ def _salvaged(error: Exception) -> list[Any]:
     line, reason = found[0].get("input"), found[0].get("ctx", {}).get("error")
     try:  # a batch arrives parsed already (its items are what the SDK refused)
         message = json.loads(line) if isinstance(line, str) else line
-    except RecursionError:  # its outermost object, or a batch's objects, read shallowly
-        reason = f"nested too deeply: {reason}"
+    except json.JSONDecodeError:
+        return []
+    except (RecursionError, ValueError) as exc:  # JSON Python cannot read either (nested too
+        # deeply, or an integer of more digits than it reads): read shallowly, its outermost
+        # object or a batch's objects
+        if isinstance(exc, RecursionError):
+            reason = f"nested too deeply: {reason}"
         if not isinstance(line, str) or not line.lstrip().startswith("["):
             message = shallow_answer(line) if isinstance(line, str) else None
         else:
             read = [_error_answer(item, reason) if deep else _batched_message(item)
                     for item, deep in shallow_batch(line) or ()]
             return [m for m in read if m is not None]
-    except ValueError:
-        return []
     read = ([_batched_message(item) for item in message] if isinstance(message, list)
             else [_error_answer(message, reason)])
     return [m for m in read if m is not None]
