@@ -15,6 +15,7 @@
 - ``forget``: ``redescribe`` stops listing ``echo`` instead of changing it;
 - ``bigint``: lists ``bigint``, which answers structured content holding an integer of 5,000
   digits (JSON allows it; Python's parser refuses more than 4,300 by default);
+- ``bigname``: gives as its name (``serverInfo``) 100,000 characters after an escape sequence;
 - ``exit_after_list``: the process exits once it has answered a listing of its tools (after
   the MCP handshake, before any call);
 - ``sleep=SECONDS``: a ``tools/call`` is answered that many seconds late (a thread each);
@@ -103,7 +104,8 @@ def main() -> None:
             send({"jsonrpc": "2.0", "id": request, "result": {
                 "protocolVersion": message["params"]["protocolVersion"],
                 "capabilities": {"tools": {"listChanged": True}},
-                "serverInfo": {"name": "raw39", "version": "1"}}})
+                "serverInfo": {"name": "\x1b[2J" + "N" * 100_000 if "bigname" in MODES
+                               else "raw39", "version": "1"}}})
         elif method == "tools/list":
             answer = {"jsonrpc": "2.0", "id": request, "result": {"tools": listed()}}
             if "surrogate" in MODES:  # json.dumps writes the lone surrogate as its escape

@@ -225,3 +225,22 @@ def test_a_served_call_of_a_huge_unknown_tool_name_is_refused_with_it_cut() -> N
     assert text.startswith("no tool 'xxxx") and len(text) < 1_000, len(text)
     assert text.endswith("; the tools: add, one_at_a_time, side_by_side, launch, too_slow, "
                          "shout")
+
+
+def test_a_server_s_huge_hostile_name_for_itself_is_plain_and_short_in_keys_and_errors() -> None:
+    # the name a server gives itself (serverInfo) names it when name= is not given: 100,000
+    # characters after an escape sequence went whole into its tools' resource key (every
+    # event and journal record of their calls) and into every error naming the server
+    async def main() -> None:
+        (big,) = await shoal.mcp.tools(command=[*SERVER, "bigname", "bigint"], only=["bigint"],
+                                       approval=False, timeout=SLOW)
+        assert len(big.remote.server.key) <= 110 and not HIDDEN.search(big.remote.server.key)
+        plan = shoal.Plan()
+        ref = plan.call(big, text="x")
+        result = await shoal.run(plan)
+        error = result[ref].error
+        assert result[ref].status == "failed" and error is not None
+        assert len(error.message) < 5_000 and "\\x1b" not in error.message, len(error.message)
+        assert error.message.startswith("MCP server 'NNNN")
+
+    arun(main(), timeout=SLOW)

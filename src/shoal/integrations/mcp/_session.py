@@ -39,7 +39,12 @@ from shoal.integrations.mcp._limits import (
     STDERR_TAIL,
 )
 from shoal.integrations.mcp._logs import _HTTP_UNREADABLE
-from shoal.integrations.mcp._text import _names_said, _reason_phrase, _server_words
+from shoal.integrations.mcp._text import (
+    _names_said,
+    _own_name,
+    _reason_phrase,
+    _server_words,
+)
 from shoal.integrations.mcp._transports import REQUEST_FAILED
 from shoal.integrations.mcp._wire import _HTTP_FAILED, _SENDING, _UNREADABLE, _Sent
 
@@ -145,8 +150,9 @@ class _Session:
             cause = "the session was closed"
             try:
                 async with self.server._client(self._errlog, self) as client:
-                    if not self.server.name and client.server_info and client.server_info.name:
-                        self.server._label = client.server_info.name
+                    own = _own_name(client.server_info.name) if client.server_info else ""
+                    if not self.server.name and own:
+                        self.server._label = own
                     self._client = client
                     assert self._ready is not None
                     if not self._ready.done():

@@ -28,6 +28,20 @@ def _server_words(text: str) -> str:
 REASON_PHRASE_CHARS = 100
 
 
+#: The most characters of the name a server gives itself (``serverInfo``) that name it.
+OWN_NAME_CHARS = 100
+
+
+def _own_name(name: str) -> str:
+    """The name a server gives itself, as shoal names it by: one line, plain, cut.
+
+    It names the server in every error, and in its tools' resource key (``mcp:NAME``), so in
+    every event and journal record of their calls: a name of 100,000 characters, escape
+    sequences and all, went there whole.
+    """
+    return " ".join(_prompt_text(name).split())[:OWN_NAME_CHARS]
+
+
 def _names_said(names: Iterable[str]) -> str:
     """A server's tool names as an error lists them: each as it is if printable, else its repr.
 
