@@ -244,3 +244,19 @@ def test_a_server_s_huge_hostile_name_for_itself_is_plain_and_short_in_keys_and_
         assert error.message.startswith("MCP server 'NNNN")
 
     arun(main(), timeout=SLOW)
+
+
+def test_a_served_call_of_a_hundred_thousand_unknown_arguments_is_refused_counting_them(
+        ) -> None:
+    # each problem was described (its value quoted) before the message was cut to its first
+    # few: seconds for one request, while the served event loop answered no other client
+    client = RawClient()
+    try:
+        many = {f"k{i}": i for i in range(100_000)}
+        refused = client.ask(tool_call(2, "add", json.dumps({**many, "a": 1, "b": 2})))
+    finally:
+        client.close()
+    text = refused["result"]["content"][0]["text"]
+    assert refused["result"]["isError"] is True
+    assert text.startswith("add: unexpected argument 'k0'; unexpected argument 'k1'; ")
+    assert text.endswith("unexpected argument 'k19'; and 99,980 more problems"), text[-200:]
