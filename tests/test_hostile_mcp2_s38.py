@@ -134,7 +134,7 @@ DEEP = '{"a": ' * 5000 + "1" + "}" * 5000
     (f'{{"result": {DEEP}, "id": 4}}', None),  # no batch
 ])
 def test_a_batch_too_deep_to_parse_is_read_one_object_at_a_time(line: str, read: Any) -> None:
-    from shoal.integrations._mcp_transports import shallow_batch
+    from shoal.integrations.mcp._transports import shallow_batch
 
     assert shallow_batch(line) == read
 
@@ -182,7 +182,7 @@ def test_the_plain_reading_of_a_schema_finds_what_jsonschemas_own_check_finds() 
     # take only what jsonschema takes, and check_schema refuse what it refuses, word for word
     import jsonschema  # type: ignore[import-untyped]
 
-    from shoal.integrations._mcp_schema import check_schema, plainly_valid
+    from shoal.integrations.mcp._schema import check_schema, plainly_valid
     from tests.test_hostile_mcp_s37 import SCHEMAS, _random_schema, _schema_error
 
     rng = random.Random(38)
@@ -212,7 +212,7 @@ def test_the_plain_reading_of_a_draft_7_schema_finds_what_jsonschemas_own_check_
     # check took 1 s for 4,900 properties (draft 7's own meta-schema)
     import jsonschema
 
-    from shoal.integrations._mcp_schema import check_schema, plainly_valid
+    from shoal.integrations.mcp._schema import check_schema, plainly_valid
     from tests.test_hostile_mcp_s37 import SCHEMAS, _random_schema, _schema_error
 
     rng = random.Random(7)
@@ -242,7 +242,7 @@ def _wide_schema(properties: int) -> dict[str, Any]:
 @pytest.mark.parametrize("dialect", [None, DRAFT_7,
                                      "https://json-schema.org/draft/2020-12/schema"])
 def test_a_schema_of_4900_properties_is_checked_at_once(dialect: str | None) -> None:
-    from shoal.integrations._mcp_schema import check_schema, meta_checker
+    from shoal.integrations.mcp._schema import check_schema, meta_checker
 
     meta_checker()  # made once per process
     schema = _wide_schema(4900) | ({"$schema": dialect} if dialect else {})

@@ -13,6 +13,7 @@ import pytest
 
 import shoal
 from shoal.integrations import mcp
+from shoal.integrations.mcp._serve import _Served
 from shoal.runtime import Runtime
 from shoal.store.sqlite import SQLiteStore
 from tests.conftest import arun
@@ -36,7 +37,7 @@ def _lone_surrogate_error(text: str) -> str:
 def test_a_served_result_with_a_lone_surrogate_is_sent_with_it_replaced(tool: Any) -> None:
     # the SDK's writer raised on it, and that took the whole server (every client) down
     async def main() -> Any:
-        served = mcp._Served(mcp.served_tools([tool]), Runtime())
+        served = _Served(mcp.served_tools([tool]), Runtime())
         try:
             return await served.call(tool.name, {"text": "a"})
         finally:
@@ -65,7 +66,7 @@ def test_a_served_call_the_client_cancels_ends_cancelled_in_the_journal(tmp_path
     async def main() -> list[Any]:
         _started.clear()
         store = SQLiteStore(tmp_path / "j.db")
-        served = mcp._Served(mcp.served_tools([_hangs]), Runtime(store=store))
+        served = _Served(mcp.served_tools([_hangs]), Runtime(store=store))
         try:
             task = asyncio.create_task(served.call("_hangs", {}))
             await asyncio.wait_for(_started.wait(), 30)

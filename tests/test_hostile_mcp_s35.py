@@ -283,9 +283,9 @@ def test_a_listing_cancelled_while_its_server_starts_stops_the_start_at_once(
     # it is a hang, while stopping the start takes the SDK's own shutdown (about 2.5 s)
     import psutil
 
-    from shoal.integrations import mcp
+    from shoal.integrations.mcp import _session
 
-    monkeypatch.setattr(mcp, "CLOSE_TIMEOUT", 3600.0)
+    monkeypatch.setattr(_session, "CLOSE_TIMEOUT", 3600.0)
     silent = [sys.executable, "-c", "import time; time.sleep(3600)  # never speaks MCP"]
 
     def starting() -> list[psutil.Process]:
@@ -340,9 +340,9 @@ def test_a_listing_paged_in_a_loop_or_without_end_is_an_error_not_copies_of_its_
         monkeypatch: pytest.MonkeyPatch) -> None:
     # a cursor that came again gave 1,000 copies of the same tool (page1, page1_1, ...), and
     # a listing without end was cut at 1,000 pages, silently
-    from shoal.integrations import mcp
+    from shoal.integrations.mcp import _session
 
-    monkeypatch.setattr(mcp, "MAX_PAGES", 5)
+    monkeypatch.setattr(_session, "MAX_PAGES", 5)
 
     async def main() -> None:
         with pytest.raises(MCPServerError) as caught:

@@ -87,7 +87,7 @@ def test_a_schema_whose_ref_loops_is_refused_when_listed_not_blamed_on_each_valu
      "$defs": {"a": {"dependentSchemas": {"y": {"$ref": "#/$defs/a"}}}}},
 ])
 def test_each_kind_of_ref_loop_is_found(schema: dict[str, object]) -> None:
-    from shoal.integrations._mcp_schema import ref_loop
+    from shoal.integrations.mcp._schema import ref_loop
 
     assert ref_loop(schema) is not None
 
@@ -100,7 +100,7 @@ def test_each_kind_of_ref_loop_is_found(schema: dict[str, object]) -> None:
     {"type": "object", "properties": {"x": {"$id": "other", "$ref": "#"}}},  # another base
 ])
 def test_a_schema_that_only_looks_like_a_ref_loop_is_none(schema: dict[str, object]) -> None:
-    from shoal.integrations._mcp_schema import ref_loop
+    from shoal.integrations.mcp._schema import ref_loop
 
     assert ref_loop(schema) is None
 
@@ -185,7 +185,7 @@ def test_the_quick_check_of_a_schema_finds_what_jsonschemas_own_check_finds() ->
     # jsonschema's check of a draft 2020-12 schema follows a reference into each of seven
     # meta-schemas for every object of the schema: 1.5 s for one of 2,400 properties, on
     # every listing. The quick one follows none, and must refuse exactly what it refuses
-    from shoal.integrations._mcp_schema import check_schema, meta_checker
+    from shoal.integrations.mcp._schema import check_schema, meta_checker
 
     rng = random.Random(37)
     schemas = SCHEMAS + [_random_schema(rng) for _ in range(800)]
@@ -199,7 +199,7 @@ def test_the_quick_check_of_a_schema_finds_what_jsonschemas_own_check_finds() ->
 
 
 def test_the_quick_check_of_a_schema_looks_nothing_up() -> None:
-    from shoal.integrations._mcp_schema import meta_checker
+    from shoal.integrations.mcp._schema import meta_checker
 
     seen: set[int] = set()
     stack: list[Any] = [meta_checker().schema]
@@ -351,7 +351,7 @@ def test_a_large_answer_over_stdio_is_read_in_time_in_proportion_to_its_size() -
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 5, 64])
 def test_stdout_split_into_lines_anywhere_reads_as_whole_lines(cut: int) -> None:
-    from shoal.integrations._mcp_transports import split_lines
+    from shoal.integrations.mcp._transports import split_lines
 
     data = 'a\n{"é": "😀"}\r\n\n' + "z" * 100 + "\nrest"
     raw = data.encode()

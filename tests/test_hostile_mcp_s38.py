@@ -185,7 +185,7 @@ STREAM = (b": hi\r\nid: 1\r\ndata: {\"jsonrpc\": \"2.0\", \"method\": \"n\"}\r\n
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 7, 1000])
 def test_an_event_stream_cut_anywhere_reads_as_the_same_events(cut: int) -> None:
-    from shoal.integrations._mcp_transports import EventRewriter
+    from shoal.integrations.mcp._transports import EventRewriter
 
     rewriter = EventRewriter(3)
     out = b"".join(rewriter.feed(STREAM[i:i + cut]) for i in range(0, len(STREAM), cut))
@@ -200,8 +200,8 @@ def test_an_event_stream_cut_anywhere_reads_as_the_same_events(cut: int) -> None
 
 def test_an_event_that_is_no_batch_is_handed_on_before_it_ends(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from shoal.integrations import _mcp_transports
-    from shoal.integrations._mcp_transports import EventRewriter
+    from shoal.integrations.mcp import _transports as _mcp_transports
+    from shoal.integrations.mcp._transports import EventRewriter
 
     monkeypatch.setattr(_mcp_transports, "MAX_EVENT_BYTES", 1000)
 
@@ -273,7 +273,7 @@ def test_the_argument_facts_of_a_schema_of_4900_properties_are_made_at_once() ->
     # a pydantic field an argument: 0.7-1.2 s for 4,900 properties, on every listing
     import time
 
-    from shoal.integrations.mcp import _facts_model
+    from shoal.integrations.mcp._tool import _facts_model
 
     schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(4900)},
               "required": [f"p{i}" for i in range(0, 4900, 7)]}
@@ -293,7 +293,8 @@ def test_the_argument_facts_of_a_schema_of_4900_properties_are_made_at_once() ->
 def test_an_mcp_tools_argument_facts_are_those_its_fields_made(schema: dict[str, Any]) -> None:
     import pydantic
 
-    from shoal.integrations.mcp import MCPTool, RemoteTool, _facts_model
+    from shoal.integrations.mcp import MCPTool, RemoteTool
+    from shoal.integrations.mcp._tool import _facts_model
     from shoal.policy import ToolPolicy
     from shoal.schema import ModelFacts, model_facts
 
@@ -384,7 +385,7 @@ def test_an_answer_nested_too_deeply_to_parse_fails_its_call_at_once(depth: int)
 ])
 def test_the_id_of_an_answer_is_read_off_its_outermost_object(line: str,
                                                                 request_id: Any) -> None:
-    from shoal.integrations._mcp_transports import shallow_answer
+    from shoal.integrations.mcp._transports import shallow_answer
 
     found = shallow_answer(line)
     assert (found and found["id"]) == request_id
@@ -418,7 +419,7 @@ def test_an_answer_of_2_mb_over_http_is_read_whatever_its_form(
     # the MCP SDK reads at most 1 MiB of one event: an answer of 2 MB as an event failed (and
     # as a JSON batch, which shoal hands on as events), read whole as JSON; and its failure, or
     # a stream that ended without the answer, read as "the server refused the call"
-    from shoal.integrations import _mcp_transports
+    from shoal.integrations.mcp import _transports as _mcp_transports
 
     if path == "too_big":
         monkeypatch.setattr(_mcp_transports, "MAX_EVENT_BYTES", 1_000_000)

@@ -246,7 +246,7 @@ class Tool(Generic[P, R]):
         try:
             instance = self._model.__pydantic_validator__.validate_python(args)
         except pydantic.ValidationError as exc:
-            argument, message = describe_errors(exc.errors())
+            argument, message = describe_errors(exc.errors(include_url=False))
             raise ToolArgumentError(self.name, argument, message) from None
         except RecursionError:  # a value (or a default, copied for each call) nested too deep
             raise ToolArgumentError(self.name, "", "the arguments (or a default value copied "

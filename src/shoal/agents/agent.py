@@ -417,9 +417,35 @@ class Agent(Generic[T]):
 
     @functools.cached_property
     def tool_specs(self) -> tuple[ToolSpec, ...]:
-        """The tools as the model sees them."""
+        """The tools as the model sees them (as defined: see :meth:`specs_now`)."""
         return tuple(ToolSpec(t.name, t.description, t.json_schema())
                      for t in self.tools_by_name.values())
+
+    def specs_now(self) -> tuple[ToolSpec, ...]:
+        """The tools as the model sees them this turn: :attr:`tool_specs`, unless changed since.
+
+        An MCP server may change its tools while it runs (and say so). Each tool with a
+        ``spec_now(made)`` method (an MCP tool) says how it is offered now: ``made``, its spec
+        in :attr:`tool_specs`; another (the server lists it otherwise now); or None (the
+        server lists it no more: it is left out).
+        """
+        specs = self.tool_specs
+        changing = self._changing_tools
+        if not changing:
+            return specs
+        now: list[ToolSpec | None] = list(specs)
+        for place, spec_now in changing:
+            now[place] = spec_now(specs[place])
+        if all(a is b for a, b in zip(now, specs, strict=True)):
+            return specs  # the same object: a request's digest encodes it once per definition
+        return tuple(spec for spec in now if spec is not None)
+
+    @functools.cached_property
+    def _changing_tools(self) -> tuple[tuple[int, Callable[[ToolSpec], ToolSpec | None]], ...]:
+        """Where :attr:`tool_specs` holds a tool its server may change, and its ``spec_now``."""
+        found = ((place, getattr(tool, "spec_now", None))
+                 for place, tool in enumerate(self.tools_by_name.values()))
+        return tuple((place, spec_now) for place, spec_now in found if callable(spec_now))
 
     @property
     def _tools(self) -> tuple[Tool[..., Any], ...]:

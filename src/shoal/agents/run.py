@@ -491,7 +491,7 @@ class AgentRun:
         self.start_turn()
         return ModelRequest(
             instructions=agent.full_instructions, messages=tuple(self.result.messages),
-            tools=agent.tool_specs, settings=agent.settings,
+            tools=agent.specs_now(), settings=agent.settings,
             output_schema=agent.output_spec.schema if agent.output_spec else None,
             lineage=self.lineage, token_cap=self.ctx.tracker.tokens_left())
 

@@ -498,7 +498,8 @@ def shallow_message(line: str) -> dict[str, Any] | None:
             keys.add(text)
             value = _ID_VALUE.match(line, token.end()) if text == '"id"' else None
             if value is not None:
-                found = json.loads(value.group(1))
+                with contextlib.suppress(ValueError):  # a number too long: it names none
+                    found = json.loads(value.group(1))
         if depth == 0:
             break
     return {**{json.loads(key): None for key in keys}, "id": found}
@@ -528,10 +529,10 @@ def shallow_batch(line: str) -> list[tuple[Any, bool]] | None:
                 item = line[start:token.end()]
                 try:
                     found.append((json.loads(item), False))
-                except RecursionError:
-                    found.append((shallow_answer(item), True))
-                except ValueError:
+                except json.JSONDecodeError:
                     return None
+                except (RecursionError, ValueError):  # too deep, or a number too long
+                    found.append((shallow_answer(item), True))
         if depth == 0:
             return found
     return None
