@@ -159,6 +159,7 @@ _IMPORT_WAIT = 60.0
 _STOPPED_GRACE = 30.0
 _STOPPED_CHECK = 1.0  # seconds between looks at the state of a worker whose call goes on
 _OTHER_LOOP_CLOSE = 5.0  # seconds another thread's loop gets to close its pool (close())
+_CLOSED_POLL = 0.01  # seconds between looks at another thread's loop that is ending
 _EVICT_RETRY = 0.05  # seconds between looks at the pool while another loop is to make room
 _PIDFDS = pidfds_work()  # spawned workers are then reaped here, not by asyncio's watcher
 
@@ -1155,6 +1156,18 @@ class ProcessExecutor(Executor):
         try:
             await asyncio.wait_for(asyncio.wrap_future(closing), _OTHER_LOOP_CLOSE)
         except TimeoutError:
+            return False
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is None or current.cancelling():  # this caller's own cancel
+                raise
+            # That loop cancelled it: it is ending (its run cancels the tasks left, this
+            # close among them). Not this caller's cancel, which must not see one: what is
+            # left of the lane is ended from here once that loop has closed
+            for _ in range(round(_OTHER_LOOP_CLOSE / _CLOSED_POLL)):
+                if loop.is_closed():
+                    break
+                await asyncio.sleep(_CLOSED_POLL)
             return False
         return True
 
