@@ -51,3 +51,15 @@ def nap_marked(path: str, seconds: float) -> float:
     Path(path).touch()
     time.sleep(seconds)
     return seconds
+
+
+@shoal.tool(isolation="process")
+def echo(value: object) -> object:
+    """Return ``value`` as it came (across the worker's pipes, both ways)."""
+    return value
+
+
+@shoal.tool(isolation="process")
+def blob(size: int) -> bytes:
+    """``size`` bytes."""
+    return b"x" * size

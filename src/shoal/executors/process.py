@@ -143,6 +143,9 @@ CRASH_BOOKS = 1024
 _HEADER = struct.Struct(">Q")
 _PIPE_SIZE = 1 << 20  # bytes of pipe buffer asked for (Linux's default maximum)
 _PREALLOCATE = 1 << 26  # bytes of a message allocated before they arrive, at most
+#: Bytes read from a reply pipe at once (asyncio's 256 KiB, less): under glibc's mmap
+#: threshold (128 KiB), with the bytes object's and malloc's own headers (see _Worker.connect)
+_READ_SIZE = 127 << 10
 _REAP_GRACE = 2.0  # seconds a worker whose pipe closed gets to exit before it is killed
 _SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the package
 _TEMPLATE_WAIT = 120.0  # seconds the template gets to import (a loaded machine) or to answer
@@ -695,6 +698,12 @@ class _Worker:
         try:
             files.append(open(cmd_fd, "wb", buffering=0))  # noqa: SIM115, ASYNC230
             self._read_pipe, _ = await loop.connect_read_pipe(lambda: self.reader, files[0])
+            # asyncio reads a pipe 256 KiB at a time: a buffer past glibc's mmap threshold
+            # (128 KiB, until a large free happens to raise it), so each reply cost an mmap,
+            # an mremap (to the reply's size) and a munmap; this stays on the heap
+            # (_UnixReadPipeTransport reads self.max_size)
+            transport: Any = self._read_pipe
+            transport.max_size = _READ_SIZE
             self._write_pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, files[1])
         except BaseException:
             # only the pipes: the process is still to be killed and reaped (closing its
