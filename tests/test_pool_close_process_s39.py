@@ -26,10 +26,6 @@ async def _begun(began: Path) -> None:
     await until(began.exists)
 
 
-# A loop that ends as it cancels a process call leaves that worker's pipe transports to the
-# collector now and then (ResourceWarning "unclosed transport"), on main too, whoever closes
-# the pool: not what this test is about (see the session's report)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_close_is_not_cancelled_by_another_loop_that_ends_as_it_cancels_its_call(
         tmp_path: Path) -> None:
     # was: close() raised CancelledError in a caller nobody cancelled: it asks the loop that

@@ -708,7 +708,7 @@ class _Worker:
         except BaseException:
             # only the pipes: the process is still to be killed and reaped (closing its
             # handle here left the reaping a closed descriptor, and a cancelled start failed)
-            self._close_transports()  # a transport made already closes its own file
+            self.close_transports()  # a transport made already closes its own file
             owned = {t.get_extra_info("pipe") for t in (self._read_pipe, self._write_pipe) if t}
             for file in files:
                 if file not in owned:
@@ -832,9 +832,9 @@ class _Worker:
         if not isinstance(self.proc, asyncio.subprocess.Process):
             self.proc.close()
         self.ref.close()
-        self._close_transports()
+        self.close_transports()
 
-    def _close_transports(self) -> None:
+    def close_transports(self) -> None:
         """Close the parent's ends of both pipes, leaving the process handle open."""
         for transport in (self._write_pipe, self._read_pipe):
             if transport is None:
@@ -1500,6 +1500,10 @@ class ProcessExecutor(Executor):
         """Kill and reap a worker; a second cancellation cannot stop the reaping."""
         self._forget(worker)
         self._kill_soon(worker)
+        # its pipes are of no more use: closed now, not by the reaping task, which the
+        # loop's end may cancel before it starts (a run ending as it cancels this worker's
+        # call): they were left to the collector ("unclosed transport")
+        worker.close_transports()
         await asyncio.shield(self._reap(worker))
 
     @staticmethod
