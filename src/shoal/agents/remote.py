@@ -105,6 +105,7 @@ from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from shoal.agents._cutshort import CutShort, cause
 from shoal.events import AgentFinished, AgentStarted, Event
 from shoal.exceptions import (
     AgentError,
@@ -360,9 +361,10 @@ async def read_body(reader: asyncio.StreamReader, what: str) -> bytes | None:
     """The next message's pickled body on ``reader``, or ``None`` once it ends.
 
     Raises :class:`~shoal.exceptions.SerializationError` for a length past
-    :data:`MAX_MESSAGE` (garbage where a message should start), and for a body shorter than
-    its length: the socket ended before all of it came, or it did not come within
-    :data:`MESSAGE_WAIT` seconds (more for a large one).
+    :data:`MAX_MESSAGE` (garbage where a message should start), and :class:`CutShort` (one)
+    for a body shorter than its length: the socket ended before all of it came, or nothing
+    more came for :data:`MESSAGE_WAIT` seconds, or not all of it within that plus a second
+    per :data:`SLOWEST_RATE` bytes.
     """
     try:
         header = await reader.readexactly(HEADER.size)
@@ -376,19 +378,39 @@ async def read_body(reader: asyncio.StreamReader, what: str) -> bytes | None:
     buffered = getattr(reader, "_buffer", None)  # (CPython's StreamReader keeps one)
     if buffered is not None and len(buffered) >= size:  # here whole: no timer to arm
         return await reader.readexactly(size)
+    return await _read_slowly(reader, what, size)
+
+
+async def _read_slowly(reader: asyncio.StreamReader, what: str, size: int) -> bytes:
+    """A body of ``size`` bytes that is still coming: as it comes, within its two waits.
+
+    A sender stopped in the middle (or a tool that wrote a part) is found after
+    :data:`MESSAGE_WAIT` s without a byte, whatever the length it announced: the whole
+    message's wait (a second more per :data:`SLOWEST_RATE` bytes) let a 16 MiB length that
+    never came hold its agent 16 s longer.
+    """
+    loop = asyncio.get_running_loop()
     wait = MESSAGE_WAIT + size / SLOWEST_RATE
+    deadline = loop.time() + wait
+    parts: list[bytes] = []
+    came = 0
     try:
-        async with asyncio.timeout(wait):
-            return await reader.readexactly(size)
-    except asyncio.IncompleteReadError as exc:
-        came = f"its socket ended after {len(exc.partial):,}"
+        while came < size:
+            left = deadline - loop.time()
+            async with asyncio.timeout(min(MESSAGE_WAIT, left)):
+                part = await reader.read(size - came)
+            if not part:
+                raise CutShort(what, size, came, f"its socket ended after {came:,}", ended=True)
+            parts.append(part)
+            came += len(part)
     except ConnectionError as exc:
-        came = f"its socket failed before all came ({exc})"
+        raise CutShort(what, size, came, f"its socket failed before all came ({exc})",
+                       ended=True) from None
     except TimeoutError:
-        came = f"not all came within {wait:g} s"
-    raise SerializationError(
-        f"{what} announced {size:,} bytes, but {came}: a short read (something wrote part of a "
-        f"message to its socket, or its process died while writing one)")
+        why = (f"not all came within {wait:g} s" if loop.time() >= deadline
+               else f"not all came within {MESSAGE_WAIT:g} s of its last byte ({came:,} came)")
+        raise CutShort(what, size, came, why, ended=False) from None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 #: The shape of each message an agent sends (see the module docstring): its length, and a
@@ -1557,13 +1579,12 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
             if deadlines:  # killed when it did not stop in time: stopped, not crashed
                 _stopped(run, server)
             else:
-                cause = await channel.ended()
-                _fail(run, "failed", AgentError(
-                    f"agent {run.lineage}: {cause}" if channel.stalled is not None
-                    else f"the process running agent {run.lineage} died: {cause}"), server)
+                await _fail_gone(run, channel, server)
         except Exception as exc:  # it could not load the agent; a reply that does not load
             if deadlines and isinstance(exc, SerializationError):  # cut short by the kill
                 _stopped(run, server)
+            elif isinstance(exc, CutShort):  # killed, or stopped, as it sent a message?
+                await _fail_gone(run, channel, server, exc)
             else:
                 _fail(run, "failed", exc, server)
     finally:
@@ -1576,6 +1597,28 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
         await server.close()
         await channel.close()
     return result
+
+
+async def _fail_gone(run: AgentRun, channel: ProcessChannel, server: TreeServer,
+                     short: CutShort | None = None) -> None:
+    """Record the end of an agent whose socket ended, or cut a message ``short``: how it ended.
+
+    Finding that out waits for the process (2 s at most, then it is killed); a cancel then (a
+    budget, a person) still finds the end recorded, as a failure, before it goes on.
+    """
+    lineage = run.lineage
+    try:
+        if short is not None:
+            error = await cause(lineage, channel, short)
+        else:
+            how = await channel.ended()
+            error = AgentError(f"agent {lineage}: {how}" if channel.stalled is not None
+                               else f"the process running agent {lineage} died: {how}")
+    except asyncio.CancelledError:
+        _fail(run, "failed", short or AgentError(
+            f"the process running agent {lineage} died (how was still unknown)"), server)
+        raise
+    _fail(run, "failed", error, server)
 
 
 async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any],

@@ -143,6 +143,9 @@ CRASH_BOOKS = 1024
 _HEADER = struct.Struct(">Q")
 _PIPE_SIZE = 1 << 20  # bytes of pipe buffer asked for (Linux's default maximum)
 _PREALLOCATE = 1 << 26  # bytes of a message allocated before they arrive, at most
+#: Bytes read from a reply pipe at once (asyncio's 256 KiB, less): under glibc's mmap
+#: threshold (128 KiB), with the bytes object's and malloc's own headers (see _Worker.connect)
+_READ_SIZE = 127 << 10
 _REAP_GRACE = 2.0  # seconds a worker whose pipe closed gets to exit before it is killed
 _SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the package
 _TEMPLATE_WAIT = 120.0  # seconds the template gets to import (a loaded machine) or to answer
@@ -159,6 +162,7 @@ _IMPORT_WAIT = 60.0
 _STOPPED_GRACE = 30.0
 _STOPPED_CHECK = 1.0  # seconds between looks at the state of a worker whose call goes on
 _OTHER_LOOP_CLOSE = 5.0  # seconds another thread's loop gets to close its pool (close())
+_CLOSED_POLL = 0.01  # seconds between looks at another thread's loop that is ending
 _EVICT_RETRY = 0.05  # seconds between looks at the pool while another loop is to make room
 _PIDFDS = pidfds_work()  # spawned workers are then reaped here, not by asyncio's watcher
 
@@ -694,11 +698,17 @@ class _Worker:
         try:
             files.append(open(cmd_fd, "wb", buffering=0))  # noqa: SIM115, ASYNC230
             self._read_pipe, _ = await loop.connect_read_pipe(lambda: self.reader, files[0])
+            # asyncio reads a pipe 256 KiB at a time: a buffer past glibc's mmap threshold
+            # (128 KiB, until a large free happens to raise it), so each reply cost an mmap,
+            # an mremap (to the reply's size) and a munmap; this stays on the heap
+            # (_UnixReadPipeTransport reads self.max_size)
+            transport: Any = self._read_pipe
+            transport.max_size = _READ_SIZE
             self._write_pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, files[1])
         except BaseException:
             # only the pipes: the process is still to be killed and reaped (closing its
             # handle here left the reaping a closed descriptor, and a cancelled start failed)
-            self._close_transports()  # a transport made already closes its own file
+            self.close_transports()  # a transport made already closes its own file
             owned = {t.get_extra_info("pipe") for t in (self._read_pipe, self._write_pipe) if t}
             for file in files:
                 if file not in owned:
@@ -822,9 +832,9 @@ class _Worker:
         if not isinstance(self.proc, asyncio.subprocess.Process):
             self.proc.close()
         self.ref.close()
-        self._close_transports()
+        self.close_transports()
 
-    def _close_transports(self) -> None:
+    def close_transports(self) -> None:
         """Close the parent's ends of both pipes, leaving the process handle open."""
         for transport in (self._write_pipe, self._read_pipe):
             if transport is None:
@@ -1156,6 +1166,18 @@ class ProcessExecutor(Executor):
             await asyncio.wait_for(asyncio.wrap_future(closing), _OTHER_LOOP_CLOSE)
         except TimeoutError:
             return False
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is None or current.cancelling():  # this caller's own cancel
+                raise
+            # That loop cancelled it: it is ending (its run cancels the tasks left, this
+            # close among them). Not this caller's cancel, which must not see one: what is
+            # left of the lane is ended from here once that loop has closed
+            for _ in range(round(_OTHER_LOOP_CLOSE / _CLOSED_POLL)):
+                if loop.is_closed():
+                    break
+                await asyncio.sleep(_CLOSED_POLL)
+            return False
         return True
 
     def _abandon(self, lane: _Lane) -> None:
@@ -1478,6 +1500,10 @@ class ProcessExecutor(Executor):
         """Kill and reap a worker; a second cancellation cannot stop the reaping."""
         self._forget(worker)
         self._kill_soon(worker)
+        # its pipes are of no more use: closed now, not by the reaping task, which the
+        # loop's end may cancel before it starts (a run ending as it cancels this worker's
+        # call): they were left to the collector ("unclosed transport")
+        worker.close_transports()
         await asyncio.shield(self._reap(worker))
 
     @staticmethod

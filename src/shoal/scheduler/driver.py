@@ -42,6 +42,7 @@ import operator
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import suppress
@@ -2247,7 +2248,17 @@ class Driver:
         if self._late is None:
             self._late = {}
         self._late[id(call)] = call  # from here on, its end is not reported
-        keep_abandoned(task)
+        keep_abandoned(task, partial(self._never_ends, call))
+
+    def _never_ends(self, call: Call) -> None:
+        """The loop closes with ``call``'s abandoned task still running: it never ends now.
+
+        What it holds (its resource keys, a runtime's ``resource_limits`` slot) goes back
+        as though it had ended: nothing can run it any more. Its slot stayed taken for the
+        runtime's next runs (each ``*_sync`` call a loop of its own) for good.
+        """
+        if self._late and id(call) in self._late:  # (its end, should it come, is not reported)
+            self._work_ended(call)  # (once: a later end gives nothing back twice)
 
     # ---- approvals ----------------------------------------------------------------------
 
@@ -2323,15 +2334,22 @@ def _unrecorded(call: Call, what: str, exc: Exception) -> AttemptResult:
 #: Tasks of abandoned attempts (see :meth:`Driver._abandon`), held until they end: a task
 #: nobody references may be collected while it waits, and nobody else would.
 _ABANDONED: set[asyncio.Task[Any]] = set()
+#: What to do for an abandoned task still running as its loop closes (see end_tasks).
+_AT_LOOP_END: weakref.WeakKeyDictionary[asyncio.Task[Any], Callable[[], None]] = (
+    weakref.WeakKeyDictionary())
 
 
-def keep_abandoned(task: asyncio.Task[Any]) -> None:
+def keep_abandoned(task: asyncio.Task[Any],
+                   at_loop_end: Callable[[], None] | None = None) -> None:
     """Hold ``task``, whose attempt was abandoned, until it ends; no destroy-pending warning.
 
     Its loop may be closed before it ends (see :func:`shoal.runtime.run_blocking`): then it
     never does, and asyncio would log "Task was destroyed but it is pending!" for a task
-    shoal chose to leave, as it does for its own (``run_until_complete``).
+    shoal chose to leave, as it does for its own (``run_until_complete``). ``at_loop_end``
+    is called then (by :func:`end_tasks`), in place of its end.
     """
+    if at_loop_end is not None:
+        _AT_LOOP_END[task] = at_loop_end
     if task not in _ABANDONED:
         _ABANDONED.add(task)
         task.add_done_callback(_ABANDONED.discard)
@@ -2369,6 +2387,9 @@ def end_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
                 "message": "unhandled exception during shoal's loop shutdown",
                 "exception": task.exception(), "task": task})
     for task in stuck:
+        at_end = _AT_LOOP_END.pop(task, None)
+        if at_end is not None:  # it never ends now: what it holds goes back
+            at_end()
         if task not in _ABANDONED:
             log.warning("task %s ignored its cancellation for %g s as its event loop ended: "
                         "the loop is closed without it", task.get_name(), ABANDON_GRACE)
