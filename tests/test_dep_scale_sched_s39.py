@@ -1,10 +1,14 @@
 """Dependency analysis at scale: resource edges near-linear, with every ordering still kept."""
 
+import asyncio
 import random
+from typing import Any
 
 import pytest
 
+import shoal
 from shoal import Graph, Plan, analyze, tool
+from shoal.testing import run_virtual
 
 
 @tool(reads="board:{key}")
@@ -82,3 +86,63 @@ def test_a_write_still_waits_directly_for_every_use_since_the_last_write() -> No
     plan.call(put, key="k", node_id="w")
     graph = analyze(plan)
     assert {f"u{n}" for n in range(6)} == {e.source for e in graph.extra if e.target == "w"}
+
+
+# ---- through a use that is skipped ------------------------------------------------------
+
+
+@tool
+async def boom() -> int:
+    raise RuntimeError("no result")
+
+
+@tool(merges="board:{key}")
+async def slow_add(key: str) -> None:
+    await asyncio.sleep(5)
+
+
+@tool(writes="board:{key}")
+async def slow_put(key: str) -> None:
+    await asyncio.sleep(5)
+
+
+@tool(reads="board:{key}")
+async def look_after(key: str, dep: Any = None) -> None:
+    return None
+
+
+@tool(writes="board:{key}")
+async def put_after(key: str, dep: Any = None) -> None:
+    return None
+
+
+def _starts(plan: Plan) -> dict[str, float | None]:
+    result = run_virtual(shoal.run(plan))
+    return {node_id: result[node_id].started_at for node_id in ("first", "last")}
+
+
+def test_a_read_waits_for_a_merge_even_when_the_read_between_them_is_skipped() -> None:
+    # m1 (5 s) / r2 (needs a failed call: skipped at once) / m2 / r3: r3 must not read the
+    # key while m1 still merges into it; fewer edges ordered r3 through r2, which let go at once
+    plan = Plan()
+    failed = plan.call(boom, node_id="x")
+    plan.call(slow_add, key="k", node_id="first")
+    plan.call(look_after, key="k", dep=failed, node_id="skipped")
+    plan.call(add, key="k", node_id="m2")
+    plan.call(look, key="k", node_id="last")
+    started = _starts(plan)
+    assert started["last"] is not None and started["first"] is not None
+    assert started["last"] >= started["first"] + 5
+
+
+@pytest.mark.xfail(strict=True, reason="found, not fixed: a skipped write lets a read overlap "
+                   "the write before it (the state machine releases ordering at a skip)")
+def test_a_read_waits_for_a_write_even_when_the_write_between_them_is_skipped() -> None:
+    plan = Plan()
+    failed = plan.call(boom, node_id="x")
+    plan.call(slow_put, key="k", node_id="first")
+    plan.call(put_after, key="k", dep=failed, node_id="skipped")
+    plan.call(look, key="k", node_id="last")
+    started = _starts(plan)
+    assert started["last"] is not None and started["first"] is not None
+    assert started["last"] >= started["first"] + 5
