@@ -286,6 +286,9 @@ class _Builder:
         self._last_writer: dict[_Key, int] = {}
         self._readers: dict[_Key, list[int]] = {}  # since the key's last writer
         self._mergers: dict[_Key, list[int]] = {}  # since the key's last writer
+        # since the key's last writer: the uses of each mode that a later use of the other
+        # mode must still wait for directly, and marks (see _exact_use)
+        self._open: dict[_Key, _Open] = {}
         # wildcard uses, checked by later keys; all uses, checked by later wildcards; each by
         # mode, so a use meets only the modes it clashes with (a thousand wildcard reads
         # checked each against every read before them: minutes for a large open run). None
@@ -517,13 +520,38 @@ class _Builder:
                     self.add(m, i, "resource", f"merges {key} / writes {key}")
             self._last_writer[key] = i
             self._readers[key], self._mergers[key] = [], []
+            self._open.pop(key, None)
             return
         reading = mode == "reads"
-        before, after = ("merges", "reads") if reading else ("reads", "merges")
-        if with_edges:
-            for j in (self._mergers if reading else self._readers).get(key, ()):
-                self.add(j, i, "resource", f"{before} {key} / {after} {key}")
         (self._readers if reading else self._mergers).setdefault(key, []).append(i)
+        state = self._open.get(key)
+        if state is None:
+            state = self._open[key] = _Open()
+        mine, others = (state.reads, state.merges) if reading else (state.merges, state.reads)
+        if with_edges:
+            before, after = ("merges", "reads") if reading else ("reads", "merges")
+            for j in others:
+                self.add(j, i, "resource", f"{before} {key} / {after} {key}")
+        node = self.nodes[i]
+        # A read waits for the merges since the last write, and a merge for the reads; but
+        # not directly for those a use it waits for waits for: reads and merges taking turns
+        # on one key (10,000 of them) got an edge from every earlier use of the other mode,
+        # 25 million, where they now get one or two each. Only through uses that cannot end
+        # before what they wait for has: a use that needs another node's result (a ref, an
+        # ``after``) is skipped at once if that node fails, and what waits for it goes on.
+        solid = not node.refs and not node.after
+        mark = state.read_mark if reading else state.merge_mark
+        if solid and mark is not None:
+            # a solid use of the other mode came after the solid use of this mode that marked
+            # ``mark`` (and waited for it): the uses of this mode before that one come before
+            # it, so before whatever waits for it (every later use of the other mode does)
+            del mine[:mark]
+        mine.append(i)
+        if solid:  # the uses of the other mode before it all come before it
+            if reading:
+                state.read_mark, state.merge_mark = None, len(others)
+            else:
+                state.merge_mark, state.read_mark = None, len(others)
 
     def barrier(self, i: int, *, with_edges: bool = True) -> None:
         """Exclusive tools order everything before and after them."""
@@ -539,6 +567,21 @@ class _Builder:
             self._last_barrier = i
         else:
             self._since.append(i)
+
+
+@dataclass(slots=True)
+class _Open:
+    """Of one exact key since its last write: the reads a merge must wait for, and the merges.
+
+    ``merge_mark``: after a solid read (one that needs no other node's result),
+    how many of ``merges`` came before it; ``read_mark`` the same of ``reads`` after a solid
+    merge. Once a solid use of the other mode follows it, those can go: it orders them.
+    """
+
+    reads: list[int] = field(default_factory=list)
+    merges: list[int] = field(default_factory=list)
+    read_mark: int | None = None
+    merge_mark: int | None = None
 
 
 def _topological(plan: Plan) -> list[Node]:

@@ -97,10 +97,13 @@ def parse_ref(text: str) -> Ref | None:
     match = _REF.fullmatch(text)
     if match is None:
         return None
-    node = match["braced"] if match["braced"] is not None else match["plain"]
+    braced, plain, steps = match.group("braced", "plain", "path")
+    node = braced if braced is not None else plain
+    if not steps:  # most refs ($3): no path to walk (plan text has one per step or more)
+        return Ref(node)
     path = tuple(
         int(step["item"]) if step["item"] is not None else step["field"]
-        for step in _STEP.finditer(match["path"])
+        for step in _STEP.finditer(steps)
     )
     return Ref(node, path)
 

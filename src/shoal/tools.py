@@ -348,8 +348,14 @@ class Tool(Generic[P, R]):
 
     def positional_names(self) -> list[str]:
         """The arguments a call may give by position (plan text's ``tool("x")``), in order."""
+        return list(self._positional)
+
+    @functools.cached_property
+    def _positional(self) -> tuple[str, ...]:
+        # read once per tool: inspect.signature costs more than the rest of binding a plan
+        # text call, which a 100,000-step plan did for every step
         params = inspect.signature(self.fn).parameters.values()
-        return [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        return tuple(p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
     def check_static(self, args: Mapping[str, Any], is_pending: Callable[[Any], bool]) -> str:
         """Problems with ``args`` that can be seen before the run ('' when none).

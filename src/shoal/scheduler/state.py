@@ -558,7 +558,8 @@ class SchedulerState:
     # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
     __slots__ = (
         "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
-        "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_heap", "_held",
+        "_early", "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_heap",
+        "_held",
         "_kept", "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng",
         "_slots",
         "_sorted", "_sorting", "_spare", "before_expand", "clock_origin", "closed", "ctrl_c_here",
@@ -660,6 +661,9 @@ class SchedulerState:
         # abandoned nodes whose work still runs -> the nodes their resource and exclusive
         # edges hold until it ends, each with why (made when the first is held)
         self._held: dict[int, dict[int, str]] | None = None
+        # nodes that ended before what they wait for had (skipped, cancelled while waiting),
+        # by position: what they order waits on until that has ended (see _pass_on)
+        self._early: dict[int, _Slot] | None = None
         # abandoned nodes whose work still runs -> the resource_limits slots it still holds
         self._kept: dict[int, tuple[ConcurrencyLimit, ...]] | None = None
 
@@ -953,6 +957,12 @@ class SchedulerState:
         for succ, why in (held or {}).items():
             after = self._slots[succ]
             if not isinstance(after, _Slot):
+                held_back = self._early.get(succ) if self._early is not None else None
+                if held_back is not None:  # ended early, and what it orders waits for this
+                    stack: list[tuple[_Slot, bool]] = []
+                    self._count_down_early(held_back, stack)
+                    if stack:
+                        self._pass_on_from(stack, held_back, now, d, False)
                 continue  # ended meanwhile (cancelled, the run's deadline)
             if succ == pos:  # its own retry (see _hold_own): due once its back-off is over too
                 self._end_own_hold(after, why)
@@ -1927,7 +1937,16 @@ class SchedulerState:
             final: Status = status if under_way else "cancelled"
             if slot.rare.failed_before:  # its outcome says why it was to run again
                 reason = f"{reason} (before its retry; {slot.rare.failed_before})"
+            if slot.phase is Phase.WAITING and slot.waiting > 0:
+                self._ended_early(slot)
             self._record(slot, final, now, d, reason=reason)
+
+    def _ended_early(self, slot: _Slot) -> None:
+        """``slot`` ends while it still waits for ``slot.waiting`` of its predecessors."""
+        early = self._early
+        if early is None:
+            early = self._early = {}
+        early[slot.pos] = slot
 
     def _pass_wakeups_on(self, slot: _Slot, d: Decisions) -> None:
         """Hand on the wake-ups a queued node that will never start may hold.
@@ -1965,28 +1984,55 @@ class SchedulerState:
         """
         if slot.gather < 0 and not self.graph.succs[slot.pos]:
             return  # nothing waits for it (most nodes of a wide plan)
-        stack: list[_Slot] = [slot]
+        self._pass_on_from([(slot, False)], slot, now, d, holds)
+
+    def _pass_on_from(self, stack: list[tuple[_Slot, bool]], slot: _Slot, now: float,
+                      d: Decisions, holds: bool) -> None:
+        """:meth:`_pass_on` of each ``(node, again)`` on ``stack``, and of what they skip.
+
+        A node that ended before what it waits for (skipped at once, or cancelled while it
+        waited) skips what needs its result at once, but what it only orders (a resource
+        or exclusive edge) waits on until the rest of what it waited for has ended, as it
+        would have: a write between a long write and a read, skipped, let the read overlap
+        the first write. It comes back (``again``) to release those once that is so.
+        """
+        early = self._early
         while stack:
-            done = stack.pop()
+            done, again = stack.pop()
             assert done.outcome is not None
-            if done.gather >= 0:  # a map item: its map gathers once every item has ended
-                gatherer = self._slots[done.gather]
+            if done.gather >= 0 and not again:  # a map item: its map gathers once all have
+                gatherer = self._slots[done.gather]  # ended
                 if isinstance(gatherer, _Slot):  # else the map ended first (cancelled)
                     gatherer.waiting -= 1
                     if gatherer.waiting == 0 and gatherer.phase is Phase.WAITING:
                         self._make_ready(gatherer, now, d)
             failed = done.outcome.status != "ok"
+            # whether what ``done`` waited for has all ended (else it comes back once it has)
+            over = again or early is None or done.pos not in early
             for succ in self.graph.succs[done.pos]:
                 after = self._slots[succ]
                 if after.phase is Phase.DONE or not isinstance(after, _Slot):
+                    held_back = early.get(succ) if early is not None else None
+                    if held_back is not None and over:  # ended early, and waits for ``done``
+                        if holds:
+                            self._hold(slot, done, held_back, now, d)
+                        else:
+                            self._count_down_early(held_back, stack)
                     continue
                 if failed and self._must_succeed(done.pos, succ):
                     after.root = done.root or _root_cause(done.node.id, done.outcome)
                     why = f"needs {done.node.id!r}, which " + (
                         f"was skipped; root cause: {after.root}" if done.root else
                         f"ended {done.outcome.status}{_detail(done.outcome)}")
+                    if over:
+                        after.waiting -= 1
+                    if after.waiting > 0 and not holds:  # it waits for others still
+                        self._ended_early(after)
+                        early = self._early
                     self._store(after, "skipped", now, d, None, None, why, False)
-                    stack.append(after)
+                    stack.append((after, False))
+                    continue
+                if not over:  # released when the rest of what ``done`` waits for has ended
                     continue
                 if holds:  # (through the nodes it skipped too: they order as it would)
                     self._hold(slot, done, after, now, d)
@@ -1994,6 +2040,14 @@ class SchedulerState:
                 after.waiting -= 1
                 if after.waiting == 0 and after.phase is Phase.WAITING:
                     self._make_ready(after, now, d)
+
+    def _count_down_early(self, held_back: _Slot, stack: list[tuple[_Slot, bool]]) -> None:
+        """One more of what ``held_back`` (ended early) waited for has ended."""
+        held_back.waiting -= 1
+        if held_back.waiting <= 0:
+            assert self._early is not None
+            del self._early[held_back.pos]
+            stack.append((held_back, True))
 
     def _hold(self, slot: _Slot, done: _Slot, after: _Slot, now: float, d: Decisions) -> None:
         """``after`` waits for ``slot``'s abandoned work to end: say so (an event, ``held()``).

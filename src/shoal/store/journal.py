@@ -4,7 +4,7 @@ With a durable store, records are written by a writer thread, never on the event
 thread per store, shared by every run journaled to it at the time (a swarm's thousand
 subagents' steps runs had a thread each, every one polling the file five times a second: a
 thousand threads, and the run slowed as it grew). Records added during one loop iteration
-form one batch; the writer commits every batch waiting for it, of whichever run, in one
+and the next form one batch; the writer commits every batch waiting for it, of whichever run, in one
 transaction (so the more calls end at once, the fewer commits per call), then resolves the
 batches' futures on each run's loop. The driver makes each call it starts
 wait for :meth:`Journal.barrier` first: the commit of everything journaled so far, which
@@ -101,7 +101,7 @@ class Journal:
         if not buffer:
             assert self._loop is not None
             self._buffer_done = self._loop.create_future()
-            self._loop.call_soon(self._send)
+            self._loop.call_soon(self._send_later)
         assert isinstance(buffer, list)  # a durable journal's
         buffer.append(record)
 
@@ -187,6 +187,18 @@ class Journal:
             self._send()
 
     # ---- the loop side ----------------------------------------------------------------------
+
+    def _send_later(self) -> None:
+        """:meth:`_send` one loop iteration later, so what the records set off comes along.
+
+        A call's outcome wakes the task awaiting it (an agent, an open run's caller) in the
+        next iteration, which adds the call that follows at once: sent in the same iteration
+        as the outcome, that call's "started" record went in a batch of its own, and its
+        start waited for two commits one after the other, where one holds both.
+        """
+        if self._buffer:
+            assert self._loop is not None
+            self._loop.call_soon(self._send)
 
     def _send(self) -> None:
         """Hand this iteration's records to the writer thread as one batch."""

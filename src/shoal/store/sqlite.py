@@ -188,6 +188,29 @@ class _Bound:
             self.conn.execute(_values_sql(head, width, len(chunk)), params)
 
 
+    def updates(self, table: str, columns: tuple[str, ...], keys: tuple[str, ...],
+                rows: Sequence[Sequence[Any]]) -> None:
+        """``UPDATE table SET columns`` for each row (its ``columns``' values, then its keys).
+
+        As a few statements, not one per row (see :meth:`rows`): the rows go into a temporary
+        table keyed as ``table`` is (the last row for a key wins, as it did updated in order),
+        then one ``UPDATE ... FROM`` sets them. A row whose key ``table`` lacks sets nothing.
+        A swarm of 1,000 agents ended 11,000 attempts a run, one statement each.
+        """
+        staged = f"temp.shoal_set_{table}_{'_'.join(columns)}"  # one per kind of update
+        names = ", ".join((*columns, *keys))
+        self.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staged.removeprefix('temp.')} "
+                          f"({names}, "
+                          f"PRIMARY KEY ({', '.join(keys)}))")
+        self.conn.execute(f"DELETE FROM {staged}")
+        self.rows(f"INSERT OR REPLACE INTO {staged} ({names}) VALUES ", len(columns) + len(keys),
+                  rows)
+        sets = ", ".join(f"{c} = s.{c}" for c in columns)
+        match = " AND ".join(f"{table}.{k} = s.{k}" for k in keys)
+        self.conn.execute(f"UPDATE {table} SET {sets} FROM {staged} AS s WHERE {match}")
+        self.conn.execute(f"DELETE FROM {staged}")
+
+
 class SQLiteStore:
     """A :class:`~shoal.store.base.Store` in a SQLite file (WAL, ``synchronous=FULL``).
 
@@ -574,12 +597,10 @@ class SQLiteStore:
                         [(s.run_id, s.session, s.node_id, s.attempt, s.tool, s.executor, s.at,
                           s.held) for s in starts])
             if ends:
-                # UPDATE ... FROM a VALUES list costs SQLite more than it saves: row by row
-                db.executemany(
-                    "UPDATE attempts SET ended_at = ?, status = ?, error = ?, ran_on = ? "
-                    "WHERE run_id = ? AND session = ? AND node_id = ? AND attempt = ?",
-                    [(e.at, e.status, e.error, e.where, e.run_id, e.session, e.node_id,
-                      e.attempt) for e in ends])
+                db.updates("attempts", ("ended_at", "status", "error", "ran_on"),
+                           ("run_id", "session", "node_id", "attempt"),
+                           [(e.at, e.status, e.error, e.where, e.run_id, e.session, e.node_id,
+                             e.attempt) for e in ends])
             if outcomes:
                 db.rows(f"INSERT OR REPLACE INTO outcomes (run_id, position, {_OUTCOME_COLUMNS})"
                         " VALUES ", 19, [_outcome_row(o) for o in outcomes])
@@ -590,11 +611,9 @@ class SQLiteStore:
                 db.rows("INSERT INTO events (run_id, data) VALUES ", 2,
                         [(e.run_id, _event_json(e.event)) for e in events])
             if finished:
-                db.executemany(
-                    "UPDATE runs SET status = ?, finished_at = ?, counts = ?, makespan = ? "
-                    "WHERE run_id = ?",
-                    [(f.status, f.finished_at, _json_text(dict(f.counts)), f.makespan, f.run_id)
-                     for f in finished])
+                db.updates("runs", ("status", "finished_at", "counts", "makespan"), ("run_id",),
+                           [(f.status, f.finished_at, _json_text(dict(f.counts)), f.makespan,
+                             f.run_id) for f in finished])
 
     def claim_run(self, run_id: str) -> RunClaim:
         """Claim ``run_id`` for this process (see :mod:`shoal.store.claims`).
@@ -648,8 +667,7 @@ class SQLiteStore:
     def heartbeat_many(self, run_ids: Sequence[str], at: float) -> None:
         """:meth:`heartbeat` for several runs, in one transaction (the journal's writer's)."""
         with self._writing() as db:
-            db.executemany("UPDATE runs SET heartbeat = ? WHERE run_id = ?",
-                           [(at, run_id) for run_id in run_ids])
+            db.updates("runs", ("heartbeat",), ("run_id",), [(at, run_id) for run_id in run_ids])
 
     # ---- reading ------------------------------------------------------------------------
 
