@@ -30,7 +30,9 @@ installed there (or shipped with a ``runtime_env`` of the user's own ``ray.init`
   ``ray.cancel`` (a ``KeyboardInterrupt`` in the tool, which a blocking call such as
   ``time.sleep`` only sees when it returns), then, after :data:`CANCEL_GRACE` seconds (at once
   when the executor closes), ``ray.cancel(force=True)``, which kills the worker process,
-  repeated until Ray reports the task ended (see :func:`_kill`).
+  repeated until Ray reports the task ended (see :func:`_kill`). The call's outcome is
+  recorded once it has ended, so what the call holds (resource keys, an exclusive tool's
+  turn) is held until its work is stopped, as on the process backend.
 * *shoal's actor pool* when the call reserves nothing (``resources={"num_cpus": 0}``): I/O-bound
   tools. Ray runs each task in a worker process of its own, so 1000 concurrent sleeping tasks
   need 1000 processes, which Ray starts a few at a time: 1000 x 50 ms tasks take several
@@ -41,7 +43,9 @@ installed there (or shipped with a ``runtime_env`` of the user's own ``ray.init`
   :class:`~shoal.exceptions.WorkerCrashedError`, which shoal's retry policy retries; Ray
   restarts the actor), and a sync tool cannot be stopped: cancelled, it is left to finish on
   its thread and its outcome says ``abandoned``. Async tools are cancelled at their next
-  ``await``.
+  ``await``; one that ignores its cancellation for :data:`CANCEL_GRACE` seconds is abandoned
+  too. An abandoned call holds what it holds until its work really ends: the actor's task
+  for it ends only then, and the driver reports that end through ``Call.released``.
 
 **Where.** Workers send back, with each reply, the node they ran on (its address and Ray node
 id), which becomes the outcome's ``where``; a ``NodeDiedError`` names the node that died.
@@ -75,7 +79,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -104,7 +108,8 @@ from shoal.tools import Tool
 
 __all__ = ["CANCEL_GRACE", "POOL_CONCURRENCY", "RayExecutor", "ray_options", "worker_path"]
 
-#: Seconds between the polite ``ray.cancel`` of a timed-out task and killing its worker.
+#: Seconds between the polite ``ray.cancel`` of a timed-out task and killing its worker (and
+#: that a pooled async call has to end after its cancel before it is abandoned).
 CANCEL_GRACE = 1.0
 #: Seconds that killing a cancelled task may take before shoal gives up on it (and logs it).
 KILL_TIMEOUT = 10.0
@@ -272,6 +277,28 @@ def _tool_raised(tool: str, exc: BaseException) -> BaseException:
     return tool_interrupt_error(tool, exc) if isinstance(exc, KeyboardInterrupt) else exc
 
 
+async def _thread_end(work: Future[Any]) -> Any:
+    """The value of a sync tool's ``work`` on a pool thread; a cancel waits for its end.
+
+    ``ray.cancel`` cannot stop the thread: it runs on, and the task raises its
+    ``CancelledError`` only once the thread returns, so that the call's reference (which the
+    driver watches, see ``RayExecutor._watch``) resolves when the work really ends: what the
+    call holds (resource keys, an exclusive tool's turn) is held until then.
+    """
+    try:
+        return await asyncio.wrap_future(work)
+    except asyncio.CancelledError:
+        if not _cancel_asked():  # the tool's own CancelledError (see PoolWorker.run)
+            raise
+        ended = asyncio.wrap_future(work)
+        while not ended.done():
+            with suppress(asyncio.CancelledError):  # Ray may repeat its cancel: still waits
+                await asyncio.wait([ended])
+        if not ended.cancelled():
+            ended.exception()  # nobody reads it: retrieved, so asyncio does not log it
+        raise
+
+
 class PoolWorker:
     """shoal's long-lived async actor: runs calls that reserve no resources, many at once."""
 
@@ -294,10 +321,8 @@ class PoolWorker:
                 if is_async:
                     value = await fn(**args)
                 else:
-                    loop = asyncio.get_running_loop()
-                    value = await loop.run_in_executor(
-                        self._threads, functools.partial(contextvars.copy_context().run,
-                                                         _on_pool_thread, fn, args))
+                    value = await _thread_end(self._threads.submit(
+                        contextvars.copy_context().run, _on_pool_thread, fn, args))
                     if type(value) is _Raised:
                         return error_reply(_tool_raised(name, value.error)), _here()
         except asyncio.CancelledError as exc:
@@ -538,11 +563,12 @@ class RayExecutor(Executor):
     """Runs calls on a Ray cluster: one Ray task per call, or shoal's actors (see module doc)."""
 
     name = "ray"
+    reports_end = True  # of a sync call abandoned on a pool actor's thread (see _watch)
 
     def __init__(self, *, address: str | None = None) -> None:
         self.address = address
         self._session: _Session | None = None
-        self._reapers: dict[asyncio.Task[None], Any] = {}  # force-cancels due, by their ref
+        self._reapers: dict[asyncio.Task[bool], Any] = {}  # tasks stopping, by their ref
 
     async def start(self) -> None:
         """Connect to Ray, or start a local one (this blocks the loop for a few seconds, once)."""
@@ -568,7 +594,7 @@ class RayExecutor(Executor):
         try:
             got = await ref
         except asyncio.CancelledError:
-            self._stop(session, ref, call, pooled=pooled)
+            await self._stop(session, ref, call, pooled=pooled)
             raise
         except Exception as exc:
             call.where = _died_on(exc)
@@ -593,24 +619,53 @@ class RayExecutor(Executor):
                 pool.pending[index] -= 1
         return _unpack_reply(call.tool.name, reply)
 
-    def _stop(self, session: _Session, ref: Any, call: Call, pooled: bool) -> None:
-        """Cancel the call's Ray work; kill a task's worker if it is still running later."""
+    async def _stop(self, session: _Session, ref: Any, call: Call, pooled: bool) -> None:
+        """Cancel the call's Ray work and wait for it to end, as far as it can be ended.
+
+        What a call holds (resource keys, an exclusive tool's turn) is let go once its outcome
+        is recorded, which is when this returns: so not while its work still runs. A task
+        gets the polite ``ray.cancel`` and :data:`CANCEL_GRACE` seconds, then its worker is
+        killed (as a process worker is, before its outcome); an async tool on the pool has the
+        grace to end after its cancel. A sync tool on the pool, whose thread cannot be
+        stopped, and work that outlasts all this (an async tool ignoring its cancellation, a
+        kill with no effect, a second cancel of this wait) are *abandoned*: the outcome says
+        so, and the scheduler holds what they hold until Ray reports their end (see
+        :func:`_watch`).
+        """
         with suppress(Exception):  # already finished, or Ray going down: nothing to stop
             session.ray.cancel(ref)
-        if pooled:
-            call.abandoned = not call.tool.is_async  # a thread in the actor cannot be stopped
+        if pooled and not call.tool.is_async:  # a thread in the actor cannot be stopped
+            self._abandon(ref, call)
             return
+        stopping = (asyncio.ensure_future(_ended_within(ref, CANCEL_GRACE)) if pooled
+                    else self._reaper(session, ref))
+        try:
+            ended = await asyncio.shield(stopping)
+        except asyncio.CancelledError:  # cancelled again (its run stops): it may still run
+            ended = False
+        if not ended:
+            self._abandon(ref, call)
+
+    @staticmethod
+    def _abandon(ref: Any, call: Call) -> None:
+        call.abandoned = True
+        _watch(ref, call)
+
+    def _reaper(self, session: _Session, ref: Any) -> asyncio.Task[bool]:
+        """A task that stops the task behind ``ref``: whether it ended (see :meth:`_stop`)."""
         reaper = asyncio.get_running_loop().create_task(self._force_cancel(session, ref))
         self._reapers[reaper] = ref
         reaper.add_done_callback(self._reaped)
+        return reaper
 
-    def _reaped(self, reaper: asyncio.Task[None]) -> None:
+    def _reaped(self, reaper: asyncio.Task[bool]) -> None:
         self._reapers.pop(reaper, None)
 
     @staticmethod
-    async def _force_cancel(session: _Session, ref: Any) -> None:
-        await asyncio.sleep(CANCEL_GRACE)
-        await _kill(session, ref)
+    async def _force_cancel(session: _Session, ref: Any) -> bool:
+        if await _ended_within(ref, CANCEL_GRACE):  # the polite cancel did it
+            return True
+        return await _kill(session, ref)
 
     async def close(self) -> None:
         """Kill cancelled tasks that still run (without their grace); release the connection."""
@@ -627,24 +682,76 @@ class RayExecutor(Executor):
             _release(session)
 
 
-async def _kill(session: _Session, ref: Any) -> None:
+def _watch(ref: Any, call: Call) -> None:
+    """Report the end of abandoned ``call``'s thread in its pool actor through ``call.released``.
+
+    The actor's task ends only once that thread returns (see :func:`_thread_end`), or the
+    actor dies: either ends the work. Heard on a Ray thread, the end is handed to the loop that
+    ran the call, where ``call.ended_at`` is stamped before ``call.released`` is read, so the
+    scheduler either sees the end when it records the outcome or has set the hook by then.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        reply = ref.future()
+    except Exception:  # Ray going down: nothing left to run the thread
+        call.ended_at = time.monotonic()
+        return
+    reply.add_done_callback(functools.partial(_thread_returned, loop, call))
+
+
+def _thread_returned(loop: asyncio.AbstractEventLoop, call: Call, _: object) -> None:
+    """The abandoned ``call``'s actor task ended (on a Ray thread): tell ``loop``."""
+    try:
+        loop.call_soon_threadsafe(_released, call)
+    except RuntimeError:  # a closed loop: its run is over; what it left may still be held
+        hook = call.released
+        if hook is not None and getattr(hook, "any_thread", False):
+            call.ended_at = time.monotonic()
+            hook(call)
+
+
+def _released(call: Call) -> None:
+    """On the call's loop: stamp the end of its abandoned work; call its hook, if set."""
+    call.ended_at = time.monotonic()
+    hook = call.released
+    if hook is not None:
+        hook(call)
+
+
+async def _ended_within(ref: Any, seconds: float) -> bool:
+    """Whether the work behind ``ref`` ends (or Ray can no longer tell) within ``seconds``."""
+    try:
+        reply = asyncio.wrap_future(ref.future())
+    except Exception:  # Ray going down: nothing left to run it
+        return True
+    done, _ = await asyncio.wait([reply], timeout=seconds)
+    if not done:
+        reply.cancel()
+        return False
+    if not reply.cancelled():
+        reply.exception()  # retrieved: its error (a cancelled task's) is no news
+    return True
+
+
+async def _kill(session: _Session, ref: Any) -> bool:
     """``ray.cancel(force=True)`` until the task has ended (which kills its worker).
 
     One forced cancel is not enough: while an earlier cancel request for the same task is in
     flight (the polite one, sent moments before when the executor closes right after a
     timeout), Ray drops the new one without a word, and the task runs to its end. So the
     request is repeated until Ray reports the task ended, for :data:`KILL_TIMEOUT` seconds at
-    most.
+    most. Returns whether it ended.
     """
     deadline = time.monotonic() + KILL_TIMEOUT
     while not _ended(session.ray, ref):
         if time.monotonic() >= deadline:
             log.warning("a cancelled Ray task still runs %.0f s after shoal began killing it "
                         "(ray.cancel(force=True) had no effect): %s", KILL_TIMEOUT, ref)
-            return
+            return False
         with suppress(Exception):  # Ray going down: _ended says so next
             session.ray.cancel(ref, force=True)
         await asyncio.sleep(KILL_POLL)
+    return True
 
 
 def _ended(ray: Any, ref: Any) -> bool:
