@@ -85,10 +85,13 @@ from pathlib import Path
 from typing import Any
 
 from shoal.exceptions import (
+    ConfigError,
     ExecutorError,
     MissingDependencyError,
     SerializationError,
     WorkerCrashedError,
+    bounded_text,
+    describe_exception,
 )
 from shoal.executors._errors import error_reply, rebuild_error
 from shoal.executors._results import (
@@ -503,10 +506,42 @@ _SESSION: _Session | None = None
 
 
 def _connect(ray: Any, address: str | None) -> bool:
-    """``ray.init`` unless Ray is up already; return whether this call initialised it."""
+    """``ray.init`` unless Ray is up already; return whether this call initialised it.
+
+    A cluster that cannot be reached (or a Ray that cannot start) is an
+    :class:`~shoal.exceptions.ExecutorError`, an address Ray cannot read a
+    :class:`~shoal.exceptions.ConfigError`: each names the address and where it came from.
+    """
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        _init(ray, target)
+    except Exception as exc:
+        with suppress(Exception):  # half connected: let go, so that a later try starts clean
+            if ray.is_initialized():
+                ray.shutdown()
+        raise _not_connected(target, address, exc) from exc
+    return True
+
+
+def _not_connected(target: str, address: str | None, exc: Exception) -> ExecutorError | ConfigError:
+    """The error for a ``ray.init`` that failed with ``exc`` (see :func:`_connect`)."""
+    why = bounded_text(describe_exception(exc).strip().splitlines()[0], 300)
+    if target == "local":
+        return ExecutorError(f"shoal could not start a local Ray (RAY_ADDRESS is not set): {why}")
+    source = "Runtime(ray_address=...)" if address else "the RAY_ADDRESS environment variable"
+    if isinstance(exc, ValueError):
+        return ConfigError(f"{source} gives {target!r}, which Ray cannot read as a cluster "
+                           f"address (host:port, or ray://host:port): {why}")
+    return ExecutorError(
+        f"shoal could not connect to the Ray cluster at {target!r}, which {source} gives: "
+        f"{why}. Is a Ray head running there (ray start --head)? Fix the address, or unset it "
+        "for a private local Ray")
+
+
+def _init(ray: Any, target: str) -> None:
+    """``ray.init`` at ``target`` (``"local"``: a Ray of our own), as :func:`_connect` says."""
     options: dict[str, Any] = {
         "address": target, "logging_level": logging.WARNING, "log_to_driver": False,
         "ignore_reinit_error": True, "runtime_env": {"env_vars": {"PYTHONPATH": worker_path()}},
@@ -521,7 +556,6 @@ def _connect(ray: Any, address: str | None) -> bool:
             ray.init(**options)
     else:
         ray.init(**options)
-    return True
 
 
 def _host(address: str) -> str:
