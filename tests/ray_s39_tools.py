@@ -69,3 +69,49 @@ async def stubborn_write_async(directory: str, name: str, seconds: float, p: str
             note(directory, f"{name} ignored a cancel")
     note(directory, f"{name} ended")
     return name
+
+
+def _echo(value: object) -> object:
+    """Give ``value`` back."""
+    return value
+
+
+#: a tool whose name holds a lone surrogate, a newline and terminal escapes
+hostile_name = tool(_echo, name="e\ud800\n\x1b[2J\x1b]0;pwned\x07")
+
+
+@tool
+def self_containing() -> list[object]:
+    """A list that contains itself, in a dict that contains the list."""
+    loop: list[object] = []
+    loop.append({"me": loop, "s": "\ud800"})
+    return loop
+
+
+@tool
+def deep(levels: int) -> list[object]:
+    """A list nested ``levels`` deep."""
+    value: list[object] = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+class BadReduce(Exception):
+    """An error whose pickling raises."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise RuntimeError("no pickling me")
+
+
+class BadReduceExit(Exception):
+    """An error whose pickling raises SystemExit."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise SystemExit(3)
+
+
+@tool
+def raise_bad_reduce(kind: str) -> None:
+    """Raise an error whose ``__reduce__`` fails."""
+    raise (BadReduce if kind == "runtime" else BadReduceExit)("bad \ud800 \x1b[31mred")

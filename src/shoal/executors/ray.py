@@ -490,7 +490,7 @@ class _Session:
         found = self._options.get(key)
         if found is None:  # .options() builds a new wrapper: once per tool and resources
             options, pooled = ray_options(tool.policy.resources, tool.policy.labels)
-            found = (None if pooled else self.task.options(name=f"shoal:{tool.name}", **options),
+            found = (None if pooled else self.task.options(name=_task_name(tool.name), **options),
                      pooled)
             self._options[key] = found
         return found
@@ -500,6 +500,17 @@ class _Session:
         self.pool.kill()
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _task_name(tool: str) -> str:
+    """The name of a tool's Ray tasks: ``shoal:<tool>``, what cannot be printed escaped.
+
+    Ray sends the name as UTF-8 (a lone surrogate, which a tool's name may hold, failed every
+    call of the tool) and shows it in its dashboard, logs and ``ray list tasks``, where a
+    terminal escape or a newline in it would be taken for their own.
+    """
+    return "shoal:" + "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+                              for ch in tool)
 
 
 _SESSION: _Session | None = None
