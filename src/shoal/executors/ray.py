@@ -493,6 +493,8 @@ class _Session:
             found = (None if pooled else self.task.options(name=_task_name(tool.name), **options),
                      pooled)
             self._options[key] = found
+            if not pooled:
+                _warn_if_unplaceable(self.ray, tool.name, options)
         return found
 
     def release(self) -> None:
@@ -500,6 +502,36 @@ class _Session:
         self.pool.kill()
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+#: Ray's names, in a node's resources, for the task options that reserve something.
+_NODE_RESOURCE = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+
+
+def _warn_if_unplaceable(ray: Any, tool: str, options: dict[str, Any]) -> None:
+    """Log a warning if no node of the cluster has what ``tool``'s calls reserve.
+
+    Ray keeps such a task waiting, silently (its own warning goes to the driver's log, which
+    shoal does not show), until a node that has it joins (an autoscaler may add one): a call
+    without a timeout waits for ever. Labels are left to Ray.
+    """
+    needs = {_NODE_RESOURCE[k]: float(v) for k, v in options.items() if k in _NODE_RESOURCE}
+    needs.update(options.get("resources", {}))
+    needs = {name: amount for name, amount in needs.items() if amount > 0}
+    try:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # Ray cannot tell now: nothing to say
+        return
+    if not needs or any(all(node.get(k, 0.0) >= v for k, v in needs.items()) for node in nodes):
+        return
+    most = {name: max((node.get(name, 0.0) for node in nodes), default=0.0) for name in needs}
+    log.warning("no node of the Ray cluster has what tool %r reserves (%s; the most a node has: "
+                "%s): its calls wait until such a node joins, for ever without a timeout",
+                tool, _amounts(needs), _amounts(most))
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return ", ".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
 
 
 def _task_name(tool: str) -> str:
