@@ -84,7 +84,7 @@ from shoal.agents.remote import (
 )
 from shoal.exceptions import AgentError, ConfigError, describe_exception
 from shoal.executors._shipping import dumps
-from shoal.executors.ray import _here
+from shoal.executors.ray import _here, _is_utf8
 from shoal.scheduler import driver
 
 if TYPE_CHECKING:
@@ -432,6 +432,12 @@ def actor_options(agent: Agent[Any]) -> dict[str, Any]:
         options["num_cpus"] = 0  # its turn loop waits on its model: no CPU held by default
     options.update(max_restarts=0, max_task_retries=0, max_concurrency=1)
     values = {name: os.environ[name] for name in agent.env if name in os.environ}
+    for name, value in values.items():
+        if not _is_utf8(value):
+            raise ConfigError(
+                f"agent {agent.name!r}: the environment variable {name!r} (given in env=) holds "
+                "bytes that are not UTF-8 text, which Ray cannot send to the actor's node (given, "
+                "it would end this process); set it to UTF-8 text, or leave it out of env=")
     if values:
         options["runtime_env"] = {"env_vars": values}  # merged into the job's by Ray
     return options

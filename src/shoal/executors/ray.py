@@ -382,9 +382,22 @@ def worker_path() -> str:
         path = Path(entry or os.getcwd()).resolve()
         if any(path == root or root in path.parents for root in own):
             continue
-        if str(path) not in kept and path.exists():
+        if str(path) not in kept and path.exists() and _is_utf8(str(path)):
             kept.append(str(path))
     return os.pathsep.join(kept)
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` has no surrogates (a path's bytes that are not UTF-8).
+
+    Ray parses a ``runtime_env`` as JSON in C++, and aborts the whole process on one: such a
+    directory is left out of the workers' ``PYTHONPATH`` (they could not be told it anyway).
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _import_ray() -> Any:
