@@ -64,3 +64,18 @@ def test_hostile_names_values_and_errors_end_in_typed_outcomes(route: str) -> No
         error = result[ref].error
         assert error is not None and error.message == "bad \ud800 \x1b[31mred", (kind, error)
     assert result.value(sibling) == "kept"
+
+
+@pytest.mark.parametrize("labels", [{"zone": "in("}, {"zone": "\ud800"}, {"zo\nne": "b"}])
+def test_labels_ray_refuses_fail_the_call_with_a_config_error_naming_the_tool(
+        labels: dict[str, str]) -> None:
+    # was: Ray's bare ValueError 'Invalid label selector value ...', naming no tool or setting
+    plan = shoal.Plan()
+    bad = plan.call(rt.echo.options(isolation="ray", labels=labels, timeout=30.0), value=1)
+    sibling = plan.call(rt.echo.options(isolation="ray"), value="kept")
+    result = _run(plan)
+    error = result[bad].error
+    assert error is not None and error.type == "shoal.exceptions.ConfigError", error
+    assert error.message.startswith("tool 'echo': Ray refused its task's options (from its "
+                                    "resources= and labels=): Invalid label"), error.message
+    assert result.value(sibling) == "kept"

@@ -503,9 +503,13 @@ class _Session:
         found = self._options.get(key)
         if found is None:  # .options() builds a new wrapper: once per tool and resources
             options, pooled = ray_options(tool.policy.resources, tool.policy.labels)
-            found = (None if pooled else self.task.options(name=_task_name(tool.name), **options),
-                     pooled)
-            self._options[key] = found
+            try:
+                task = None if pooled else self.task.options(name=_task_name(tool.name),
+                                                             **options)
+            except (ValueError, TypeError) as exc:  # Ray checks a label selector's syntax here
+                raise ConfigError(f"tool {tool.name!r}: Ray refused its task's options (from "
+                                  f"its resources= and labels=): {exc}") from None
+            found = self._options[key] = (task, pooled)
             if not pooled:
                 _warn_if_unplaceable(self.ray, tool.name, options)
         return found
