@@ -1,4 +1,4 @@
-"""A Ray tool reserving what no node of the cluster has: shoal says so, once, naming it.
+"""A Ray tool or agent reserving what no node of the cluster has: shoal says so, naming it.
 
 Ray keeps such a task waiting until a node that has it joins, and its own warning goes to the
 driver's log, which shoal does not show: a call without a timeout waited for ever, silently.
@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("ray")
 
 import shoal
+from shoal.testing import ScriptedModel
 from tests import ray_tools as rt
 from tests.conftest import ONE_AT_A_TIME, arun
 
@@ -53,3 +54,21 @@ def test_a_tool_whose_resources_a_node_has_runs_without_a_warning(
     with caplog.at_level(logging.WARNING, logger="shoal"):
         assert _run(plan).value(fits) == 1
     assert not [r for r in caplog.records if "no node of the Ray cluster" in r.getMessage()]
+
+
+def test_a_ray_agent_reserving_what_no_node_has_is_warned_about(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # was: no word; it waited for its deadline
+    model = ScriptedModel.per_prompt({"r": ["never asked"]})
+    nowhere = shoal.Agent(name="reader", model=model, isolation="ray",
+                          resources={"s39_nowhere": 1})
+    plan = shoal.Plan()
+    node = plan.call(nowhere, task="r")
+    with caplog.at_level(logging.WARNING, logger="shoal"):
+        result = shoal.run_sync(plan, deadline=2.0)
+    assert result[node].status != "ok"
+    said = [r.getMessage() for r in caplog.records if "no node of the Ray cluster" in r.message]
+    assert len(said) == 1, said
+    assert said[0].startswith("no node of the Ray cluster has what agent "), said
+    assert said[0].endswith("reserves (s39_nowhere=1; the most a node has: s39_nowhere=0): its "
+                            "actor waits until such a node joins, for ever without a timeout")

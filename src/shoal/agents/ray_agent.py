@@ -84,7 +84,7 @@ from shoal.agents.remote import (
 )
 from shoal.exceptions import AgentError, ConfigError, describe_exception
 from shoal.executors._shipping import dumps
-from shoal.executors.ray import _here, _is_utf8
+from shoal.executors.ray import _here, _is_utf8, _warn_if_unplaceable
 from shoal.scheduler import driver
 
 if TYPE_CHECKING:
@@ -548,7 +548,9 @@ async def _start(run: AgentRun) -> RayChannel:
     """Connect to Ray, start the agent's actor and take its connection."""
     spec = ray_spec(run)
     ray = await _ray_for(run.ctx)
-    return await RayChannel.start(ray, spec, actor_options(run.agent), _driver_host(ray))
+    options = actor_options(run.agent)
+    _warn_if_unplaceable(ray, f"agent {run.lineage}", options, "its actor waits")
+    return await RayChannel.start(ray, spec, options, _driver_host(ray))
 
 
 async def _serve(run: AgentRun, channel: RayChannel, serving: asyncio.Future[Any],

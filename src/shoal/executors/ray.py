@@ -511,7 +511,7 @@ class _Session:
                                   f"its resources= and labels=): {exc}") from None
             found = self._options[key] = (task, pooled)
             if not pooled:
-                _warn_if_unplaceable(self.ray, tool.name, options)
+                _warn_if_unplaceable(self.ray, f"tool {tool.name!r}", options)
         return found
 
     def release(self) -> None:
@@ -525,26 +525,29 @@ class _Session:
 _NODE_RESOURCE = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 
 
-def _warn_if_unplaceable(ray: Any, tool: str, options: dict[str, Any]) -> None:
-    """Log a warning if no node of the cluster has what ``tool``'s calls reserve.
+def _warn_if_unplaceable(ray: Any, what: str, options: dict[str, Any],
+                         waits: str = "its calls wait") -> None:
+    """Log a warning if no node of the cluster has what ``what`` (``"tool 'x'"``) reserves.
 
-    Ray keeps such a task waiting, silently (its own warning goes to the driver's log, which
-    shoal does not show), until a node that has it joins (an autoscaler may add one): a call
-    without a timeout waits for ever. Labels are left to Ray.
+    Ray keeps such a task (or actor) waiting, silently (its own warning goes to the driver's
+    log, which shoal does not show), until a node that has it joins (an autoscaler may add
+    one): without a timeout, for ever. Labels are left to Ray.
     """
     needs = {_NODE_RESOURCE[k]: float(v) for k, v in options.items() if k in _NODE_RESOURCE}
     needs.update(options.get("resources", {}))
     needs = {name: amount for name, amount in needs.items() if amount > 0}
+    if not needs:
+        return
     try:
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     except Exception:  # Ray cannot tell now: nothing to say
         return
-    if not needs or any(all(node.get(k, 0.0) >= v for k, v in needs.items()) for node in nodes):
+    if any(all(node.get(k, 0.0) >= v for k, v in needs.items()) for node in nodes):
         return
     most = {name: max((node.get(name, 0.0) for node in nodes), default=0.0) for name in needs}
-    log.warning("no node of the Ray cluster has what tool %r reserves (%s; the most a node has: "
-                "%s): its calls wait until such a node joins, for ever without a timeout",
-                tool, _amounts(needs), _amounts(most))
+    log.warning("no node of the Ray cluster has what %s reserves (%s; the most a node has: "
+                "%s): %s until such a node joins, for ever without a timeout",
+                what, _amounts(needs), _amounts(most), waits)
 
 
 def _amounts(resources: dict[str, float]) -> str:
