@@ -10,6 +10,10 @@ does the Ray backend now. Real Ray: ``RAY_ADDRESS`` if set, else a private local
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +100,32 @@ def test_an_abandoned_pool_thread_that_ends_holds_nothing_afterwards(tmp_path: P
     result = _run(plan, [])
     assert result[slow].abandoned and result.value(after) == "after"
     assert tools.steps(d) == ["slow began", "slow ended", "after ran"]
+
+
+UNSTARTED = """
+import json, sys, time
+import shoal
+from tests import ray_s39_tools as tools
+
+d = sys.argv[1]
+pool = {"isolation": "ray", "resources": {"num_cpus": 0}}
+plan = shoal.Plan()
+slow = plan.call(tools.slow_write.options(**pool, timeout=0.05), directory=d, name="slow",
+                 seconds=1.0, p="/p")
+out = shoal.run_sync(plan)[slow]
+time.sleep(1.5)  # a thread that had started would have ended by now
+print(json.dumps([out.status, out.abandoned, tools.steps(d)]))
+"""
+
+
+def test_a_sync_pooled_call_stopped_before_the_actor_started_it_is_not_abandoned(
+        tmp_path: Path) -> None:
+    # was: abandoned, "still running", though it never ran: the first call of a driver waits
+    # for its pool actor to start, and this one timed out meanwhile
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-c", UNSTARTED, str(tmp_path)], cwd=root, env=env,
+                          text=True, capture_output=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-3000:]
+    status, abandoned, log = json.loads(done.stdout.splitlines()[-1])
+    assert (status, abandoned, log) == ("timed_out", False, [])

@@ -114,6 +114,9 @@ __all__ = ["CANCEL_GRACE", "POOL_CONCURRENCY", "RayExecutor", "ray_options", "wo
 #: Seconds between the polite ``ray.cancel`` of a timed-out task and killing its worker (and
 #: that a pooled async call has to end after its cancel before it is abandoned).
 CANCEL_GRACE = 1.0
+#: Seconds a cancelled sync call on the actor pool has to end before it is abandoned: enough for
+#: Ray to drop one the actor had not started (its thread, once started, cannot be stopped).
+UNSTARTED_GRACE = 0.25
 #: Seconds that killing a cancelled task may take before shoal gives up on it (and logs it).
 KILL_TIMEOUT = 10.0
 #: Seconds between checks (and repeats of the forced cancel) while a task is being killed.
@@ -723,19 +726,21 @@ class RayExecutor(Executor):
         is recorded, which is when this returns: so not while its work still runs. A task
         gets the polite ``ray.cancel`` and :data:`CANCEL_GRACE` seconds, then its worker is
         killed (as a process worker is, before its outcome); an async tool on the pool has the
-        grace to end after its cancel. A sync tool on the pool, whose thread cannot be
-        stopped, and work that outlasts all this (an async tool ignoring its cancellation, a
+        grace to end after its cancel; a sync one, whose thread cannot be stopped, has
+        :data:`UNSTARTED_GRACE`, in which Ray drops a call the actor had not started yet (it
+        never ran: not abandoned). A sync tool on the pool that runs, and work that outlasts
+        all this (an async tool ignoring its cancellation, a
         kill with no effect, a second cancel of this wait) are *abandoned*: the outcome says
         so, and the scheduler holds what they hold until Ray reports their end (see
         :func:`_watch`).
         """
         with suppress(Exception):  # already finished, or Ray going down: nothing to stop
             session.ray.cancel(ref)
-        if pooled and not call.tool.is_async:  # a thread in the actor cannot be stopped
-            self._abandon(ref, call)
-            return
-        stopping = (asyncio.ensure_future(_ended_within(ref, CANCEL_GRACE)) if pooled
-                    else self._reaper(session, ref))
+        if pooled:  # a sync tool's thread cannot be stopped: only one not started yet ends
+            grace = CANCEL_GRACE if call.tool.is_async else UNSTARTED_GRACE
+            stopping = asyncio.ensure_future(_ended_within(ref, grace))
+        else:
+            stopping = self._reaper(session, ref)
         try:
             ended = await asyncio.shield(stopping)
         except asyncio.CancelledError:  # cancelled again (its run stops): it may still run
