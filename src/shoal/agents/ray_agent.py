@@ -84,7 +84,7 @@ from shoal.agents.remote import (
 )
 from shoal.exceptions import AgentError, ConfigError, describe_exception
 from shoal.executors._shipping import dumps
-from shoal.executors.ray import _here
+from shoal.executors.ray import _here, _is_utf8, _warn_if_unplaceable
 from shoal.scheduler import driver
 
 if TYPE_CHECKING:
@@ -432,6 +432,12 @@ def actor_options(agent: Agent[Any]) -> dict[str, Any]:
         options["num_cpus"] = 0  # its turn loop waits on its model: no CPU held by default
     options.update(max_restarts=0, max_task_retries=0, max_concurrency=1)
     values = {name: os.environ[name] for name in agent.env if name in os.environ}
+    for name, value in values.items():
+        if not _is_utf8(value):
+            raise ConfigError(
+                f"agent {agent.name!r}: the environment variable {name!r} (given in env=) holds "
+                "bytes that are not UTF-8 text, which Ray cannot send to the actor's node (given, "
+                "it would end this process); set it to UTF-8 text, or leave it out of env=")
     if values:
         options["runtime_env"] = {"env_vars": values}  # merged into the job's by Ray
     return options
@@ -542,7 +548,9 @@ async def _start(run: AgentRun) -> RayChannel:
     """Connect to Ray, start the agent's actor and take its connection."""
     spec = ray_spec(run)
     ray = await _ray_for(run.ctx)
-    return await RayChannel.start(ray, spec, actor_options(run.agent), _driver_host(ray))
+    options = actor_options(run.agent)
+    _warn_if_unplaceable(ray, f"agent {run.lineage}", options, "its actor waits")
+    return await RayChannel.start(ray, spec, options, _driver_host(ray))
 
 
 async def _serve(run: AgentRun, channel: RayChannel, serving: asyncio.Future[Any],

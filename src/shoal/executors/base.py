@@ -144,6 +144,11 @@ class Executor(ABC):
     #: Whether every call runs on this machine (its outcome's ``where`` is then this host's
     #: name); a backend that runs calls elsewhere sets ``call.where`` itself, or says nothing.
     runs_here: ClassVar[bool] = False
+    #: Whether the backend calls ``call.released`` once the work of a call it abandoned
+    #: (``call.abandoned``) really ends, stamping ``call.ended_at`` first. The scheduler holds
+    #: what such a call holds (resource keys, an exclusive tool's turn, ``resource_limits``
+    #: slots) until then; a backend that does not tell has its abandoned calls hold nothing.
+    reports_end: ClassVar[bool] = False
 
     async def start(self) -> None:
         """Acquire resources (pools, connections). Called once before the first call."""

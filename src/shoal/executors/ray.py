@@ -30,7 +30,9 @@ installed there (or shipped with a ``runtime_env`` of the user's own ``ray.init`
   ``ray.cancel`` (a ``KeyboardInterrupt`` in the tool, which a blocking call such as
   ``time.sleep`` only sees when it returns), then, after :data:`CANCEL_GRACE` seconds (at once
   when the executor closes), ``ray.cancel(force=True)``, which kills the worker process,
-  repeated until Ray reports the task ended (see :func:`_kill`).
+  repeated until Ray reports the task ended (see :func:`_kill`). The call's outcome is
+  recorded once it has ended, so what the call holds (resource keys, an exclusive tool's
+  turn) is held until its work is stopped, as on the process backend.
 * *shoal's actor pool* when the call reserves nothing (``resources={"num_cpus": 0}``): I/O-bound
   tools. Ray runs each task in a worker process of its own, so 1000 concurrent sleeping tasks
   need 1000 processes, which Ray starts a few at a time: 1000 x 50 ms tasks take several
@@ -41,7 +43,9 @@ installed there (or shipped with a ``runtime_env`` of the user's own ``ray.init`
   :class:`~shoal.exceptions.WorkerCrashedError`, which shoal's retry policy retries; Ray
   restarts the actor), and a sync tool cannot be stopped: cancelled, it is left to finish on
   its thread and its outcome says ``abandoned``. Async tools are cancelled at their next
-  ``await``.
+  ``await``; one that ignores its cancellation for :data:`CANCEL_GRACE` seconds is abandoned
+  too. An abandoned call holds what it holds until its work really ends: the actor's task
+  for it ends only then, and the driver reports that end through ``Call.released``.
 
 **Where.** Workers send back, with each reply, the node they ran on (its address and Ray node
 id), which becomes the outcome's ``where``; a ``NodeDiedError`` names the node that died.
@@ -75,16 +79,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from shoal.exceptions import (
+    ConfigError,
     ExecutorError,
     MissingDependencyError,
     SerializationError,
     WorkerCrashedError,
+    bounded_text,
+    describe_exception,
 )
 from shoal.executors._errors import error_reply, rebuild_error
 from shoal.executors._results import (
@@ -104,8 +111,12 @@ from shoal.tools import Tool
 
 __all__ = ["CANCEL_GRACE", "POOL_CONCURRENCY", "RayExecutor", "ray_options", "worker_path"]
 
-#: Seconds between the polite ``ray.cancel`` of a timed-out task and killing its worker.
+#: Seconds between the polite ``ray.cancel`` of a timed-out task and killing its worker (and
+#: that a pooled async call has to end after its cancel before it is abandoned).
 CANCEL_GRACE = 1.0
+#: Seconds a cancelled sync call on the actor pool has to end before it is abandoned: enough for
+#: Ray to drop one the actor had not started (its thread, once started, cannot be stopped).
+UNSTARTED_GRACE = 0.25
 #: Seconds that killing a cancelled task may take before shoal gives up on it (and logs it).
 KILL_TIMEOUT = 10.0
 #: Seconds between checks (and repeats of the forced cancel) while a task is being killed.
@@ -272,6 +283,28 @@ def _tool_raised(tool: str, exc: BaseException) -> BaseException:
     return tool_interrupt_error(tool, exc) if isinstance(exc, KeyboardInterrupt) else exc
 
 
+async def _thread_end(work: Future[Any]) -> Any:
+    """The value of a sync tool's ``work`` on a pool thread; a cancel waits for its end.
+
+    ``ray.cancel`` cannot stop the thread: it runs on, and the task raises its
+    ``CancelledError`` only once the thread returns, so that the call's reference (which the
+    driver watches, see ``RayExecutor._watch``) resolves when the work really ends: what the
+    call holds (resource keys, an exclusive tool's turn) is held until then.
+    """
+    try:
+        return await asyncio.wrap_future(work)
+    except asyncio.CancelledError:
+        if not _cancel_asked():  # the tool's own CancelledError (see PoolWorker.run)
+            raise
+        ended = asyncio.wrap_future(work)
+        while not ended.done():
+            with suppress(asyncio.CancelledError):  # Ray may repeat its cancel: still waits
+                await asyncio.wait([ended])
+        if not ended.cancelled():
+            ended.exception()  # nobody reads it: retrieved, so asyncio does not log it
+        raise
+
+
 class PoolWorker:
     """shoal's long-lived async actor: runs calls that reserve no resources, many at once."""
 
@@ -294,10 +327,8 @@ class PoolWorker:
                 if is_async:
                     value = await fn(**args)
                 else:
-                    loop = asyncio.get_running_loop()
-                    value = await loop.run_in_executor(
-                        self._threads, functools.partial(contextvars.copy_context().run,
-                                                         _on_pool_thread, fn, args))
+                    value = await _thread_end(self._threads.submit(
+                        contextvars.copy_context().run, _on_pool_thread, fn, args))
                     if type(value) is _Raised:
                         return error_reply(_tool_raised(name, value.error)), _here()
         except asyncio.CancelledError as exc:
@@ -354,9 +385,22 @@ def worker_path() -> str:
         path = Path(entry or os.getcwd()).resolve()
         if any(path == root or root in path.parents for root in own):
             continue
-        if str(path) not in kept and path.exists():
+        if str(path) not in kept and path.exists() and _is_utf8(str(path)):
             kept.append(str(path))
     return os.pathsep.join(kept)
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` has no surrogates (a path's bytes that are not UTF-8).
+
+    Ray parses a ``runtime_env`` as JSON in C++, and aborts the whole process on one: such a
+    directory is left out of the workers' ``PYTHONPATH`` (they could not be told it anyway).
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _import_ray() -> Any:
@@ -462,9 +506,15 @@ class _Session:
         found = self._options.get(key)
         if found is None:  # .options() builds a new wrapper: once per tool and resources
             options, pooled = ray_options(tool.policy.resources, tool.policy.labels)
-            found = (None if pooled else self.task.options(name=f"shoal:{tool.name}", **options),
-                     pooled)
-            self._options[key] = found
+            try:
+                task = None if pooled else self.task.options(name=_task_name(tool.name),
+                                                             **options)
+            except (ValueError, TypeError) as exc:  # Ray checks a label selector's syntax here
+                raise ConfigError(f"tool {tool.name!r}: Ray refused its task's options (from "
+                                  f"its resources= and labels=): {exc}") from None
+            found = self._options[key] = (task, pooled)
+            if not pooled:
+                _warn_if_unplaceable(self.ray, f"tool {tool.name!r}", options)
         return found
 
     def release(self) -> None:
@@ -474,14 +524,90 @@ class _Session:
             self.ray.shutdown()
 
 
+#: Ray's names, in a node's resources, for the task options that reserve something.
+_NODE_RESOURCE = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+
+
+def _warn_if_unplaceable(ray: Any, what: str, options: dict[str, Any],
+                         waits: str = "its calls wait") -> None:
+    """Log a warning if no node of the cluster has what ``what`` (``"tool 'x'"``) reserves.
+
+    Ray keeps such a task (or actor) waiting, silently (its own warning goes to the driver's
+    log, which shoal does not show), until a node that has it joins (an autoscaler may add
+    one): without a timeout, for ever. Labels are left to Ray.
+    """
+    needs = {_NODE_RESOURCE[k]: float(v) for k, v in options.items() if k in _NODE_RESOURCE}
+    needs.update(options.get("resources", {}))
+    needs = {name: amount for name, amount in needs.items() if amount > 0}
+    if not needs:
+        return
+    try:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # Ray cannot tell now: nothing to say
+        return
+    if any(all(node.get(k, 0.0) >= v for k, v in needs.items()) for node in nodes):
+        return
+    most = {name: max((node.get(name, 0.0) for node in nodes), default=0.0) for name in needs}
+    log.warning("no node of the Ray cluster has what %s reserves (%s; the most a node has: "
+                "%s): %s until such a node joins, for ever without a timeout",
+                what, _amounts(needs), _amounts(most), waits)
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return ", ".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
+
+
+def _task_name(tool: str) -> str:
+    """The name of a tool's Ray tasks: ``shoal:<tool>``, what cannot be printed escaped.
+
+    Ray sends the name as UTF-8 (a lone surrogate, which a tool's name may hold, failed every
+    call of the tool) and shows it in its dashboard, logs and ``ray list tasks``, where a
+    terminal escape or a newline in it would be taken for their own.
+    """
+    return "shoal:" + "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+                              for ch in tool)
+
+
 _SESSION: _Session | None = None
 
 
 def _connect(ray: Any, address: str | None) -> bool:
-    """``ray.init`` unless Ray is up already; return whether this call initialised it."""
+    """``ray.init`` unless Ray is up already; return whether this call initialised it.
+
+    A cluster that cannot be reached (or a Ray that cannot start) is an
+    :class:`~shoal.exceptions.ExecutorError`, an address Ray cannot read a
+    :class:`~shoal.exceptions.ConfigError`: each names the address and where it came from.
+    """
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        _init(ray, target)
+    except Exception as exc:
+        with suppress(Exception):  # half connected: let go, so that a later try starts clean
+            if ray.is_initialized():
+                ray.shutdown()
+        raise _not_connected(target, address, exc) from exc
+    return True
+
+
+def _not_connected(target: str, address: str | None, exc: Exception) -> ExecutorError | ConfigError:
+    """The error for a ``ray.init`` that failed with ``exc`` (see :func:`_connect`)."""
+    why = bounded_text(describe_exception(exc).strip().splitlines()[0], 300)
+    if target == "local":
+        return ExecutorError(f"shoal could not start a local Ray (RAY_ADDRESS is not set): {why}")
+    source = "Runtime(ray_address=...)" if address else "the RAY_ADDRESS environment variable"
+    if isinstance(exc, ValueError):
+        return ConfigError(f"{source} gives {target!r}, which Ray cannot read as a cluster "
+                           f"address (host:port, or ray://host:port): {why}")
+    return ExecutorError(
+        f"shoal could not connect to the Ray cluster at {target!r}, which {source} gives: "
+        f"{why}. Is a Ray head running there (ray start --head)? Fix the address, or unset it "
+        "for a private local Ray")
+
+
+def _init(ray: Any, target: str) -> None:
+    """``ray.init`` at ``target`` (``"local"``: a Ray of our own), as :func:`_connect` says."""
     options: dict[str, Any] = {
         "address": target, "logging_level": logging.WARNING, "log_to_driver": False,
         "ignore_reinit_error": True, "runtime_env": {"env_vars": {"PYTHONPATH": worker_path()}},
@@ -496,7 +622,6 @@ def _connect(ray: Any, address: str | None) -> bool:
             ray.init(**options)
     else:
         ray.init(**options)
-    return True
 
 
 def _host(address: str) -> str:
@@ -538,11 +663,12 @@ class RayExecutor(Executor):
     """Runs calls on a Ray cluster: one Ray task per call, or shoal's actors (see module doc)."""
 
     name = "ray"
+    reports_end = True  # of a sync call abandoned on a pool actor's thread (see _watch)
 
     def __init__(self, *, address: str | None = None) -> None:
         self.address = address
         self._session: _Session | None = None
-        self._reapers: dict[asyncio.Task[None], Any] = {}  # force-cancels due, by their ref
+        self._reapers: dict[asyncio.Task[bool], Any] = {}  # tasks stopping, by their ref
 
     async def start(self) -> None:
         """Connect to Ray, or start a local one (this blocks the loop for a few seconds, once)."""
@@ -568,7 +694,7 @@ class RayExecutor(Executor):
         try:
             got = await ref
         except asyncio.CancelledError:
-            self._stop(session, ref, call, pooled=pooled)
+            await self._stop(session, ref, call, pooled=pooled)
             raise
         except Exception as exc:
             call.where = _died_on(exc)
@@ -593,24 +719,55 @@ class RayExecutor(Executor):
                 pool.pending[index] -= 1
         return _unpack_reply(call.tool.name, reply)
 
-    def _stop(self, session: _Session, ref: Any, call: Call, pooled: bool) -> None:
-        """Cancel the call's Ray work; kill a task's worker if it is still running later."""
+    async def _stop(self, session: _Session, ref: Any, call: Call, pooled: bool) -> None:
+        """Cancel the call's Ray work and wait for it to end, as far as it can be ended.
+
+        What a call holds (resource keys, an exclusive tool's turn) is let go once its outcome
+        is recorded, which is when this returns: so not while its work still runs. A task
+        gets the polite ``ray.cancel`` and :data:`CANCEL_GRACE` seconds, then its worker is
+        killed (as a process worker is, before its outcome); an async tool on the pool has the
+        grace to end after its cancel; a sync one, whose thread cannot be stopped, has
+        :data:`UNSTARTED_GRACE`, in which Ray drops a call the actor had not started yet (it
+        never ran: not abandoned). A sync tool on the pool that runs, and work that outlasts
+        all this (an async tool ignoring its cancellation, a
+        kill with no effect, a second cancel of this wait) are *abandoned*: the outcome says
+        so, and the scheduler holds what they hold until Ray reports their end (see
+        :func:`_watch`).
+        """
         with suppress(Exception):  # already finished, or Ray going down: nothing to stop
             session.ray.cancel(ref)
-        if pooled:
-            call.abandoned = not call.tool.is_async  # a thread in the actor cannot be stopped
-            return
+        if pooled:  # a sync tool's thread cannot be stopped: only one not started yet ends
+            grace = CANCEL_GRACE if call.tool.is_async else UNSTARTED_GRACE
+            stopping = asyncio.ensure_future(_ended_within(ref, grace))
+        else:
+            stopping = self._reaper(session, ref)
+        try:
+            ended = await asyncio.shield(stopping)
+        except asyncio.CancelledError:  # cancelled again (its run stops): it may still run
+            ended = False
+        if not ended:
+            self._abandon(ref, call)
+
+    @staticmethod
+    def _abandon(ref: Any, call: Call) -> None:
+        call.abandoned = True
+        _watch(ref, call)
+
+    def _reaper(self, session: _Session, ref: Any) -> asyncio.Task[bool]:
+        """A task that stops the task behind ``ref``: whether it ended (see :meth:`_stop`)."""
         reaper = asyncio.get_running_loop().create_task(self._force_cancel(session, ref))
         self._reapers[reaper] = ref
         reaper.add_done_callback(self._reaped)
+        return reaper
 
-    def _reaped(self, reaper: asyncio.Task[None]) -> None:
+    def _reaped(self, reaper: asyncio.Task[bool]) -> None:
         self._reapers.pop(reaper, None)
 
     @staticmethod
-    async def _force_cancel(session: _Session, ref: Any) -> None:
-        await asyncio.sleep(CANCEL_GRACE)
-        await _kill(session, ref)
+    async def _force_cancel(session: _Session, ref: Any) -> bool:
+        if await _ended_within(ref, CANCEL_GRACE):  # the polite cancel did it
+            return True
+        return await _kill(session, ref)
 
     async def close(self) -> None:
         """Kill cancelled tasks that still run (without their grace); release the connection."""
@@ -627,24 +784,76 @@ class RayExecutor(Executor):
             _release(session)
 
 
-async def _kill(session: _Session, ref: Any) -> None:
+def _watch(ref: Any, call: Call) -> None:
+    """Report the end of abandoned ``call``'s thread in its pool actor through ``call.released``.
+
+    The actor's task ends only once that thread returns (see :func:`_thread_end`), or the
+    actor dies: either ends the work. Heard on a Ray thread, the end is handed to the loop that
+    ran the call, where ``call.ended_at`` is stamped before ``call.released`` is read, so the
+    scheduler either sees the end when it records the outcome or has set the hook by then.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        reply = ref.future()
+    except Exception:  # Ray going down: nothing left to run the thread
+        call.ended_at = time.monotonic()
+        return
+    reply.add_done_callback(functools.partial(_thread_returned, loop, call))
+
+
+def _thread_returned(loop: asyncio.AbstractEventLoop, call: Call, _: object) -> None:
+    """The abandoned ``call``'s actor task ended (on a Ray thread): tell ``loop``."""
+    try:
+        loop.call_soon_threadsafe(_released, call)
+    except RuntimeError:  # a closed loop: its run is over; what it left may still be held
+        hook = call.released
+        if hook is not None and getattr(hook, "any_thread", False):
+            call.ended_at = time.monotonic()
+            hook(call)
+
+
+def _released(call: Call) -> None:
+    """On the call's loop: stamp the end of its abandoned work; call its hook, if set."""
+    call.ended_at = time.monotonic()
+    hook = call.released
+    if hook is not None:
+        hook(call)
+
+
+async def _ended_within(ref: Any, seconds: float) -> bool:
+    """Whether the work behind ``ref`` ends (or Ray can no longer tell) within ``seconds``."""
+    try:
+        reply = asyncio.wrap_future(ref.future())
+    except Exception:  # Ray going down: nothing left to run it
+        return True
+    done, _ = await asyncio.wait([reply], timeout=seconds)
+    if not done:
+        reply.cancel()
+        return False
+    if not reply.cancelled():
+        reply.exception()  # retrieved: its error (a cancelled task's) is no news
+    return True
+
+
+async def _kill(session: _Session, ref: Any) -> bool:
     """``ray.cancel(force=True)`` until the task has ended (which kills its worker).
 
     One forced cancel is not enough: while an earlier cancel request for the same task is in
     flight (the polite one, sent moments before when the executor closes right after a
     timeout), Ray drops the new one without a word, and the task runs to its end. So the
     request is repeated until Ray reports the task ended, for :data:`KILL_TIMEOUT` seconds at
-    most.
+    most. Returns whether it ended.
     """
     deadline = time.monotonic() + KILL_TIMEOUT
     while not _ended(session.ray, ref):
         if time.monotonic() >= deadline:
             log.warning("a cancelled Ray task still runs %.0f s after shoal began killing it "
                         "(ray.cancel(force=True) had no effect): %s", KILL_TIMEOUT, ref)
-            return
+            return False
         with suppress(Exception):  # Ray going down: _ended says so next
             session.ray.cancel(ref, force=True)
         await asyncio.sleep(KILL_POLL)
+    return True
 
 
 def _ended(ray: Any, ref: Any) -> bool:

@@ -616,6 +616,7 @@ class ThreadExecutor(Executor):
 
     name = "thread"
     runs_here = True
+    reports_end = True  # an abandoned call's thread returning (see _released)
 
     def __init__(self, max_workers: int = DEFAULT_THREAD_WORKERS) -> None:
         check_count("max_workers", max_workers)

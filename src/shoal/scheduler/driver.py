@@ -1767,7 +1767,7 @@ class Driver:
                 self._journal.add(AttemptEnded(self.state.run_id, self._session, call.node_id,
                                                call.attempt, result.status, now, error,
                                                result.where))
-            if result.abandoned and call.isolation == "thread" and not result.running_on:
+            if result.abandoned and not result.running_on and self._reports_end(call):
                 result.running_on = self._watch_end(call)
             self._apply(self.state.finish(call.pos, result, now))
             if call.released is not None:
@@ -1789,11 +1789,19 @@ class Driver:
         if interrupted is not None:  # raised once the call's end is in the books (see _settle)
             raise interrupted
 
+    def _reports_end(self, call: Call) -> bool:
+        """Whether ``call``'s backend tells when its abandoned work ends (a pool thread's)."""
+        if call.isolation == "thread":  # (also a call handed to the pool straight away)
+            return True
+        executor = self._executors.get(call.isolation)
+        return executor is not None and executor.reports_end
+
     def _watch_end(self, call: Call) -> bool:
         """Ask to hear when abandoned ``call``'s thread returns; whether it still runs.
 
         Asked before its end is looked at, so an end is either seen here or heard later
-        (see ``shoal.executors.thread._released``; both is harmless).
+        (see ``shoal.executors.thread._released``, ``shoal.executors.ray._watch``; both is
+        harmless).
         """
         call.released = self._work_ended
         return call.ended_at is None

@@ -119,6 +119,8 @@ for _name in ("waiting", "approval", "ready", "running", "backoff", "done"):
     setattr(Phase, _name.upper(), Phase(_name))
 PHASES = (Phase.WAITING, Phase.APPROVAL, Phase.READY, Phase.RUNNING, Phase.BACKOFF, Phase.DONE)
 _UNSTARTED = frozenset({Phase.WAITING, Phase.APPROVAL, Phase.READY})
+#: backends whose abandoned work is a thread (the Ray backend's: one of a pool actor's)
+_ON_THREADS = frozenset({"thread", "ray"})
 
 
 TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
@@ -1005,7 +1007,7 @@ class SchedulerState:
         what = " and ".join(
             ([f"release {', '.join(keys)}"] if keys else [])
             + ([f"end ({slot.node.id} is exclusive)"] if policy.exclusive else []))
-        work = "thread" if slot.executor == "thread" else "task"
+        work = "thread" if slot.executor in _ON_THREADS else "task"
         why = (f"waiting for the {work} of its own attempt {slot.attempts}, which "
                f"{status.replace('_', ' ')} and still runs, to {what}")
         if self._held is None:
@@ -2159,7 +2161,7 @@ def _held_why(node_id: str, outcome: Outcome, edges: Sequence[Any]) -> str:
             what.append(f"release {_source_key(edge.detail)}")
         elif edge.kind == "exclusive":
             what.append(f"end ({edge.detail})")
-    work = "thread" if outcome.executor == "thread" else "task"
+    work = "thread" if outcome.executor in _ON_THREADS else "task"
     return (f"waiting for the {work} of {node_id!r}, which {outcome.status.replace('_', ' ')}"
             f" and still runs, to {' and '.join(what) or 'end'}")
 
