@@ -369,14 +369,20 @@ def with_distinct_ids(response: ModelResponse, where: str) -> ModelResponse:
     its own (see :func:`distinct_call`), in the reply the conversation keeps and in its record.
     """
     calls = response.tool_calls
-    if len(calls) < 2 and all(call.id for call in calls):
-        return response  # most replies: nothing to compare
+    if not calls:
+        return response  # an answer: nothing to compare
+    ids = set(map(_call_id, calls))  # what distinct_call asks of each call, all at once
+    if len(ids) == len(calls) and all(ids):
+        return response  # every id given and its own (most replies): nothing to change
     seen: set[str] = set()
     distinct = tuple([distinct_call(call, index, seen, where)
                       for index, call in enumerate(calls)])
     if all(map(operator.is_, distinct, calls)):
         return response
     return replace(response, tool_calls=distinct)
+
+
+_call_id = operator.attrgetter("id")
 
 
 def distinct_call(call: ToolCall, index: int, seen: set[str], where: str) -> ToolCall:

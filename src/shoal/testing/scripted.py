@@ -249,7 +249,9 @@ class ScriptedModel(Model):
         self.requests.append(request)
         if self.latency:
             await asyncio.sleep(self.latency)
-        played = await self._play(self._step_for(request), request)
+        step = self._step_for(request)
+        # most steps are data: no coroutine made to hand them back
+        played = await self._play(step, request) if callable(step) else step
         response = self._response(played, request)
         waited = sum(item.seconds for item in _items(played) if isinstance(item, Pause))
         texts = [i for i in _items(played) if isinstance(i, str)] or [response.text]
@@ -268,7 +270,9 @@ class ScriptedModel(Model):
         self.requests.append(request)
         if self.latency:
             await asyncio.sleep(self.latency)
-        played = await self._play(self._step_for(request), request)
+        step = self._step_for(request)
+        # most steps are data: no coroutine made to hand them back
+        played = await self._play(step, request) if callable(step) else step
         response = self._response(played, request)  # checks the step before anything streams
         items = _items(played)
         if not items:  # a str or ModelResponse step: text first, then the calls
