@@ -719,14 +719,16 @@ def test_unannotated_tools_follow_mcps_defaults_and_approval_overrides_them() ->
         plain = found["unannotated"]  # MCP's defaults: not read-only, destructive
         assert plain.policy.writes and plain.policy.approval is True
         assert plain.policy.idempotent is False
-        gated = by_name(await shoal.mcp.tools(command=AWKWARD, only=["slow"], approval=True))
-        assert gated["slow"].policy.approval is True
-        with pytest.raises(shoal.ConfigError, match="no tool 'nope'"):
-            await shoal.mcp.tools(command=AWKWARD, only=["nope"])
-        with pytest.raises(shoal.ConfigError, match="overrides name no tool"):
-            await shoal.mcp.tools(command=AWKWARD, overrides={"nope": {"timeout": 1}})
-        with pytest.raises(shoal.ToolDefinitionError):
-            await shoal.mcp.tools(command=AWKWARD, overrides={"slow": {"retries": -1}})
+        srv = shoal.mcp.server(AWKWARD)  # shoal.mcp.tools(command=) is srv.tools() on one
+        async with srv:  # the other listings in one session: one server start, not four
+            gated = by_name(await srv.tools(only=["slow"], approval=True))
+            assert gated["slow"].policy.approval is True
+            with pytest.raises(shoal.ConfigError, match="no tool 'nope'"):
+                await srv.tools(only=["nope"])
+            with pytest.raises(shoal.ConfigError, match="overrides name no tool"):
+                await srv.tools(overrides={"nope": {"timeout": 1}})
+            with pytest.raises(shoal.ToolDefinitionError):
+                await srv.tools(overrides={"slow": {"retries": -1}})
 
     arun(main(), timeout=SLOW)
 
