@@ -38,14 +38,14 @@ def test_a_long_lived_pool_keeps_no_crash_count_per_run_for_ever(
     # was: ProcessExecutor._crashes kept one entry per (run, tool) that crashed its worker,
     # never dropped: a service running one run per request, a tool crashing now and then,
     # grew it by one entry per such run for as long as the pool lived
-    monkeypatch.setattr(process, "CRASH_BOOKS", 8)  # (1024 by default: 1024 runs is slow)
+    monkeypatch.setattr(process, "CRASH_BOOKS", 4)  # (1024 by default: 1024 runs is slow)
 
     async def main() -> tuple[int, list[str]]:
         pool = ProcessExecutor(1)
         await pool.start()
         errors = []
         try:
-            for run in range(40):
+            for run in range(12):  # three times the bound
                 call = Call(0, "n", t.die_hard, {}, 1, "process", run_id=f"run-{run}")
                 try:
                     await pool.execute(call)
@@ -56,8 +56,8 @@ def test_a_long_lived_pool_keeps_no_crash_count_per_run_for_ever(
         return len(pool._crashes), errors
 
     kept, errors = asyncio.run(main())
-    assert len(errors) == 40 and "exit code 3" in errors[-1]
-    assert kept == 8, kept  # bounded, whatever the number of runs
+    assert len(errors) == 12 and "exit code 3" in errors[-1]
+    assert kept == 4, kept  # bounded, whatever the number of runs
 
 
 def test_the_crash_books_bound_keeps_the_quarantine_of_the_runs_going(

@@ -23,6 +23,7 @@ import pytest
 import shoal
 from shoal.store.sqlite import SQLiteStore
 from tests.cli_process import ctrl_c_once, run_cli
+from tests.conftest import wait_until
 from tests.test_journal_hardening import echo, journal_with_a_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,6 +286,13 @@ def test_reading_commands_leave_an_empty_file_as_it_is(tmp_path: Path) -> None:
     assert shoal_cli("runs", "--store", str(empty), cwd=tmp_path).returncode == 0
 
 
+def _last_beat(db: Path) -> float:
+    """When the journal's one run last said it was alive (its start, if it has not yet)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        [(beat,)] = conn.execute("SELECT max(heartbeat, started_at) FROM runs").fetchall()
+    return float(beat)
+
+
 @shoal.tool
 def hold_on(marker: str, hold: str) -> str:
     """Say it started (``marker``), then keep running while ``hold`` exists."""
@@ -319,7 +327,10 @@ def test_a_live_run_whose_heartbeat_waits_on_a_busy_journal_is_not_shown_interru
             time.sleep(0.02)
         assert marker.exists()
         with write_locked(db):
-            time.sleep(STALE_AFTER + 3)  # the heartbeat is stale by now
+            # until the last heartbeat written is stale (the writer waits on the lock), rather
+            # than a fixed STALE_AFTER + 3 s: the heartbeat came up to a second before the lock
+            assert wait_until(lambda: time.time() - _last_beat(db) > STALE_AFTER + 0.3,
+                              timeout=60)
             listed = shoal_cli("runs", "--store", str(db), "--json", cwd=tmp_path)
             (run,) = json.loads(listed.stdout)
             shown = shoal_cli("show", run["run_id"], "--store", str(db), "--json",

@@ -90,8 +90,8 @@ def test_a_json_rpc_error_coded_minus_32000_fails_that_call_and_keeps_the_sessio
     # the session (failing every call in flight on it) and blamed a crash
     async def main() -> tuple[int, int]:
         server = shoal.mcp.server(HOSTILE, name="hostile")
-        found = {t.name: t for t in await server.tools()}
-        async with server:
+        async with server:  # listed in the session held open: one server start, not two
+            found = {t.name: t for t in await server.tools()}
             before = await found["pid"]()
             with pytest.raises(shoal.MCPToolError, match=r"the backend is down \(error -32000\)"):
                 await found["server_error"]()
@@ -114,7 +114,9 @@ for line in sys.stdin:
         answer["result"] = {"tools": [{"name": "t", "inputSchema": {"type": "object"}}]}
     elif request.get("method") == "tools/call":  # JSON allows the escape; the SDK refuses it
         answer["result"] = {"content": [], "structuredContent": {"a": "\ud800"}}
-    else:
+    elif "id" in request:  # server/discover and the like: refused at once, as JSON-RPC says
+        answer["error"] = {"code": -32601, "message": "no such method"}
+    else:  # a notification
         continue
     sys.stdout.write(json.dumps(answer) + "\n")
     sys.stdout.flush()

@@ -689,26 +689,28 @@ def test_a_missing_program_and_a_silent_server_are_clear_errors() -> None:
 
 def test_awkward_tool_names_become_valid_distinct_names_and_still_call() -> None:
     async def main() -> None:
-        tools = await shoal.mcp.tools(command=AWKWARD)
-        names = [t.name for t in tools]
-        assert len(set(names)) == len(names)
-        assert all(len(n) <= 64 and n.replace("_", "a").replace("-", "a").isalnum()
-                   for n in names)
-        remote = {t.remote.name: t for t in tools}
-        assert remote["slow"].name == "slow"  # valid names are kept
-        for original in ("bad name!", "dotted.name", "n" * 100, "newline\n"):
-            assert remote[original].name != original
-        agent = shoal.Agent(name="a", model=ScriptedModel(["x"]), tools=tools)  # accepted
-        assert len(agent.tools) == len(tools)
-        plan = shoal.Plan()
-        refs = [plan.call(remote[n])
-                for n in ("bad name!", "dotted.name", "n" * 100, "newline\n")]
-        result = await shoal.run(plan)
-        assert [result[r].value for r in refs] == [  # the SDK's structured {"result": ...}
-            {"result": "bad name answered"}, {"result": "dotted answered"},
-            {"result": "long answered"}, {"result": "newline answered"}]
-        prefixed = await shoal.mcp.tools(command=AWKWARD, prefix="aw_", only=["slow"])
-        assert [t.name for t in prefixed] == ["aw_slow"]
+        srv = shoal.mcp.server(AWKWARD)
+        async with srv:  # the listings and the run in one session: one server start, not three
+            tools = await srv.tools()
+            names = [t.name for t in tools]
+            assert len(set(names)) == len(names)
+            assert all(len(n) <= 64 and n.replace("_", "a").replace("-", "a").isalnum()
+                       for n in names)
+            remote = {t.remote.name: t for t in tools}
+            assert remote["slow"].name == "slow"  # valid names are kept
+            for original in ("bad name!", "dotted.name", "n" * 100, "newline\n"):
+                assert remote[original].name != original
+            agent = shoal.Agent(name="a", model=ScriptedModel(["x"]), tools=tools)  # accepted
+            assert len(agent.tools) == len(tools)
+            plan = shoal.Plan()
+            refs = [plan.call(remote[n])
+                    for n in ("bad name!", "dotted.name", "n" * 100, "newline\n")]
+            result = await shoal.run(plan)
+            assert [result[r].value for r in refs] == [  # the SDK's structured {"result": ...}
+                {"result": "bad name answered"}, {"result": "dotted answered"},
+                {"result": "long answered"}, {"result": "newline answered"}]
+            prefixed = await srv.tools(prefix="aw_", only=["slow"])
+            assert [t.name for t in prefixed] == ["aw_slow"]
 
     arun(main(), timeout=SLOW)
 
@@ -719,14 +721,16 @@ def test_unannotated_tools_follow_mcps_defaults_and_approval_overrides_them() ->
         plain = found["unannotated"]  # MCP's defaults: not read-only, destructive
         assert plain.policy.writes and plain.policy.approval is True
         assert plain.policy.idempotent is False
-        gated = by_name(await shoal.mcp.tools(command=AWKWARD, only=["slow"], approval=True))
-        assert gated["slow"].policy.approval is True
-        with pytest.raises(shoal.ConfigError, match="no tool 'nope'"):
-            await shoal.mcp.tools(command=AWKWARD, only=["nope"])
-        with pytest.raises(shoal.ConfigError, match="overrides name no tool"):
-            await shoal.mcp.tools(command=AWKWARD, overrides={"nope": {"timeout": 1}})
-        with pytest.raises(shoal.ToolDefinitionError):
-            await shoal.mcp.tools(command=AWKWARD, overrides={"slow": {"retries": -1}})
+        srv = shoal.mcp.server(AWKWARD)  # shoal.mcp.tools(command=) is srv.tools() on one
+        async with srv:  # the other listings in one session: one server start, not four
+            gated = by_name(await srv.tools(only=["slow"], approval=True))
+            assert gated["slow"].policy.approval is True
+            with pytest.raises(shoal.ConfigError, match="no tool 'nope'"):
+                await srv.tools(only=["nope"])
+            with pytest.raises(shoal.ConfigError, match="overrides name no tool"):
+                await srv.tools(overrides={"nope": {"timeout": 1}})
+            with pytest.raises(shoal.ToolDefinitionError):
+                await srv.tools(overrides={"slow": {"retries": -1}})
 
     arun(main(), timeout=SLOW)
 

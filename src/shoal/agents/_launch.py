@@ -129,7 +129,7 @@ class AgentLauncher:
                 raise
             finally:
                 os.close(status_write)
-            return _ForkedProcess(pid, status_read)
+            return _ForkedProcess(pid, status_read, template.proc)
         raise AssertionError("unreachable")
 
     def close(self) -> None:

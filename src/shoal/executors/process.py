@@ -93,7 +93,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
@@ -371,11 +371,13 @@ class _ForkedProcess:
     below it), and signals it only while it is that process.
     """
 
-    def __init__(self, pid: int, status_fd: int) -> None:
+    def __init__(self, pid: int, status_fd: int,
+                 template: subprocess.Popen[bytes] | None = None) -> None:
         self.pid = pid
         self.returncode: int | None = None
         self.lost: str | None = None  # why the exit code is unknown, if it is
         self._status_fd = status_fd
+        self._template = template  # the process that forked it (and reports its end)
         self.ref = ProcessRef(pid)
         # The status pipe still open at its far end: the template, which keeps the worker
         # unreaped until that pipe closes, was alive after the ref was made, so the ref is the
@@ -388,12 +390,13 @@ class _ForkedProcess:
         """Wait for the template's report of this worker's end; return its exit code.
 
         A worker that has ended (its pidfd says so) whose report does not come within
-        :data:`_REPORT_WAIT` seconds is taken as ended, how unknown: its template is stopped
-        (a tool of one of its agents can ``SIGSTOP`` it) or hung, and would keep the wait
-        going for good.
+        :data:`_REPORT_WAIT` seconds, or whose template is found stopped meanwhile (a tool of
+        one of its agents can ``SIGSTOP`` it), is taken as ended, how unknown: a stopped or
+        hung template would keep the wait going for good.
         """
         if self.returncode is None:
-            if self.ref.fd >= 0 and not await _report_or_end(self._status_fd, self.ref.fd):
+            if self.ref.fd >= 0 and not await _report_or_end(self._status_fd, self.ref.fd,
+                                                             self._template_stopped):
                 self.lost = ("it ended, but the template process that started it did not say "
                              "how (the template is stopped or hung)")
                 self.returncode = -signal.SIGKILL
@@ -407,6 +410,13 @@ class _ForkedProcess:
                 data = STATUS.pack(-signal.SIGKILL)
             self.returncode = STATUS.unpack(data)[0]
         return self.returncode
+
+    def _template_stopped(self) -> bool:
+        """Whether the template that forked this worker is stopped: it reports nothing."""
+        template = self._template
+        # not reaped yet (ours to reap), so its pid is still its own
+        return (template is not None and template.returncode is None
+                and process_state(template.pid) in (b"T", b"t"))
 
     def close(self) -> None:
         """Let the template reap the worker (it may already be dead and reported)."""
@@ -471,10 +481,13 @@ def _is_child(pid: int) -> bool:
     return True
 
 
-async def _report_or_end(status_fd: int, pidfd: int) -> bool:
+async def _report_or_end(status_fd: int, pidfd: int,
+                         template_stopped: Callable[[], bool]) -> bool:
     """Wait for a forked worker's status report, or its end and then the report a while.
 
-    ``False``: the worker ended and no report came within :data:`_REPORT_WAIT` seconds.
+    ``False``: the worker ended and no report came within :data:`_REPORT_WAIT` seconds, or
+    ``template_stopped()`` said, at one of its looks every :data:`_FROZEN_CHECK` seconds, that
+    none can come (the whole wait, 10 s, held up the end of an agent whose tool stopped it).
     """
     report = asyncio.ensure_future(_readable(status_fd))
     try:
@@ -483,8 +496,12 @@ async def _report_or_end(status_fd: int, pidfd: int) -> bool:
             await asyncio.wait([report, ended], return_when=asyncio.FIRST_COMPLETED)
         finally:
             ended.cancel()
-        if not report.done():
-            await asyncio.wait([report], timeout=_REPORT_WAIT)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + _REPORT_WAIT
+        while not report.done() and loop.time() < end:
+            await asyncio.wait([report], timeout=min(_FROZEN_CHECK, end - loop.time()))
+            if not report.done() and template_stopped():
+                break
         return report.done()
     finally:
         report.cancel()
@@ -1441,7 +1458,7 @@ class ProcessExecutor(Executor):
             raise
         finally:
             os.close(status_write)
-        return _ForkedProcess(pid, status_read)
+        return _ForkedProcess(pid, status_read, template.proc)
 
     async def _handshake(self, worker: _Worker, limits: ProcessLimits | None) -> None:
         given = limits or ProcessLimits()
