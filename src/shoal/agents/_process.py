@@ -139,12 +139,14 @@ class Link:
         threading.Thread(target=self._read_all, name="shoal-agent-link", daemon=True).start()
 
     def _read_all(self) -> None:
-        from shoal.executors._worker import exit_with_group
+        from shoal.executors._worker import AGENT_SOCKET_ENDED_EXIT, exit_with_group
 
         try:
             self._take_all()
-        finally:  # the parent is gone (or sent garbage): nothing here may outlive it
-            exit_with_group()
+        finally:
+            # The parent is gone (or sent garbage), or a tool ended the socket (shut it
+            # down, closed it): nothing here may outlive it; a parent still there reads why.
+            exit_with_group(AGENT_SOCKET_ENDED_EXIT)
 
     def _take_all(self) -> None:
         """Hand each reply to its request and each ``cancel`` on, until the socket ends."""
