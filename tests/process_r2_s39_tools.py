@@ -77,3 +77,18 @@ def start_tree_then_sleep(pid_file: str) -> str:
     os.replace(pid_file + ".tmp", pid_file)
     time.sleep(300)
     return "woke up"
+
+
+@shoal.tool
+def close_socket(how: str) -> str:
+    """Close this agent's socket's descriptor: ``close`` it alone, or ``closerange`` all from 3
+    (the agent's event loop's too).
+    """
+    import os
+
+    if how == "closerange":
+        os.closerange(3, 4096)
+    else:
+        os.close(_agent_socket().fileno())
+    return "closed"
+

@@ -6,6 +6,7 @@ reserved status, and its parent names that cause (not a SIGKILL "out of memory?"
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,28 @@ def test_an_agent_that_shuts_its_sending_side_yet_runs_on_is_not_called_out_of_m
     assert "out of memory" not in message, message
     assert "its socket to shoal ended but the process did not" in message, message
     assert pid_gone(int(pid_file.read_text()))
+
+
+@pytest.mark.parametrize("how", ["close", "closerange"])
+def test_a_tool_that_closes_its_agents_socket_ends_the_agent_naming_it(how: str) -> None:
+    # was, for close: the tree hung (until its wall clock): the agent's sends failed silently
+    # (EBADF, taken for a parent gone), and its reader, blocked on the socket, never woke;
+    # for closerange: "died: exit code 1" and a traceback (the event loop's descriptors went
+    # too), or, 4 runs in 10 on a loaded machine, a hang: the loop waited on its closed epoll
+    # descriptor, and the tool's end, sent to its closed wake-up pipe, never woke it
+    model = ScriptedModel.per_prompt({
+        "go": [[call("helper", task="cut"), call("helper", task="sib")], "lead done"],
+        "cut": [[call("close_socket", how=how)], "unreached"],
+        "sib": [["sibling done"]],
+    })
+    helper = shoal.Agent(name="helper", model=model, tools=[rt.close_socket],
+                         isolation="process")
+    started = time.monotonic()
+    result = shoal.Agent(name="lead", model=model, subagents=[helper]).run_sync(
+        "go", budget=shoal.Budget(wall_clock=60))
+    assert time.monotonic() - started < 30
+    cut, sibling = result.children
+    assert (result.output, sibling.status, sibling.output) == ("lead done", "ok", "sibling done")
+    assert cut.status == "failed" and isinstance(cut.error, shoal.AgentError), cut.error
+    assert "exit code 118" in str(cut.error), cut.error
+    assert "shut it down or closed it" in str(cut.error), cut.error
