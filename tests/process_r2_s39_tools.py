@@ -92,3 +92,13 @@ def close_socket(how: str) -> str:
         os.close(_agent_socket().fileno())
     return "closed"
 
+
+@shoal.tool
+def daemonize(pid_file: str) -> str:
+    """Start a double-forked ``sleep`` in a session of its own (its pid to ``pid_file``): its
+    parent, a shell, exits at once, so it is no longer below this process.
+    """
+    out = subprocess.run(["sh", "-c", "setsid sleep 303 >/dev/null 2>&1 </dev/null & echo $!"],
+                         capture_output=True, text=True, check=True).stdout
+    Path(pid_file).write_text(out.strip())
+    return "started"

@@ -48,3 +48,23 @@ def test_cancelling_one_process_agent_ends_its_tree_within_a_second(tmp_path: Pa
     stuck, fine = result.children
     assert stuck.status == "cancelled" and "stopped by the test" in str(stuck.error)
     assert (fine.status, fine.output, result.output) == ("ok", "fine done", "lead done")
+
+
+def test_a_daemon_a_process_agents_tool_double_forked_ends_with_the_agent(
+        tmp_path: Path) -> None:
+    # was: still running after the tree ended (reparented to init: neither in the agent's
+    # process group nor below its process); process workers, subreapers, kept theirs
+    pid_file = tmp_path / "pid"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("helper", task="d")], "lead done"],
+        "d": [[call("daemonize", pid_file=str(pid_file))], "helper done"],
+    })
+    helper = shoal.Agent(name="helper", model=model, tools=[rt.daemonize], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[helper]).run_sync("go")
+    assert (result.output, result.children[0].output) == ("lead done", "helper done")
+    pid = int(pid_file.read_text())
+    try:
+        asyncio.run(until(lambda: pid_gone(pid), within=3))
+    finally:
+        if not pid_gone(pid):
+            psutil.Process(pid).kill()

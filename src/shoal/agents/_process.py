@@ -1041,7 +1041,14 @@ def _terminated(number: int, _: object) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Run one agent for the parent at the other end of socket ``argv[1]``."""
+    """Run one agent for the parent at the other end of socket ``argv[1]``.
+
+    A child subreaper (Linux), as a process worker is: a process its tools start and orphan (a
+    double-forked daemon) stays below this one, and ends with it.
+    """
+    from shoal.executors._reaper import become_subreaper
+
+    become_subreaper()
     signal.signal(signal.SIGTERM, _terminated)
     try:
         return _serve(argv)
