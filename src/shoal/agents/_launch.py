@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 
 from shoal.exceptions import ExecutorError
@@ -35,6 +36,7 @@ from shoal.executors.process import (
     _SpawnedProcess,
     _TemplateGone,
     _TemplateHandle,
+    _too_large,
     describe_exit,
     python_module,
     worker_env,
@@ -103,6 +105,8 @@ class AgentLauncher:
             async with self._lock:  # the template answers one request at a time
                 return await self._fork(sock_fd, env)
         except OSError as exc:  # the interpreter is gone, the system is out of processes...
+            if exc.errno == errno.E2BIG:  # env= of the agent: a variable over 128 KiB
+                raise _too_large(env, "agent") from None
             raise ExecutorError(f"no process could be started for an agent: "
                                 f"{type(exc).__name__}: {exc}") from exc
 

@@ -63,6 +63,40 @@ if TYPE_CHECKING:
     from shoal.store.claims import RunClaim
 
 
+def _descriptor_closed(exc: OSError) -> None:
+    """End this process as its socket's end does, if ``exc`` says a tool closed a descriptor.
+
+    ``EBADF``: closed (``os.close``, ``os.closerange``); ``ENOTSOCK``: closed, and its number
+    taken since by a file. The reader thread, blocked on the socket, may never see its end.
+    """
+    import errno
+
+    if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+        from shoal.executors._worker import AGENT_SOCKET_ENDED_EXIT, exit_with_group
+
+        exit_with_group(AGENT_SOCKET_ENDED_EXIT)
+
+
+#: Seconds between two checks that the agent's socket is still open (see Link.start_reading)
+SOCKET_CHECK = 0.25
+
+
+def _watch_descriptor(fd: int) -> None:
+    """Exit as :func:`_descriptor_closed` does once ``fd`` is closed, or another file's."""
+    import errno
+
+    first = os.fstat(fd)
+    while True:
+        time.sleep(SOCKET_CHECK)
+        try:
+            now = os.fstat(fd)
+        except OSError as exc:
+            _descriptor_closed(exc)
+            raise
+        if (now.st_ino, now.st_dev) != (first.st_ino, first.st_dev):  # its number taken since
+            _descriptor_closed(OSError(errno.EBADF, "closed, and its number taken since"))
+
+
 class Link:
     """The agent's side of the socket: requests with replies, one-way messages, and the reader."""
 
@@ -94,8 +128,11 @@ class Link:
 
     def _send(self, body: bytes) -> None:
         # a parent that is gone raises OSError here: the reader thread ends this process
-        with self._send_lock, contextlib.suppress(OSError):
-            self._sock.sendall(HEADER.pack(len(body)) + body)
+        with self._send_lock:
+            try:
+                self._sock.sendall(HEADER.pack(len(body)) + body)
+            except OSError as exc:
+                _descriptor_closed(exc)  # a tool closed it: the reader may never wake
 
     def request(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
         """Ask the parent; the future holds its answer (or its error).
@@ -135,16 +172,26 @@ class Link:
         handler(reason, breach)
 
     def start_reading(self) -> None:
-        """Read the parent's messages on a daemon thread until the socket closes."""
+        """Read the parent's messages on a daemon thread until the socket closes.
+
+        Another daemon thread checks, every :data:`SOCKET_CHECK` s, that the socket's
+        descriptor is still the socket: a tool that closes it (``os.closerange``) leaves the
+        reader blocked on it for good, and the event loop too when its own descriptors went
+        with it (its wake-up pipe closed, nothing wakes it).
+        """
         threading.Thread(target=self._read_all, name="shoal-agent-link", daemon=True).start()
+        threading.Thread(target=_watch_descriptor, args=(self._sock.fileno(),),
+                         name="shoal-agent-socket-watch", daemon=True).start()
 
     def _read_all(self) -> None:
-        from shoal.executors._worker import exit_with_group
+        from shoal.executors._worker import AGENT_SOCKET_ENDED_EXIT, exit_with_group
 
         try:
             self._take_all()
-        finally:  # the parent is gone (or sent garbage): nothing here may outlive it
-            exit_with_group()
+        finally:
+            # The parent is gone (or sent garbage), or a tool ended the socket (shut it
+            # down, closed it): nothing here may outlive it; a parent still there reads why.
+            exit_with_group(AGENT_SOCKET_ENDED_EXIT)
 
     def _take_all(self) -> None:
         """Hand each reply to its request and each ``cancel`` on, until the socket ends."""
@@ -994,10 +1041,20 @@ def _terminated(number: int, _: object) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Run one agent for the parent at the other end of socket ``argv[1]``."""
+    """Run one agent for the parent at the other end of socket ``argv[1]``.
+
+    A child subreaper (Linux), as a process worker is: a process its tools start and orphan (a
+    double-forked daemon) stays below this one, and ends with it.
+    """
+    from shoal.executors._reaper import become_subreaper
+
+    become_subreaper()
     signal.signal(signal.SIGTERM, _terminated)
     try:
         return _serve(argv)
+    except OSError as exc:  # a tool closed descriptors it did not open (its event loop's)
+        _descriptor_closed(exc)
+        raise
     finally:  # a tool's thread may still run (abandoned by a cancel): its children go now
         _end_descendants()
 

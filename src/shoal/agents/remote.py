@@ -117,6 +117,7 @@ from shoal.exceptions import (
 )
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
+from shoal.executors._worker import AGENT_SOCKET_ENDED_EXIT
 from shoal.executors.process import _Process, _ref_of, describe_exit, process_state, worker_env
 from shoal.executors.results import (
     Refused,
@@ -156,6 +157,9 @@ __all__ = ["CANCEL_GRACE", "PARENT_EVENTS", "PARENT_MEMORY", "PARENT_MEMORY_EVEN
 
 #: Seconds a cancelled agent process gets to record its end before it is killed.
 CANCEL_GRACE = 0.5
+#: How long a process whose socket ended may take to exit before it is killed (its error then
+#: says so, rather than name the SIGKILL that is ours).
+_ENDING_WAIT = 2.0
 #: Seconds an agent process may stay stopped (``SIGSTOP``, ``SIGTSTP``) before its parent
 #: kills it and fails its call: stopped, it answers nothing, and with no deadline its tree
 #: waited for good. Only its state counts, never how long it takes to answer, so an agent
@@ -342,10 +346,19 @@ class ProcessChannel(Channel):
                 await asyncio.wait_for(self.proc.wait(), 2.0)
             return self.stalled
         try:
-            code = await asyncio.wait_for(self.proc.wait(), 2.0)
+            code = await asyncio.wait_for(self.proc.wait(), _ENDING_WAIT)
         except TimeoutError:  # closed its socket yet lingers: not ours to wait for
             kill_tree(self.ref)
-            code = await self.proc.wait()
+            await self.proc.wait()
+            return getattr(self.proc, "lost", None) or (
+                f"its socket to shoal ended but the process did not (a tool shut down or "
+                f"closed the socket, or the process hung as it exited): it was killed after "
+                f"{_ENDING_WAIT:g} s")
+        if code == AGENT_SOCKET_ENDED_EXIT:
+            return (f"exit code {code}: its socket to shoal ended while shoal still read it, "
+                    "so a tool shut it down or closed it (socket.shutdown, os.close or "
+                    "os.closerange on a descriptor the tool did not open); the process ended "
+                    "what its tools had started, and exited")
         return getattr(self.proc, "lost", None) or describe_exit(code)
 
     async def close(self) -> None:

@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
     from shoal.executors._process_ref import ProcessRef
 
-__all__ = ["become_subreaper", "descendants", "kill_children", "kill_tree", "kill_trees"]
+__all__ = [
+    "become_subreaper", "descendants", "kill_children", "kill_group_but_me", "kill_tree",
+    "kill_trees",
+]
 
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_PASSES = 100  # a tree that keeps changing after this many passes is killed as it stands
@@ -63,6 +66,44 @@ def _parents() -> dict[int, int]:
         fields = stat[stat.rfind(b")") + 2:].split()
         if len(fields) > 1:
             found[int(name)] = int(fields[1])
+    return found
+
+
+def kill_group_but_me() -> set[int]:
+    """SIGKILL every other process of the caller's process group (Linux ``/proc``); those.
+
+    For a group leader about to exit with a status its parent reads: ``killpg`` would end it
+    too, by the signal. Members are frozen first, so that none forks meanwhile.
+    """
+    me, group = os.getpid(), os.getpgrp()
+    frozen: dict[int, None] = {}
+    for _ in range(_MAX_PASSES if sys.platform.startswith("linux") else 0):
+        new = [pid for pid in _group_members(group) if pid != me and pid not in frozen]
+        if not new:
+            break
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+            frozen[pid] = None
+    for pid in frozen:
+        _signal(pid, signal.SIGKILL)
+    return set(frozen)
+
+
+def _group_members(group: int) -> list[int]:
+    """The pids of process group ``group``'s members, as ``/proc`` shows them now."""
+    found: list[int] = []
+    with suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:  # gone meanwhile
+                continue
+            fields = stat[stat.rfind(b")") + 2:].split()  # "state ppid pgrp ..."
+            if len(fields) > 2 and int(fields[2]) == group:
+                found.append(int(name))
     return found
 
 

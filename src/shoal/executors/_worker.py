@@ -83,6 +83,10 @@ ENDED = struct.Struct(">d")  # before a reply to a command: when its work ended,
 #: The worker's exit status when a tool closed its pipes to the parent (``os.closerange``):
 #: reserved, so that the parent can say so rather than "exit code 1".
 CHANNEL_CLOSED_EXIT = 117
+#: An agent process's exit status when its socket to the parent ended while the parent may
+#: still be there (a tool shut the socket down or closed it): reserved, so that the parent
+#: can say so rather than report the SIGKILL of the group it would otherwise end with.
+AGENT_SOCKET_ENDED_EXIT = 118
 
 
 def _channel_closed(exc: OSError) -> None:
@@ -289,20 +293,25 @@ def watch_parent(cmd_fd: int) -> None:
                 exit_with_group()
 
 
-def exit_with_group() -> None:
+def exit_with_group(code: int | None = None) -> None:
     """Exit now, taking along whatever the running tool started.
 
     The parent is gone (a forced exit, ``kill -9``): nobody else will kill this worker's
     process group, so processes a tool started would otherwise outlive it. Only a worker that
     leads its own group (the parent starts it in a session of its own) may kill the group.
+    ``code``: kill the rest of the group and exit with it (a parent still there reads it),
+    rather than end by the group's ``SIGKILL``.
     """
-    from shoal.executors._reaper import kill_tree
+    from shoal.executors._reaper import kill_group_but_me, kill_tree
 
     kill_tree(os.getpid(), include_root=False)  # those that left the group too
     if os.getpgrp() == os.getpid():
+        if code is not None:
+            kill_group_but_me()
+            os._exit(code)
         with contextlib.suppress(OSError):
             os.killpg(os.getpid(), signal.SIGKILL)  # this process included: the exit
-    os._exit(0)
+    os._exit(code or 0)
 
 
 def start_watchdog(cmd_fd: int) -> None:

@@ -346,12 +346,14 @@ class _MessageReader(asyncio.Protocol):
         return self._messages.popleft()
 
 
-def _too_large(env: dict[str, str]) -> ConfigError:
-    """The error for a worker's environment too large to start it with."""
+def _too_large(env: dict[str, str], program: str = "worker") -> ConfigError:
+    """The error for the environment of a ``program`` process too large to start it with."""
     size = sum(len(name) + len(value) + 2 for name, value in env.items())
     largest = max(env, key=lambda name: len(env[name]), default="")
+    article = "an" if program[:1] in "aeiou" else "a"
     return ConfigError(
-        f"the environment of a worker process is too large to start it ({size:,} bytes; the "
+        f"the environment of {article} {program} process is too large to start it ({size:,} "
+        f"bytes; the "
         f"largest variable is {largest!r}, {len(env.get(largest, '')):,} characters): pass "
         "large values to tools as arguments or in files, not through pass_env= or env=")
 
@@ -589,7 +591,7 @@ class _TemplateHandle:
             except OSError as exc:
                 if exc.errno != errno.EMSGSIZE:
                     raise
-                raise _too_large(env) from None
+                raise _too_large(env, program) from None
             self.owed += 1
             reply = await self._receive()
             self.owed -= 1
