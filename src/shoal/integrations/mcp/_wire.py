@@ -79,7 +79,7 @@ class _WatchedReader(_Watched):
     async def __anext__(self) -> Any:
         item = self._batched.popleft() if self._batched else await self._received()
         if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
-            self._batched.extend(_salvaged(item))
+            self._batched.extend(salvaged(item))
             if not self._batched:
                 return item
             item = self._batched.popleft()
@@ -113,6 +113,28 @@ def _heard(session: _Session, message: Any) -> None:
 
 #: The ``data`` of the error that stands for an answer the MCP SDK could not read.
 _UNREADABLE = "shoal: the server's answer could not be read"
+
+
+#: The last line the SDK could not read, and what it stands for (see :func:`salvaged`).
+_LAST_SALVAGED: list[Any] = [None, None]
+
+
+def salvaged(error: BaseException | None, *, keep: bool = False) -> list[Any]:
+    """What :func:`_salvaged` reads ``error`` as, read once for the log and the reader.
+
+    The SDK logs a line it could not read as it reads it (the log's filter asks then, with
+    ``keep``: see ``_logs``), then hands the error on; the reader asks next, and is handed
+    what was read then.
+    """
+    last = _LAST_SALVAGED
+    if last[0] is not None and last[0] is error:
+        found: list[Any] = last[1]
+        last[0] = last[1] = None
+    else:
+        found = _salvaged(error) if isinstance(error, Exception) else []
+    if keep:
+        last[0], last[1] = error, found
+    return found
 
 
 def _salvaged(error: Exception) -> list[Any]:
