@@ -6,6 +6,7 @@ import collections
 import contextlib
 import contextvars
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Self
 
@@ -145,8 +146,9 @@ def _salvaged(error: Exception) -> list[Any]:
 
     - a JSON-RPC batch (an array of messages, which MCP's 2025-03-26 revision allowed) is
       its messages, one by one;
-    - an answer the SDK refuses (a lone surrogate's escape, say, which its parser refuses but
-      JSON allows) is an error answer to the request it names.
+    - a message holding a lone surrogate's escape (which JSON allows and the SDK's parser
+      refuses) is read with each lone surrogate made U+FFFD, as bytes that are not UTF-8 are;
+    - another answer the SDK refuses is an error answer to the request it names.
 
     A line Python cannot read either, nested too deeply, is an error answer to the request
     its outermost object names (read off the line without parsing what is nested), if any:
@@ -176,8 +178,34 @@ def _salvaged(error: Exception) -> list[Any]:
                     for item, deep in shallow_batch(line) or ()]
             return [m for m in read if m is not None]
     read = ([_batched_message(item) for item in message] if isinstance(message, list)
-            else [_error_answer(message, reason)])
+            else [_replaced(message) or _error_answer(message, reason)])
     return [m for m in read if m is not None]
+
+
+#: A lone surrogate (JSON's escapes may write one; UTF-8, and the MCP SDK's parser, cannot).
+_LONE = re.compile("[\ud800-\udfff]")
+
+
+def _replaced(message: Any) -> Any:
+    """``message`` read as the SDK reads a line, its lone surrogates made U+FFFD; else None.
+
+    A tool's description (or any text) holding a lone surrogate's escape failed the whole
+    answer, a listing of every tool; bytes that are not UTF-8 read as U+FFFD already. (A
+    pair of escapes is one character once parsed: only lone ones are left to replace.)
+    """
+    from mcp.shared.message import SessionMessage
+
+    try:
+        text = json.dumps(message, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return None
+    if not _LONE.search(text):
+        return None
+    try:
+        return SessionMessage(mcp_types.jsonrpc_message_adapter.validate_json(
+            _LONE.sub("\ufffd", text), by_name=False))
+    except (ValueError, RecursionError):
+        return None
 
 
 def _batched_message(item: Any) -> Any:
@@ -189,7 +217,8 @@ def _batched_message(item: Any) -> Any:
             json.dumps(item), by_name=False))
     except (ValueError, RecursionError) as exc:
         errors = exc.errors() if isinstance(exc, pydantic.ValidationError) else []
-        return _error_answer(item, errors[0].get("ctx", {}).get("error") if errors else exc)
+        return _replaced(item) or _error_answer(
+            item, errors[0].get("ctx", {}).get("error") if errors else exc)
 
 
 def _error_answer(message: Any, reason: Any) -> Any:
