@@ -6,8 +6,11 @@ tests/hostile_mcp_s39_server.py (JSON-RPC by hand), shoal's own tools, ScriptedM
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,6 +23,7 @@ from shoal.schema import describe_errors
 from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
 from tests.test_changed_tools_mcp_s39 import SERVER
+from tests.test_hostile_mcp_s35 import _OffProtocolHTTP
 from tests.test_hostile_mcp_s38 import SERVER as SERVER_S38
 from tests.test_hostile_mcp_s38 import SLOW
 
@@ -202,3 +206,37 @@ def test_a_lone_surrogate_in_one_description_reads_as_u_fffd_not_a_failed_listin
     assert odd.description == "half \ufffd a pair"
     echo = next(t for t in tools if t.name == "echo")
     assert arun(echo(text="a"), timeout=SLOW) == "echo: a"
+
+
+class _SurrogateHTTP(_OffProtocolHTTP):
+    """An MCP server over HTTP (JSON answers) whose tool's description holds ``\\ud800``."""
+
+    def _listed_tools(self) -> list[dict[str, Any]]:
+        return [{**tool, "description": "half \ud800 a pair"}
+                for tool in super()._listed_tools()]
+
+    def do_POST(self) -> None:
+        """Answer the handshake, the listing and calls (with a lone surrogate too)."""
+        message = self._read()
+        if self._notified(message):
+            return
+        answer = self._answered(message)
+        answer.setdefault("result", {"content": [{"type": "text", "text": "a \udc80 b"}]})
+        self._send(json.dumps(answer).encode())  # the lone surrogates as JSON escapes
+
+
+def test_a_lone_surrogate_in_an_http_json_answer_reads_as_u_fffd() -> None:
+    web = ThreadingHTTPServer(("127.0.0.1", 0), _SurrogateHTTP)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/mcp"
+
+    async def main() -> None:
+        (tool,) = await shoal.mcp.tools(url=url, timeout=30)
+        assert tool.description == "half \ufffd a pair"
+        assert await tool() == "a \ufffd b"
+
+    try:
+        arun(main(), timeout=SLOW)
+    finally:
+        web.shutdown()
+        web.server_close()
