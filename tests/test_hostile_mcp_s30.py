@@ -101,7 +101,7 @@ def test_a_json_rpc_error_coded_minus_32000_fails_that_call_and_keeps_the_sessio
     assert before == after
 
 
-_LONE_SURROGATE_SERVER = r"""
+_UNREADABLE_SERVER = r"""
 import json, sys
 for line in sys.stdin:
     request = json.loads(line)
@@ -112,8 +112,11 @@ for line in sys.stdin:
                             "serverInfo": {"name": "raw", "version": "1"}}
     elif request.get("method") == "tools/list":
         answer["result"] = {"tools": [{"name": "t", "inputSchema": {"type": "object"}}]}
-    elif request.get("method") == "tools/call":  # JSON allows the escape; the SDK refuses it
-        answer["result"] = {"content": [], "structuredContent": {"a": "\ud800"}}
+    elif request.get("method") == "tools/call":  # nested too deeply for any parser to read
+        sys.stdout.write(json.dumps(answer)[:-1] + ', "result": {"content": [], '
+                         '"structuredContent": {"a": ' + "[" * 5000 + "]" * 5000 + '}}}\n')
+        sys.stdout.flush()
+        continue
     elif "id" in request:  # server/discover and the like: refused at once, as JSON-RPC says
         answer["error"] = {"code": -32601, "message": "no such method"}
     else:  # a notification
@@ -127,7 +130,7 @@ def test_an_answer_the_sdk_cannot_read_fails_its_call_instead_of_leaving_it_wait
         tmp_path: Path) -> None:
     # the SDK dropped the line (logging it), and the call, with no timeout, waited for good
     script = tmp_path / "server.py"
-    script.write_text(_LONE_SURROGATE_SERVER)
+    script.write_text(_UNREADABLE_SERVER)
 
     async def main() -> None:
         [tool] = await shoal.mcp.tools(command=[sys.executable, str(script)])

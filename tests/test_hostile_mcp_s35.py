@@ -557,15 +557,19 @@ def test_a_hostile_http_reason_phrase_is_cut_and_cleaned_in_the_error() -> None:
         web.server_close()
 
 
+#: Where a listing holds JSON nested too deeply for any parser (5,000 levels), written so.
+_TOO_DEEP = "too deep to read"
+
+
 class _UnreadableListingHTTP(_OffProtocolHTTP):
-    """An MCP server over HTTP whose second listing of its tools holds a lone surrogate."""
+    """An MCP server over HTTP whose second listing of its tools no parser reads (too deep)."""
 
     server_name = "lister"
     listings: ClassVar[list[str]] = []
 
     def _listed_tools(self) -> list[dict[str, Any]]:
         self.listings.append("listed")
-        described = "\ud800" if len(self.listings) == 2 else "fine"  # an escape, in JSON
+        described = _TOO_DEEP if len(self.listings) == 2 else "fine"  # written nested
         return [{**tool, "description": described} for tool in super()._listed_tools()]
 
     def do_POST(self) -> None:
@@ -575,7 +579,8 @@ class _UnreadableListingHTTP(_OffProtocolHTTP):
             return
         answer = self._answered(message)
         answer.setdefault("result", {"content": [{"type": "text", "text": "called"}]})
-        self._send(json.dumps(answer).encode())
+        self._send(json.dumps(answer).encode().replace(
+            json.dumps(_TOO_DEEP).encode(), b"[" * 5000 + b"]" * 5000))
 
 
 def test_an_unreadable_listing_ends_the_session_so_the_next_call_starts_a_fresh_one() -> None:

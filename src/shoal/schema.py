@@ -536,8 +536,11 @@ def is_async_callable(fn: Any) -> bool:
 MAX_DESCRIBED = 20
 
 
-def describe_errors(errors: Sequence[Any]) -> tuple[str, str]:
+def describe_errors(errors: Sequence[Any], total: int | None = None) -> tuple[str, str]:
     """(first offending argument, the problems as text) from pydantic's error list.
+
+    ``total``: how many problems there are, when ``errors`` holds only the first
+    :data:`MAX_DESCRIBED` of them (default: as many as it holds).
 
     At most :data:`MAX_DESCRIBED` are described, then counted: each described one quotes
     its value, and arguments of 100,000 unknown names (one request to ``shoal mcp serve``)
@@ -556,8 +559,9 @@ def describe_errors(errors: Sequence[Any]) -> tuple[str, str]:
             parts.append(f"an argument's name {shown(err['input'])}: {err['msg']}")
         else:
             parts.append(f"argument {loc!r}: {err['msg']}{got}")
-    if len(errors) > MAX_DESCRIBED:
-        parts.append(f"and {len(errors) - MAX_DESCRIBED:,} more problems")
+    total = len(errors) if total is None else total
+    if total > MAX_DESCRIBED:
+        parts.append(f"and {total - MAX_DESCRIBED:,} more problems")
     return first, "; ".join(parts)
 
 

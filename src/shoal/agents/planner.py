@@ -584,20 +584,30 @@ class Planner:
         agent = self.agent
         return ModelRequest(instructions=self.instructions, messages=self._conversation(),
                             tools=(), settings=agent.settings, lineage=self.lineage,
-                            plan_tools=agent.tool_specs if plan else (),
+                            plan_tools=agent.specs_now() if plan else (),
                             token_cap=self.ctx.tracker.tokens_left())
 
     @property
     def instructions(self) -> str:
         """The instructions of every request of the run: the agent's, then how to plan and join.
 
-        They stay the same from the first request to the last, as the prompt cache needs.
+        They describe the tools as offered now (:meth:`~shoal.agents.Agent.specs_now`): an
+        MCP server may change its tools mid-run, and the plans were written for the tools
+        as first listed. Unless that happens they stay the same from the first request to the
+        last, as the prompt cache needs (made once for each tool list).
         """
         agent = self.agent
+        specs = agent.specs_now()
+        made = self.__dict__.get("_instructions")
+        if made is not None and (made[0] is specs or made[0] == specs):
+            text: str = made[1]
+            return text
         spec = agent.output_spec
         answer_format = ("" if spec is None else "\nThe answer inside Finish(...) must be only "
                          f"a JSON value that fits this JSON schema: {json.dumps(spec.schema)}")
-        return f"{agent.instructions}\n\n{planner_prompt(agent.tool_specs, answer_format)}".strip()
+        text = f"{agent.instructions}\n\n{planner_prompt(specs, answer_format)}".strip()
+        self.__dict__["_instructions"] = (specs, text)
+        return text
 
     async def _plan(self, calls: _PlanCalls, round_: _Round) -> None:
         agent_run = self.agent_run

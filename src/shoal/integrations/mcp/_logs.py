@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from shoal.exceptions import bounded_text
+from shoal.integrations.mcp._wire import salvaged
 
 
 class _OneLineNoise(logging.Filter):
@@ -16,8 +17,13 @@ class _OneLineNoise(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Make ``record`` one line; drop it if it logs no line that is dropped."""
         if record.exc_info and record.getMessage().startswith("Failed to parse JSONRPC"):
             batch = _batch_size(record.exc_info[1])
+            if batch is None and salvaged(record.exc_info[1], keep=True):
+                # an answer shoal reads after all, or turns into its call's error (which
+                # says why): not ignored, and not the log's to tell
+                return False
             record.msg, record.args = (
                 ("MCP server printed a line that is not JSON-RPC on stdout (ignored): %s",
                  (_printed(record.exc_info[1]),)) if batch is None else

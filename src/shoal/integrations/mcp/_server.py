@@ -154,7 +154,7 @@ class MCPServer:
             listed = [t for t in listed if t.name in wanted]
         remotes = [_remote(self, t) for t in _once_each(self, listed)]
         names = _shoal_names([prefix + r.name for r in remotes])
-        made = [MCPTool(r, n, _policy(self, r, approval, timeout))
+        made = [MCPTool(r, n, _policy(self, r, approval, timeout), _hinted=approval is None)
                 for r, n in zip(remotes, names, strict=True)]
         return _overridden(made, overrides or {}, self)
 

@@ -7,9 +7,10 @@ import copy
 import functools
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import jsonschema  # type: ignore[import-untyped]  # a dependency of mcp; no type hints
+import mcp_types
 import pydantic
 from mcp.shared.exceptions import MCPError
 
@@ -23,15 +24,12 @@ from shoal.integrations.mcp._checks import _error_order, _error_text, _nested_de
 from shoal.integrations.mcp._content import result_value
 from shoal.integrations.mcp._errors import _NotSent
 from shoal.integrations.mcp._limits import _SCOPE_PARAM, MAX_ARGUMENT_DEPTH
-from shoal.integrations.mcp._listed import _described, _remote
+from shoal.integrations.mcp._listed import RemoteTool, _described, _remote
 from shoal.integrations.mcp._text import _server_words
 from shoal.models.base import ToolSpec
 from shoal.policy import ToolPolicy, policy_from
 from shoal.schema import model_facts
 from shoal.tools import Tool
-
-if TYPE_CHECKING:
-    from shoal.integrations.mcp._listed import RemoteTool
 
 
 async def _invoke(remote: RemoteTool, **arguments: Any) -> Any:
@@ -72,7 +70,10 @@ class MCPTool(Tool[..., Any]):
     """
 
     def __init__(self, remote: RemoteTool, name: str, policy: ToolPolicy,
-                 _model: type[pydantic.BaseModel] | None = None) -> None:
+                 _model: type[pydantic.BaseModel] | None = None, *,
+                 _hinted: bool = False) -> None:
+        # whether its approval is what the annotations ask (else approval= or overrides= set it)
+        self._hinted = _hinted and isinstance(policy.approval, bool)
         if policy.isolation not in (None, "inline"):
             raise ToolDefinitionError(f"tool {name!r} of MCP server {remote.server.described} "
                                       f"runs inline, not {policy.isolation!r}: its session "
@@ -93,7 +94,43 @@ class MCPTool(Tool[..., Any]):
     def options(self, **overrides: Any) -> MCPTool:
         """A copy with some policy fields replaced (as :meth:`Tool.options`)."""
         return MCPTool(self.remote, self.name, policy_from(self.policy, overrides),
-                       _model=self._model)
+                       _model=self._model, _hinted=self._hinted and "approval" not in overrides)
+
+    @property  # (over the slot of Tool: the listing now)
+    def description(self) -> str:
+        """The tool's description as its server lists it now (made plain)."""
+        now = self._now()
+        made: str = _DESCRIPTION.__get__(self)
+        return made if now is None or now is self.remote else now.description
+
+    @description.setter
+    def description(self, value: str) -> None:
+        _DESCRIPTION.__set__(self, value)
+
+    @property  # (over the slot of Tool: made stricter by a listing now)
+    def policy(self) -> ToolPolicy:
+        """The tool's policy; approval as strict as the strictest listing seen says.
+
+        A server that lists the tool anew as destructive gets its calls approved from then
+        on; one that drops ``destructiveHint`` (or says read-only) mid-run does not get them
+        unapproved: approval a listing asked for stays asked for. ``approval=`` or an
+        override of it is kept as given. Its other hints stay as first listed.
+        """
+        made: ToolPolicy = _POLICY.__get__(self)
+        if not self._hinted or made.approval is not False:
+            return made
+        strict: ToolPolicy | None = self.__dict__.get("_strict")
+        if strict is not None:
+            return strict
+        now = self._now()
+        if now is None or now is self.remote or not _asks_approval(now):
+            return made
+        strict = self.__dict__["_strict"] = policy_from(made, {"approval": True})
+        return strict
+
+    @policy.setter
+    def policy(self, value: ToolPolicy) -> None:
+        _POLICY.__set__(self, value)
 
     def positional_names(self) -> list[str]:
         """The schema's properties, in its order: plan text may give any of them by position.
@@ -146,7 +183,8 @@ class MCPTool(Tool[..., Any]):
             return now
         now = self.remote
         if listed.input_schema != self.remote.listed_schema or (
-                _described(listed) != self.remote.description):
+                _described(listed) != self.remote.description) or (
+                    _hints(listed) != _hints(self.remote)):
             with contextlib.suppress(ToolDefinitionError):
                 now = _remote(self.remote.server, listed)
         self.__dict__["_listed_now"] = (listed, now)
@@ -240,6 +278,25 @@ class MCPTool(Tool[..., Any]):
             seen = self.__dict__["_validator_now"] = (now, jsonschema.validators.validator_for(
                 now.schema, default=jsonschema.Draft202012Validator)(dict(now.schema)))
         return seen[1]
+
+
+#: The slots of :class:`Tool` that :class:`MCPTool`'s properties of the same names hold.
+_DESCRIPTION: Any = Tool.__dict__["description"]
+_POLICY: Any = Tool.__dict__["policy"]
+
+
+def _hints(tool: RemoteTool | mcp_types.Tool) -> tuple[bool | None, ...]:
+    """A listed tool's annotations (its policy hints), as compared between listings."""
+    if isinstance(tool, RemoteTool):
+        return (tool.read_only, tool.destructive, tool.idempotent, tool.open_world)
+    hints = tool.annotations or mcp_types.ToolAnnotations()
+    return (hints.read_only_hint, hints.destructive_hint, hints.idempotent_hint,
+            hints.open_world_hint)
+
+
+def _asks_approval(remote: RemoteTool) -> bool:
+    """Whether a tool's annotations ask for approval (as :func:`_policy` reads them)."""
+    return remote.read_only is not True and remote.destructive is not False
 
 
 def _facts_model(name: str, schema: Mapping[str, Any]) -> type[pydantic.BaseModel]:

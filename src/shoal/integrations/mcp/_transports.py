@@ -30,6 +30,8 @@ import anyio
 import anyio.lowlevel
 import httpx2  # the MCP SDK's HTTP client
 
+from shoal.integrations.mcp._wire import _LONE
+
 if TYPE_CHECKING:
     from mcp import StdioServerParameters
 
@@ -308,6 +310,7 @@ def _unbatched(response: httpx2.Response, body: bytes, request: Any) -> httpx2.R
     """
     headers = [(k, v) for k, v in response.headers.multi_items()
                if k.lower() not in ("content-length", "content-encoding", "content-type")]
+    body = _surrogates_replaced(body)
     messages = _batch(body, request)
     if messages is None:
         return httpx2.Response(response.status_code, extensions=response.extensions,
@@ -318,6 +321,25 @@ def _unbatched(response: httpx2.Response, body: bytes, request: Any) -> httpx2.R
     return httpx2.Response(response.status_code, extensions=response.extensions,
                            headers=[*headers, ("content-type", "text/event-stream")],
                            content=events)
+
+
+#: A JSON escape of a surrogate (maybe a lone one: see :func:`_surrogates_replaced`).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _surrogates_replaced(body: bytes) -> bytes:
+    """``body``, a JSON answer, with each lone surrogate's escape read as U+FFFD.
+
+    JSON allows one, the MCP SDK's parser refuses the whole answer (a listing of every tool,
+    for one description holding it); on stdio it reads as U+FFFD (see ``_wire._replaced``).
+    """
+    if not _SURROGATE_ESCAPE.search(body):
+        return body
+    try:
+        text = json.dumps(json.loads(body), ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return body
+    return _LONE.sub("\ufffd", text).encode() if _LONE.search(text) else body
 
 
 #: A JSON body that is an array: only its leading whitespace is looked at, not a copy made.

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import contextvars
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Self
 
@@ -79,7 +80,7 @@ class _WatchedReader(_Watched):
     async def __anext__(self) -> Any:
         item = self._batched.popleft() if self._batched else await self._received()
         if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
-            self._batched.extend(_salvaged(item))
+            self._batched.extend(salvaged(item))
             if not self._batched:
                 return item
             item = self._batched.popleft()
@@ -115,6 +116,28 @@ def _heard(session: _Session, message: Any) -> None:
 _UNREADABLE = "shoal: the server's answer could not be read"
 
 
+#: The last line the SDK could not read, and what it stands for (see :func:`salvaged`).
+_LAST_SALVAGED: list[Any] = [None, None]
+
+
+def salvaged(error: BaseException | None, *, keep: bool = False) -> list[Any]:
+    """What :func:`_salvaged` reads ``error`` as, read once for the log and the reader.
+
+    The SDK logs a line it could not read as it reads it (the log's filter asks then, with
+    ``keep``: see ``_logs``), then hands the error on; the reader asks next, and is handed
+    what was read then.
+    """
+    last = _LAST_SALVAGED
+    if last[0] is not None and last[0] is error:
+        found: list[Any] = last[1]
+        last[0] = last[1] = None
+    else:
+        found = _salvaged(error) if isinstance(error, Exception) else []
+    if keep:
+        last[0], last[1] = error, found
+    return found
+
+
 def _salvaged(error: Exception) -> list[Any]:
     """The messages a line the MCP SDK could not read stands for (none: it is dropped).
 
@@ -123,8 +146,9 @@ def _salvaged(error: Exception) -> list[Any]:
 
     - a JSON-RPC batch (an array of messages, which MCP's 2025-03-26 revision allowed) is
       its messages, one by one;
-    - an answer the SDK refuses (a lone surrogate's escape, say, which its parser refuses but
-      JSON allows) is an error answer to the request it names.
+    - a message holding a lone surrogate's escape (which JSON allows and the SDK's parser
+      refuses) is read with each lone surrogate made U+FFFD, as bytes that are not UTF-8 are;
+    - another answer the SDK refuses is an error answer to the request it names.
 
     A line Python cannot read either, nested too deeply, is an error answer to the request
     its outermost object names (read off the line without parsing what is nested), if any:
@@ -154,8 +178,34 @@ def _salvaged(error: Exception) -> list[Any]:
                     for item, deep in shallow_batch(line) or ()]
             return [m for m in read if m is not None]
     read = ([_batched_message(item) for item in message] if isinstance(message, list)
-            else [_error_answer(message, reason)])
+            else [_replaced(message) or _error_answer(message, reason)])
     return [m for m in read if m is not None]
+
+
+#: A lone surrogate (JSON's escapes may write one; UTF-8, and the MCP SDK's parser, cannot).
+_LONE = re.compile("[\ud800-\udfff]")
+
+
+def _replaced(message: Any) -> Any:
+    """``message`` read as the SDK reads a line, its lone surrogates made U+FFFD; else None.
+
+    A tool's description (or any text) holding a lone surrogate's escape failed the whole
+    answer, a listing of every tool; bytes that are not UTF-8 read as U+FFFD already. (A
+    pair of escapes is one character once parsed: only lone ones are left to replace.)
+    """
+    from mcp.shared.message import SessionMessage
+
+    try:
+        text = json.dumps(message, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return None
+    if not _LONE.search(text):
+        return None
+    try:
+        return SessionMessage(mcp_types.jsonrpc_message_adapter.validate_json(
+            _LONE.sub("\ufffd", text), by_name=False))
+    except (ValueError, RecursionError):
+        return None
 
 
 def _batched_message(item: Any) -> Any:
@@ -167,7 +217,8 @@ def _batched_message(item: Any) -> Any:
             json.dumps(item), by_name=False))
     except (ValueError, RecursionError) as exc:
         errors = exc.errors() if isinstance(exc, pydantic.ValidationError) else []
-        return _error_answer(item, errors[0].get("ctx", {}).get("error") if errors else exc)
+        return _replaced(item) or _error_answer(
+            item, errors[0].get("ctx", {}).get("error") if errors else exc)
 
 
 def _error_answer(message: Any, reason: Any) -> Any:
