@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import shoal
-from shoal.events import Event
+from shoal.events import Event, EventsDropped, NodeStarted
 from shoal.outcome import RunResult
+from shoal.streaming import _SharedBuffer
 from shoal.testing import run_virtual
 from tests.test_otel import nap
 
@@ -44,3 +48,49 @@ def test_an_open_runs_stream_closed_before_its_first_item_gives_the_result() -> 
 
     result = run_virtual(go())
     assert {k: v for k, v in result.counts.items() if v} == {"cancelled": 1}
+
+
+def test_events_left_out_while_read_from_another_thread_are_all_counted() -> None:
+    # an open run's stream may be read on another thread's loop: the run's thread added to
+    # an EventsDropped (or joined text to a piece) the reader had just taken: the count
+    # (the text) was lost. Real threads, switching as often as Python lets them.
+    buffer = _SharedBuffer(1)  # an open run's stream's
+    event = NodeStarted(run_id="r", time=0.0, node_id="n", tool="t", attempt=1,
+                        executor="inline")
+    total, done, seen = 100_000, threading.Event(), [0]
+
+    def read() -> None:
+        while not done.is_set() or buffer._slots:
+            item = buffer.pop()
+            if item is not None:
+                seen[0] += item.count if isinstance(item, EventsDropped) else 1
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        reader = threading.Thread(target=read)
+        reader.start()
+        for _ in range(total):
+            buffer(event)
+        done.set()
+        reader.join()
+    finally:
+        sys.setswitchinterval(before)
+    assert seen[0] == total
+
+
+def test_an_open_runs_stream_is_the_one_locked() -> None:
+    async def go() -> tuple[bool, bool]:
+        async with shoal.Runtime() as runtime:
+            run = runtime.open_run()
+            async with run:
+                events = run.events()
+            async for _ in events:
+                pass
+            plain = shoal.stream(two_naps())
+            async for _ in plain:
+                pass
+            return (isinstance(events._run.buffer, _SharedBuffer),
+                    isinstance(plain._run.buffer, _SharedBuffer))
+
+    assert run_virtual(go()) == (True, False)
