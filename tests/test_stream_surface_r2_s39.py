@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 import shoal
 from shoal.events import Event, EventsDropped, NodeStarted
+from shoal.exceptions import ConfigError
 from shoal.outcome import RunResult
 from shoal.streaming import _SharedBuffer
 from shoal.testing import run_virtual
@@ -94,3 +99,25 @@ def test_an_open_runs_stream_is_the_one_locked() -> None:
                     isinstance(plain._run.buffer, _SharedBuffer))
 
     assert run_virtual(go()) == (True, False)
+
+
+def generator_sink(event: Event) -> Iterator[None]:
+    seen.append(event.kind)  # never runs: calling it only makes a generator
+    yield
+
+
+seen: list[str] = []
+
+
+class GeneratorCall:
+    def __call__(self, event: Event) -> Iterator[None]:
+        seen.append(event.kind)
+        yield
+
+
+@pytest.mark.parametrize("sink", [generator_sink, GeneratorCall()])
+def test_a_sink_that_yields_is_refused_as_an_async_one_is(sink: Any) -> None:
+    # was: taken; each call made a generator that never ran: no event handled, no word
+    with pytest.raises(ConfigError, match="generator"):
+        shoal.Runtime(on_event=sink)
+    assert seen == []
