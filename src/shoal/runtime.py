@@ -44,7 +44,7 @@ from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, decimal_as_float, env_names, fits_a_float, parse_rate, seeded
-from shoal.merge import _is_async, shown
+from shoal.merge import _is_async, _is_generator, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
@@ -1332,7 +1332,7 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
 
 
 def _plain_sink(sink: EventSink) -> EventSink:
-    """``sink``, refused if it is an ``async def``: a sink is called, never awaited.
+    """``sink``, refused if it is an ``async def`` (a sink is called, never awaited) or yields.
 
     Its coroutine, never run, did nothing on any event, and each one warned that it was
     never awaited.
@@ -1341,6 +1341,10 @@ def _plain_sink(sink: EventSink) -> EventSink:
         raise ConfigError(f"on_event= takes plain functions (a sink is called, never "
                           f"awaited), got an async function {shown(sink)}; to handle events "
                           "in a task, put them on an asyncio.Queue from a plain function")
+    if _is_generator(sink):  # (a yield left in): each call made a generator never run
+        raise ConfigError(f"on_event= takes plain functions (a sink is called, its result "
+                          f"unused), got a generator function {shown(sink)}: it would handle "
+                          "no event; remove its yield")
     return sink
 
 

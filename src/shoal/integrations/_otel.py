@@ -37,6 +37,7 @@ from shoal.agents.context import TreeContext, tree_in
 from shoal.agents.run import MODEL_TURN_POLICY
 from shoal.deps import Edge
 from shoal.events import (
+    FAILURES_LOGGED,
     AgentFinished,
     AgentStarted,
     ApprovalDecided,
@@ -56,6 +57,7 @@ from shoal.events import (
     ToolCallRejected,
 )
 from shoal.executors.base import Call
+from shoal.merge import error_text
 from shoal.outcome import Outcome, json_text, jsonable
 from shoal.scheduler.driver import Driver
 
@@ -184,6 +186,7 @@ class Tracing:
         self._trees: weakref.WeakKeyDictionary[TreeContext, TreeSpans] = (
             weakref.WeakKeyDictionary())
         self._lock = threading.Lock()  # runs on loops in other threads share the two above
+        self._end_failures = 0  # spans whose end raised (see end)
 
     def observe_run(self, driver: Driver) -> RunSpans:
         """The spans of one run."""
@@ -237,6 +240,28 @@ class Tracing:
     def fail(self, span: Span, description: object) -> None:
         """Mark ``span`` failed, saying why."""
         span.set_status(Status(StatusCode.ERROR, self.clean.text(description)))
+
+    def end(self, span: Span, end_ns: int) -> None:
+        """End ``span``: what its processors raise is logged, Ctrl-C passed on.
+
+        Its caller has forgotten it as open already. A processor or exporter can raise what
+        is not an ``Exception`` (``GeneratorExit``, a signal handler's exception): the span
+        is ended all the same (the SDK marks it before it hands it on), and the spans ended
+        after it must be too.
+        """
+        try:
+            span.end(end_ns)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # tracing must never change how a run ends
+            # bounded as sinks' failures are: an exporter failing on every span of a wide
+            # run must not write a traceback per span
+            n = self._end_failures = self._end_failures + 1
+            if n <= FAILURES_LOGGED:
+                log.warning("OpenTelemetry: ending a span raised; continuing", exc_info=True)
+            elif str(n).strip("0") == "1":  # its 10th, 100th ... failure
+                log.warning("OpenTelemetry: ending a span has raised %d times, the last: %s",
+                            n, error_text(exc))
 
 
 def _handles(table: dict[type[Event], Callable[[Any, Any], None]],
@@ -316,13 +341,15 @@ class RunSpans:
             self.t.fail(span, self.driver.cancelled_reason)
         elif bad:
             self.t.fail(span, ", ".join(f"{n} {s}" for s, n in sorted(bad.items())))
-        span.end(self._ns(event.time))
+        self.t.end(span, self._ns(event.time))
 
     def close(self) -> None:
         """The run is over: end what is still open (a run cancelled from outside)."""
         try:
             self._close()
-        except Exception:  # tracing must never change how a run ends
+        except KeyboardInterrupt:  # Ctrl-C (from a processor's signal handler) stops all
+            raise
+        except BaseException:  # tracing must never change how a run ends (GeneratorExit too)
             log.exception("OpenTelemetry: could not end the spans of run %s",
                           self.driver.state.run_id)
 
@@ -334,7 +361,7 @@ class RunSpans:
         span, self.run_span = self.run_span, None
         if span is not None:
             self.t.fail(span, self.driver.cancelled_reason or "the run stopped")
-            span.end(now)
+            self.t.end(span, now)
 
     def _end_open(self, end_ns: int) -> None:
         for node_id, span in list(self.open.items()):
@@ -447,11 +474,13 @@ class RunSpans:
         self._finish(node_id, span, at)
 
     def _finish(self, node_id: str, span: Span, end_ns: int) -> None:
-        span.end(end_ns)
+        # forgotten as open first: ending it may raise (its processors), and a span left
+        # open here was ended again at the run's end ("Calling end() on an ended span")
         self.open.pop(node_id, None)
         if self.tree is not None:  # a model request that never ran, or was cut short
             self.tree.forget_chat(span)
         self.ended[node_id] = span.get_span_context()
+        self.t.end(span, end_ns)
 
     def _span(self, node_id: str, start_ns: int, isolation: str = "") -> Span:
         """The call's span, started at ``start_ns`` if it has none yet."""
@@ -584,7 +613,7 @@ class TreeSpans:
         now = self.t.ns()
         chat = self.chats.pop(event.lineage, None)
         if chat is not None:  # its reply never came back to the agent (it was stopped)
-            chat.span.end(chat.end_ns or now)
+            self.t.end(chat.span, chat.end_ns or now)
         span = self.agents.pop(event.lineage, None)
         if span is not None:
             self._end_agent(span, event, now)
@@ -592,7 +621,7 @@ class TreeSpans:
             run_span, self.run_span = self.run_span, None
             if event.status in _AGENT_FAILED:
                 self.t.fail(run_span, event.error or event.status)
-            run_span.end(now)
+            self.t.end(run_span, now)
 
     def _end_agent(self, span: Span, event: AgentFinished, now: int) -> None:
         result = self.results.get(event.lineage)
@@ -610,7 +639,7 @@ class TreeSpans:
         if event.status in _AGENT_FAILED:
             self.t.set(span, {"error.type": event.status})
             self.t.fail(span, event.error or event.status)
-        span.end(now)
+        self.t.end(span, now)
 
     # -- model requests -----------------------------------------------------------------
 
@@ -635,9 +664,10 @@ class TreeSpans:
         run.open.pop(event.node_id, None)
         chat = self.chats.get(lineage)
         if event.status != "ok" or chat is None or chat.span is not span:
-            span.end(at)  # failed, or not the request in progress: no reply will name it
             if chat is not None and chat.span is span:
                 del self.chats[lineage]
+            # failed, or not the request in progress: no reply will name it
+            self.t.end(span, at)
             return
         response = outcome.value if outcome is not None else None
         usage = getattr(response, "usage", None)
@@ -673,7 +703,7 @@ class TreeSpans:
             attributes["gen_ai.output.messages"] = self.t.clean.json(
                 [{"role": "assistant", "parts": [{"type": "text", "content": event.text}]}])
         self.t.set(span, attributes)
-        span.end(chat.end_ns or self.t.ns())
+        self.t.end(span, chat.end_ns or self.t.ns())
 
     def _model_attributes(self, name: str) -> dict[str, object]:
         provider, model = provider_and_model(name)
@@ -717,4 +747,4 @@ class TreeSpans:
                         "shoal.lineage": event.lineage, "shoal.call.status": "rejected",
                         "error.type": "rejected"})
         self.t.fail(span, event.error)
-        span.end(now)
+        self.t.end(span, now)
