@@ -171,8 +171,11 @@ async def send(to: str) -> str:
 def test_a_call_asked_again_on_resume_says_how_it_was_edited_before(tmp_path: Path) -> None:
     # was: the approver edited send(to='alice') to send(to='bob'); the run stopped while it
     # ran; on resume the request asked about send(to='alice') again, its reason silent about
-    # the edit: an approver could not know that approving runs it for alice, not bob
+    # the edit: an approver could not know that approving runs it for alice, not bob; and
+    # (session 39) the ApprovalRequested event (streamed, journaled, shown by the live view)
+    # said only why the call needed approval, not what the request said
     seen: list[shoal.ApprovalRequest] = []
+    events: list[shoal.Event] = []
 
     def to_bob(request: shoal.ApprovalRequest) -> shoal.Decision:
         seen.append(request)
@@ -184,12 +187,13 @@ def test_a_call_asked_again_on_resume_says_how_it_was_edited_before(tmp_path: Pa
         sent = plan.call(send, to="alice")
         runtime = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db"), approver=to_bob)
         try:
-            handle = runtime.start(plan, run_id="r1")
+            handle = runtime.start(plan, run_id="r1", on_event=events.append)
             await _sending["running"].wait()  # the edit used: the call runs with it
             handle.cancel()
             assert (await handle)[sent].status == "cancelled"
             _sending["go"].set()
-            assert (await runtime.resume("r1", plan))[sent].value == "sent to bob"
+            resumed = await runtime.resume("r1", plan, on_event=events.append)
+            assert resumed[sent].value == "sent to bob"
         finally:
             await runtime.aclose()
 
@@ -200,6 +204,8 @@ def test_a_call_asked_again_on_resume_says_how_it_was_edited_before(tmp_path: Pa
     assert again.reason.startswith("before the run stopped, ")  # first: views cut the end
     assert 'to_bob edited this call to send(to="bob") and it ran so' in again.reason
     assert "in doubt after the run stopped" in again.reason
+    asked = [e.reason for e in events if isinstance(e, shoal.ApprovalRequested)]
+    assert asked == [first.reason, again.reason]
 
 
 def test_property_tests_are_not_timed_on_a_loaded_machine() -> None:

@@ -33,7 +33,6 @@ from shoal.store.codec import (
     view_value,
 )
 from shoal.store.sqlite import SQLiteStore
-from tests.test_hostile_journal2_s38 import _sending, send
 from tests.test_hostile_journal_s36 import shoal_cli
 
 PAIR = "\ud83d\ude00"  # two code points: a high surrogate and a low one, not one character
@@ -132,43 +131,7 @@ def test_text_keyed_arguments_keep_their_hash() -> None:
     assert approval_hash("t", args) == old
 
 
-# ---- (b) ApprovalRequested says what the request the approver sees says -----------------
-
-
-def test_the_approval_requested_event_says_how_the_call_was_edited_before(
-        tmp_path: Path) -> None:
-    # was: on resume the request the approver saw began "before the run stopped, ... edited
-    # this call to ...", but the ApprovalRequested event (streamed, journaled, shown by the
-    # live view) said only why the call needed approval
-    seen: list[shoal.ApprovalRequest] = []
-    events: list[shoal.Event] = []
-
-    def to_bob(request: shoal.ApprovalRequest) -> shoal.Decision:
-        seen.append(request)
-        return shoal.Decision.edit({"to": "bob"})
-
-    async def scenario() -> None:
-        _sending.update(running=asyncio.Event(), go=asyncio.Event())
-        plan = shoal.Plan()
-        sent = plan.call(send, to="alice")
-        runtime = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db"), approver=to_bob)
-        try:
-            handle = runtime.start(plan, run_id="r1", on_event=events.append)
-            await _sending["running"].wait()
-            handle.cancel()
-            await handle
-            _sending["go"].set()
-            resumed = await runtime.resume("r1", plan, on_event=events.append)
-            assert resumed[sent].value == "sent to bob"
-        finally:
-            await runtime.aclose()
-
-    asyncio.run(scenario())
-    asked = [e for e in events if isinstance(e, shoal.ApprovalRequested)]
-    assert len(asked) == 2 and len(seen) == 2
-    assert "edited" not in asked[0].reason
-    assert asked[1].reason == seen[1].reason
-    assert asked[1].reason.startswith("before the run stopped, ")
+# ---- (b) ApprovalRequested says what the request says: tests/test_hostile_journal2_s38.py
 
 
 @shoal.tool(approval=True)
