@@ -21,7 +21,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from shoal.executors._process_ref import ProcessRef
 
@@ -47,13 +47,15 @@ def become_subreaper() -> bool:
         return False
 
 
-def _parents() -> dict[int, int]:
-    """Each process this one can see (Linux ``/proc``), mapped to its parent's pid."""
-    found: dict[int, int] = {}
+def _stats() -> Iterator[tuple[int, list[bytes]]]:
+    """Each process this one can see (Linux ``/proc``): its pid and its stat fields.
+
+    The fields are those after the process's name: "state ppid pgrp ...".
+    """
     try:
         names = os.listdir("/proc")
     except OSError:
-        return found
+        return
     for name in names:
         if not name.isdigit():
             continue
@@ -63,10 +65,12 @@ def _parents() -> dict[int, int]:
         except OSError:  # gone meanwhile
             continue
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 1:
-            found[int(name)] = int(fields[1])
-    return found
+        yield int(name), stat[stat.rfind(b")") + 2:].split()
+
+
+def _parents() -> dict[int, int]:
+    """Each process this one can see (Linux ``/proc``), mapped to its parent's pid."""
+    return {pid: int(fields[1]) for pid, fields in _stats() if len(fields) > 1}
 
 
 def kill_group_but_me() -> set[int]:
@@ -91,20 +95,7 @@ def kill_group_but_me() -> set[int]:
 
 def _group_members(group: int) -> list[int]:
     """The pids of process group ``group``'s members, as ``/proc`` shows them now."""
-    found: list[int] = []
-    with suppress(OSError):
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:  # gone meanwhile
-                continue
-            fields = stat[stat.rfind(b")") + 2:].split()  # "state ppid pgrp ..."
-            if len(fields) > 2 and int(fields[2]) == group:
-                found.append(int(name))
-    return found
+    return [pid for pid, fields in _stats() if len(fields) > 2 and int(fields[2]) == group]
 
 
 def descendants(root: int) -> set[int]:
