@@ -47,14 +47,24 @@ def test_import_is_quick() -> None:
     probe = ("import time; t = time.process_time(); import shoal; "
              "[getattr(shoal, name) for name in shoal.__all__]; "
              "print(time.process_time() - t)")
-    times = []
-    for _ in range(3):
-        done = run("-c", probe, timeout=60)
-        assert done.returncode == 0, done.stderr
-        times.append(float(done.stdout.strip()))
+    # the floor, measured in the same run: what shoal cannot do without (asyncio and pydantic
+    # are most of its import); CPU time of one import varies by half on a busy machine
+    floor = ("import time; t = time.process_time(); import asyncio, concurrent.futures, "
+             "dataclasses, inspect, json; from pydantic import BaseModel, TypeAdapter; "
+             "print(time.process_time() - t)")
+    times: list[float] = []
+    floors: list[float] = []
+    for _ in range(5):
+        for into, code in ((times, probe), (floors, floor)):
+            done = run("-c", code, timeout=60)
+            assert done.returncode == 0, done.stderr
+            into.append(float(done.stdout.strip()))
     # 0.2 s before agents, models, approvals and the journal joined the namespace; asyncio and
-    # pydantic are most of it (``import shoal`` alone, lazily, takes about 0.02 s)
-    assert min(times) < 0.45, f"'import shoal' took {min(times):.3f} s at best (of {times})"
+    # pydantic are most of it (``import shoal`` alone, lazily, takes about 0.02 s); about 2x
+    # the floor (1.8-2.4x measured on a quiet machine)
+    best, least = min(times), min(floors)
+    assert best < 0.45 or best < 3 * least, (
+        f"'import shoal' took {best:.3f} s at best (of {times}); its floor {least:.3f} s")
 
 
 def test_import_does_not_pull_in_heavy_optional_modules() -> None:
