@@ -7,7 +7,7 @@ pool reported them: an end that is not a plain value (a failure) first feeds tho
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,11 +17,16 @@ import shoal
 from shoal.scheduler.state import SchedulerState
 
 N = 40
+#: set by ``hog`` once it holds the loop: the pool's calls end only after that
+LOOP_HELD = threading.Event()
+_ended = threading.Semaphore(0)
 
 
 @shoal.tool
 def echo(x: int) -> int:
-    """Return ``x`` on a pool thread, at once."""
+    """Return ``x`` on a pool thread once ``hog`` holds the loop, and count the end."""
+    LOOP_HELD.wait(30)
+    _ended.release()
     return x
 
 
@@ -39,9 +44,17 @@ def after(x: int) -> int:
 
 @shoal.tool(isolation="inline")
 async def hog() -> str:
-    """Hold the event loop while the pool's calls end on their threads (their ends pile up)."""
-    await asyncio.sleep(0.02)
-    time.sleep(0.5)  # noqa: ASYNC251 - blocks the loop on purpose: the pool's ends wait
+    """Hold the event loop until every ``echo`` has ended on its thread (their ends pile up).
+
+    The ends come while the loop is held whatever the machine's load: each ``echo`` waits for
+    the hold to begin, and the hold lasts until all N have returned (a test that let a fixed
+    sleep stand for "busy" saw the ends fed one by one on a loaded machine).
+    """
+    await asyncio.sleep(0)
+    LOOP_HELD.set()
+    for _ in range(N):  # blocks the loop on purpose: the pool's ends wait for it
+        if not _ended.acquire(timeout=30):
+            break
     return "done"
 
 
@@ -56,6 +69,7 @@ def test_ends_that_came_together_are_fed_in_one_decision(
         return original(self, ended, at)
 
     monkeypatch.setattr(SchedulerState, "finish_ok_many", noted)
+    LOOP_HELD.clear()
     plan = shoal.Plan()
     calls = [plan.call(echo, x=i) for i in range(N)]
     failing = plan.call(broken, x=7)
