@@ -249,7 +249,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     """Seconds a response asks us to wait: ``retry-after-ms``, else ``retry-after``.
 
     ``retry-after`` may be seconds (``"2"``, ``"0.5"``) or an HTTP date. ``None`` when neither
-    header is there or readable; never negative.
+    header is there or readable; never negative. A date past year 9999 (past what a
+    ``datetime`` holds) is ``inf``, as a number too large for a float is: longer than any wait.
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     if (millis := _number(lowered.get("retry-after-ms"))) is not None:
@@ -261,11 +262,14 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         return max(0.0, seconds)
     # an HTTP date is rare (servers send seconds): email.utils is loaded for it alone, not with
     # every ``import shoal`` (it costs a few milliseconds)
-    from email.utils import parsedate_to_datetime
+    from email.utils import parsedate_to_datetime, parsedate_tz
 
+    parts = parsedate_tz(raw)
+    if parts is not None and parts[0] > 9999:  # datetime's last year: OverflowError past it
+        return math.inf
     try:
         moment = parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
