@@ -24,8 +24,8 @@ def test_a_retry_after_date_past_year_9999_is_a_wait_longer_than_any(
     # a year past datetime's was an OverflowError raised out of the request (the larger) or
     # read as no header at all (the smaller), so the request was tried again at once
     date = f"Wed, 21 Oct {year} 07:28:00 GMT"
-    error = ask(server_class, ErrorReply(429, "slow down", headers={"retry-after": date}),
-                stream=stream)
+    refusal: Any = ErrorReply(429, "slow down", headers={"retry-after": date})  # ask's RawReply
+    error = ask(server_class, refusal, stream=stream)
     assert type(error) is ModelHTTPError, repr(error)
     assert error.status == 429
     assert error.retry_after == math.inf
