@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from shoal.exceptions import ModelHTTPError
+from shoal.models import ModelResponse, Price
 from tests.test_models_hostile_http import SERVERS, ask
-from tests.wire import ErrorReply
+from tests.wire import ErrorReply, text_reply
 
 
 @pytest.mark.parametrize("server_class", SERVERS)
@@ -24,8 +25,29 @@ def test_a_retry_after_date_past_year_9999_is_a_wait_longer_than_any(
     # a year past datetime's was an OverflowError raised out of the request (the larger) or
     # read as no header at all (the smaller), so the request was tried again at once
     date = f"Wed, 21 Oct {year} 07:28:00 GMT"
-    refusal: Any = ErrorReply(429, "slow down", headers={"retry-after": date})  # ask's RawReply
-    error = ask(server_class, refusal, stream=stream)
+    error = ask(server_class, ErrorReply(429, "slow down", headers={"retry-after": date}),
+                stream=stream)
     assert type(error) is ModelHTTPError, repr(error)
     assert error.status == 429
     assert error.retry_after == math.inf
+
+
+@pytest.mark.parametrize("server_class", SERVERS)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_usage_count_past_a_floats_range_priced_from_your_table_costs_infinity(
+        server_class: type[Any], stream: bool) -> None:
+    # priced from the model's own table, a count of 10**400 tokens raised OverflowError out of
+    # the request (genai-prices' table priced it at infinity)
+    huge = 10**400
+    reply = text_reply("hi", input_tokens=huge, output_tokens=huge)
+    prices = {"gpt-4.1-mini": Price(1, 2), "claude-haiku-4-5": Price(1, 2)}
+    answer = ask(server_class, reply, stream=stream, prices=prices)
+    assert isinstance(answer, ModelResponse), repr(answer)
+    assert answer.usage.input_tokens == huge and answer.usage.cost == math.inf
+
+
+def test_a_price_for_counts_past_a_floats_range_is_infinity() -> None:
+    assert Price(0.5, 1.5).cost(10**400, 10**400, 10**399, 10**399) == math.inf
+    assert Price(0.5, 1.5).cost(2_000_000, 1_000_000) == 2.5
+    assert Price(0.0, 0.0).cost(10**400, 10**400) == 0
+    assert Price(0.0, 1.0, cache_read=0.0).cost(10**400, 3_000_000, 10**400) == 3.0
