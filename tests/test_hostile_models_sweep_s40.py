@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from shoal.exceptions import ModelHTTPError
-from shoal.models import ModelResponse, Price
-from tests.test_models_hostile_http import SERVERS, ask
-from tests.wire import ErrorReply, text_reply
+from shoal.exceptions import ModelConnectionError, ModelHTTPError
+from shoal.models import ModelResponse, OpenAIModel, Price
+from tests.conftest import arun
+from tests.test_models_hostile_http import ASK, SERVERS, ask
+from tests.wire import ErrorReply, RawReply, closed_port_url, text_reply
 
 
 @pytest.mark.parametrize("server_class", SERVERS)
@@ -51,3 +52,29 @@ def test_a_price_for_counts_past_a_floats_range_is_infinity() -> None:
     assert Price(0.5, 1.5).cost(2_000_000, 1_000_000) == 2.5
     assert Price(0.0, 0.0).cost(10**400, 10**400) == 0
     assert Price(0.0, 1.0, cache_read=0.0).cost(10**400, 3_000_000, 10**400) == 3.0
+
+
+@pytest.mark.parametrize("server_class", SERVERS)
+@pytest.mark.parametrize("body", [b'{"id": "chatcmpl-1", "choi', b""], ids=["cut", "nothing"])
+def test_a_whole_reply_whose_connection_breaks_says_it_was_lost_not_never_reached(
+        server_class: type[Any], body: bytes) -> None:
+    # the server answered a head (and part of a body) and reset the connection: the error
+    # said "cannot reach 127.0.0.1:...", of a server that had been reached and had answered
+    error = ask(server_class, RawReply(body, "application/json", reset=True), stream=False)
+    assert type(error) is ModelConnectionError, repr(error)
+    assert "cannot reach" not in str(error)
+    assert "connection to 127.0.0.1:" in str(error) and " lost: " in str(error)
+
+
+def test_a_server_that_refuses_the_connection_is_still_not_reached() -> None:
+    model = OpenAIModel("gpt-4.1-mini", base_url=closed_port_url() + "/v1", api_key="k")
+
+    async def main() -> Any:
+        try:
+            return await model.request(ASK)
+        finally:
+            await model.aclose()
+
+    with pytest.raises(ModelConnectionError, match=r"cannot reach 127\.0\.0\.1:\d+: "
+                                                   r"connection refused"):
+        arun(main(), timeout=20)

@@ -509,10 +509,34 @@ def describe_cause(exc: BaseException) -> str:
 
 
 def unreachable(name: str, url: object, exc: BaseException) -> ModelConnectionError:
-    """``cannot reach api.openai.com: connection refused`` for a request that got nowhere."""
+    """``cannot reach api.openai.com: connection refused`` for a request that got nowhere.
+
+    A request whose connection was made and then broke (reset, closed before the reply was
+    whole or began) says ``connection to api.openai.com lost: ...``: "cannot reach" sent
+    people checking the URL and the network of a server that had answered.
+    """
     parts = urlsplit(str(url))
     where = parts.netloc.rpartition("@")[2] or str(url)
-    return ModelConnectionError(name, f"cannot reach {where}: {describe_cause(exc)}")
+    said = f"connection to {where} lost" if _connected(exc) else f"cannot reach {where}"
+    return ModelConnectionError(name, f"{said}: {describe_cause(exc)}")
+
+
+#: httpx's errors of a connection that was made (it read or wrote, then broke), by name: the
+#: SDKs ship httpx under other names across versions (see :func:`transport_error`)
+_AFTER_CONNECTING = frozenset({"ReadError", "WriteError", "CloseError", "RemoteProtocolError"})
+
+
+def _connected(exc: BaseException) -> bool:
+    """Whether an SDK's connection error broke a connection it had made (see ``unreachable``)."""
+    cause: BaseException | None = exc.__cause__ or exc.__context__
+    for _ in range(10):  # bounded, as describe_cause: a chain may loop
+        if cause is None:
+            return False
+        if any(cls.__name__ in _AFTER_CONNECTING and cls.__module__.startswith("httpx")
+               for cls in type(cause).__mro__):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 _notices: ContextVar[Callable[[Event], None] | None] = ContextVar("shoal_model_notices",
