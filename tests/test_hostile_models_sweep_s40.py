@@ -11,11 +11,19 @@ from typing import Any
 
 import pytest
 
-from shoal.exceptions import ModelConnectionError, ModelHTTPError
+from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError
 from shoal.models import ModelResponse, OpenAIModel, Price
 from tests.conftest import arun
 from tests.test_models_hostile_http import ASK, SERVERS, ask
-from tests.wire import ErrorReply, RawReply, closed_port_url, text_reply
+from tests.test_models_hostile_stream import RawAnthropic, message_end, message_start, stream_once
+from tests.wire import (
+    AnthropicWireServer,
+    ErrorReply,
+    OpenAIWireServer,
+    RawReply,
+    closed_port_url,
+    text_reply,
+)
 
 
 @pytest.mark.parametrize("server_class", SERVERS)
@@ -78,3 +86,33 @@ def test_a_server_that_refuses_the_connection_is_still_not_reached() -> None:
     with pytest.raises(ModelConnectionError, match=r"cannot reach 127\.0\.0\.1:\d+: "
                                                    r"connection refused"):
         arun(main(), timeout=20)
+
+
+#: a number with more digits than Python reads into an int (4,300)
+LONG_NUMBER = "7" * 5_000
+WHOLE_REPLIES = {
+    OpenAIWireServer: '{"id": "x", "object": "chat.completion", "created": 1, "model": "m", '
+                      '"choices": [{"index": 0, "message": {"role": "assistant", "content": '
+                      '"hi"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": %s, '
+                      '"completion_tokens": 1, "total_tokens": 1}}',
+    AnthropicWireServer: '{"id": "x", "type": "message", "role": "assistant", "model": "m", '
+                         '"content": [{"type": "text", "text": "hi"}], "stop_reason": '
+                         '"end_turn", "usage": {"input_tokens": %s, "output_tokens": 1}}',
+}
+
+
+@pytest.mark.parametrize("server_class", SERVERS)
+def test_a_whole_reply_holding_a_number_too_long_to_read_is_a_model_error(
+        server_class: type[Any]) -> None:
+    # Python reads no int of more than 4,300 digits: a raw ValueError came out of the request
+    body = (WHOLE_REPLIES[server_class] % LONG_NUMBER).encode()
+    error = ask(server_class, RawReply(body, "application/json"), stream=False)
+    assert type(error) is ModelError, repr(error)
+    assert "too long to read" in str(error) and "set_int_max_str_digits" not in str(error)
+
+
+def test_anthropic_a_stream_event_holding_a_number_too_long_to_read_is_a_model_error() -> None:
+    start = message_start().replace('"input_tokens": 5', f'"input_tokens": {LONG_NUMBER}')
+    error = stream_once(RawAnthropic, [start, *message_end()])
+    assert type(error) is ModelError, repr(error)
+    assert "too long to read" in str(error)

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 import weakref
 from collections.abc import (
@@ -58,6 +59,7 @@ __all__ = [
     "check_timeout",
     "not_a_reply",
     "not_a_stream",
+    "number_too_long",
     "stalled",
     "too_deep",
     "text_field",
@@ -439,6 +441,20 @@ def text_field(value: object, what: str, *, optional: bool = True) -> str:
     if value is None and optional:
         return ""
     raise TypeError(f"{what} is {shown(value)}, not text")
+
+
+def number_too_long(name: str, exc: ValueError) -> ModelError | None:
+    """The error for a reply holding an integer too long for Python to read, else ``None``.
+
+    Python reads no int of more than ``sys.get_int_max_str_digits()`` digits (4,300): the
+    SDKs' JSON reader raised a raw ``ValueError`` out of the request, advising a setting
+    that is no business of the person running the agent.
+    """
+    if "integer string conversion" not in str(exc):  # CPython's words for that limit
+        return None
+    return ModelError(name, f"the reply holds a number too long to read (more than "
+                            f"{sys.get_int_max_str_digits():,} digits): the server is off the "
+                            f"protocol")
 
 
 def not_a_reply(name: str, body: object) -> ModelError:

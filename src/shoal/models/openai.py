@@ -40,6 +40,7 @@ from shoal.models._common import (
     http_error,
     not_a_reply,
     not_a_stream,
+    number_too_long,
     priced_usage,
     resolve_credentials,
     sendable,
@@ -372,6 +373,10 @@ class OpenAIModel(Model):
             raise ModelError(self.name, str(exc)) from exc
         except RecursionError as exc:  # the reader's, for JSON nested too deep to read
             raise too_deep(self.name, exc) from None
+        except ValueError as exc:  # the reader's, for a number too long to read
+            if (long := number_too_long(self.name, exc)) is not None:
+                raise long from None
+            raise
         except Exception as exc:
             if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc
