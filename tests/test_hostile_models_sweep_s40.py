@@ -15,7 +15,13 @@ from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError
 from shoal.models import ModelResponse, OpenAIModel, Price
 from tests.conftest import arun
 from tests.test_models_hostile_http import ASK, SERVERS, ask
-from tests.test_models_hostile_stream import RawAnthropic, message_end, message_start, stream_once
+from tests.test_models_hostile_stream import (
+    RawAnthropic,
+    block_stop,
+    message_end,
+    message_start,
+    stream_once,
+)
 from tests.wire import (
     AnthropicWireServer,
     ErrorReply,
@@ -24,6 +30,7 @@ from tests.wire import (
     closed_port_url,
     text_reply,
 )
+from tests.wire.base import sse
 
 
 @pytest.mark.parametrize("server_class", SERVERS)
@@ -116,3 +123,20 @@ def test_anthropic_a_stream_event_holding_a_number_too_long_to_read_is_a_model_e
     error = stream_once(RawAnthropic, [start, *message_end()])
     assert type(error) is ModelError, repr(error)
     assert "too long to read" in str(error)
+
+
+def test_anthropic_a_stream_that_reports_no_usage_is_charged_at_least_what_it_says() -> None:
+    # without a message_start (some compatible gateways) and no usage in message_delta, the
+    # reply counted 0 tokens in and 0 out: 20,000 characters never reached a Budget(tokens=)
+    text = "word " * 4_000
+    stream = [sse({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": text}}, "content_block_start"),
+              block_stop(0),
+              sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}},
+                  "message_delta"),
+              sse({"type": "message_stop"}, "message_stop")]
+    response = stream_once(RawAnthropic, stream)
+    assert isinstance(response, ModelResponse), repr(response)
+    assert response.text == text
+    assert response.usage.input_tokens >= 1
+    assert response.usage.output_tokens >= len(text) // 16

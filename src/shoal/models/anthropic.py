@@ -400,9 +400,10 @@ class _StreamState:
     calls: list[_PartialCall] = field(default_factory=list)  # in the order their blocks began
     open: dict[int, int] = field(default_factory=dict)  # a tool block's index -> its position
     started: set[int] = field(default_factory=set)  # every block index begun (text too)
-    #: not read from or written to the prompt cache (``None``: the server said no count)
-    input_tokens: int | None = 0
-    output_tokens: int | None = 0
+    #: not read from or written to the prompt cache (``None``: the server said no count;
+    #: so is a stream without a message_start, which some compatible gateways send)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     model: str = ""
