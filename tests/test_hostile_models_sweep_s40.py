@@ -17,10 +17,15 @@ from tests.conftest import arun
 from tests.test_models_hostile_http import ASK, SERVERS, ask
 from tests.test_models_hostile_stream import (
     RawAnthropic,
+    RawOpenAI,
     block_stop,
     message_end,
     message_start,
+    openai_stream,
+    opening,
+    run_agent,
     stream_once,
+    tool_block,
 )
 from tests.wire import (
     AnthropicWireServer,
@@ -140,3 +145,45 @@ def test_anthropic_a_stream_that_reports_no_usage_is_charged_at_least_what_it_sa
     assert response.text == text
     assert response.usage.input_tokens >= 1
     assert response.usage.output_tokens >= len(text) // 16
+
+
+def _cut_in_a_call(server_class: type[Any], stop_reason: str) -> list[str]:
+    """Each call's message to the model, of a reply that stopped (for ``stop_reason``) inside
+    its last call's arguments."""
+    if server_class is RawOpenAI:
+        stream = openai_stream(opening(0, "call_a", "echo", '{"x": 1}'),
+                               opening(1, "call_b", "echo", '{"x": "a long text th'),
+                               finish=stop_reason)
+    else:
+        stream = [message_start(), *tool_block(0, "toolu_a", '{"x": 1}'),
+                  *tool_block(1, "toolu_b", '{"x": "a long text th'),
+                  sse({"type": "message_delta", "delta": {"stop_reason": stop_reason},
+                       "usage": {"output_tokens": 4096}}, "message_delta"),
+                  sse({"type": "message_stop"}, "message_stop")]
+    result, _ = run_agent(server_class, [stream])
+    assert result.output == "done", repr(result)
+    return [record.message.content for record in result.calls]
+
+
+@pytest.mark.parametrize(("server_class", "stop_reason"), [
+    (RawOpenAI, "length"), (RawAnthropic, "max_tokens")], ids=["openai", "anthropic"])
+def test_a_call_cut_off_at_the_output_cap_tells_the_model_why_its_arguments_broke(
+        server_class: type[Any], stop_reason: str) -> None:
+    # the model read only "the arguments are not valid JSON (Unterminated string...)", and
+    # wrote the same long call again, to be cut off again at the same place
+    first, cut = _cut_in_a_call(server_class, stop_reason)
+    assert first == "got 1"
+    assert cut.startswith("Error: the arguments are not valid JSON")
+    assert (f"your reply was cut off at the model's limit of output tokens (stop reason "
+            f"{stop_reason!r}) inside this call's arguments") in cut
+    assert "ModelSettings(max_tokens=" in cut
+
+
+@pytest.mark.parametrize(("server_class", "stop_reason"), [
+    (RawOpenAI, "tool_calls"), (RawAnthropic, "tool_use")], ids=["openai", "anthropic"])
+def test_a_call_whose_arguments_broke_without_a_cut_says_nothing_of_one(
+        server_class: type[Any], stop_reason: str) -> None:
+    first, broken = _cut_in_a_call(server_class, stop_reason)
+    assert first == "got 1"
+    assert broken.startswith("Error: the arguments are not valid JSON")
+    assert "cut off" not in broken
