@@ -187,3 +187,26 @@ def test_a_call_whose_arguments_broke_without_a_cut_says_nothing_of_one(
     assert first == "got 1"
     assert broken.startswith("Error: the arguments are not valid JSON")
     assert "cut off" not in broken
+
+
+BAD_UTF8 = b"h\xff\xfei"
+
+
+@pytest.mark.parametrize("server_class", SERVERS)
+def test_a_whole_reply_that_is_not_utf8_is_a_model_error(server_class: type[Any]) -> None:
+    # a raw UnicodeDecodeError came out of the request
+    body = (WHOLE_REPLIES[server_class] % "1").encode().replace(b'"hi"', b'"' + BAD_UTF8 + b'"')
+    error = ask(server_class, RawReply(body, "application/json"), stream=False)
+    assert type(error) is ModelError, repr(error)
+    assert "not UTF-8" in str(error) and "0xff" in str(error)
+
+
+def test_anthropic_a_stream_event_that_is_not_utf8_is_a_model_error() -> None:
+    # chat completions read such bytes as U+FFFD; the messages API raised UnicodeDecodeError
+    start = sse({"type": "content_block_start", "index": 0,
+                 "content_block": {"type": "text", "text": "@"}}, "content_block_start")
+    body = "".join([message_start(), start, block_stop(0), *message_end()]).encode()
+    error = ask(AnthropicWireServer, RawReply(body.replace(b'"@"', b'"' + BAD_UTF8 + b'"'),
+                                              "text/event-stream"), stream=True)
+    assert type(error) is ModelError, repr(error)
+    assert "not UTF-8" in str(error) and "0xff" in str(error)

@@ -59,9 +59,9 @@ __all__ = [
     "check_timeout",
     "not_a_reply",
     "not_a_stream",
-    "number_too_long",
     "stalled",
     "too_deep",
+    "unreadable",
     "text_field",
     "describe_cause",
     "http_error",
@@ -443,13 +443,19 @@ def text_field(value: object, what: str, *, optional: bool = True) -> str:
     raise TypeError(f"{what} is {shown(value)}, not text")
 
 
-def number_too_long(name: str, exc: ValueError) -> ModelError | None:
-    """The error for a reply holding an integer too long for Python to read, else ``None``.
+def unreadable(name: str, exc: ValueError) -> ModelError | None:
+    """The error for a reply the SDK's reader could not read as text and JSON, else ``None``.
 
-    Python reads no int of more than ``sys.get_int_max_str_digits()`` digits (4,300): the
-    SDKs' JSON reader raised a raw ``ValueError`` out of the request, advising a setting
-    that is no business of the person running the agent.
+    Bytes that are not UTF-8, or an integer of more digits than Python reads
+    (``sys.get_int_max_str_digits()``, 4,300): the SDKs raised a raw ``UnicodeDecodeError``
+    or ``ValueError`` out of the request (the latter advising a setting that is no business
+    of the person running the agent).
     """
+    if isinstance(exc, UnicodeDecodeError):
+        byte = bytes(exc.object[exc.start:exc.start + 1])
+        return ModelError(name, f"the reply is not UTF-8 text (byte 0x{byte.hex()} at "
+                                f"position {exc.start:,}: {exc.reason}): the server is off "
+                                f"the protocol")
     if "integer string conversion" not in str(exc):  # CPython's words for that limit
         return None
     return ModelError(name, f"the reply holds a number too long to read (more than "

@@ -42,7 +42,6 @@ from shoal.models._common import (
     http_error,
     not_a_reply,
     not_a_stream,
-    number_too_long,
     priced_usage,
     reported_count,
     resolve_credentials,
@@ -53,6 +52,7 @@ from shoal.models._common import (
     too_deep,
     transport_error,
     unreachable,
+    unreadable,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -358,9 +358,9 @@ class AnthropicModel(Model):
                                         f"{exc.doc[:200]!r}") from exc
         except RecursionError as exc:  # the reader's, for JSON nested too deep to read
             raise too_deep(self.name, exc) from None
-        except ValueError as exc:  # the reader's, for a number too long to read
-            if (long := number_too_long(self.name, exc)) is not None:
-                raise long from None
+        except ValueError as exc:  # the reader's: bytes not UTF-8, a number too long
+            if (unread := unreadable(self.name, exc)) is not None:
+                raise unread from None
             raise
         except Exception as exc:
             if (lost := transport_error(self.name, exc, self.timeout)) is not None:

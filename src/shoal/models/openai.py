@@ -40,7 +40,6 @@ from shoal.models._common import (
     http_error,
     not_a_reply,
     not_a_stream,
-    number_too_long,
     priced_usage,
     resolve_credentials,
     sendable,
@@ -49,6 +48,7 @@ from shoal.models._common import (
     too_deep,
     transport_error,
     unreachable,
+    unreadable,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -373,9 +373,9 @@ class OpenAIModel(Model):
             raise ModelError(self.name, str(exc)) from exc
         except RecursionError as exc:  # the reader's, for JSON nested too deep to read
             raise too_deep(self.name, exc) from None
-        except ValueError as exc:  # the reader's, for a number too long to read
-            if (long := number_too_long(self.name, exc)) is not None:
-                raise long from None
+        except ValueError as exc:  # the reader's: bytes not UTF-8, a number too long
+            if (unread := unreadable(self.name, exc)) is not None:
+                raise unread from None
             raise
         except Exception as exc:
             if (lost := transport_error(self.name, exc, self.timeout)) is not None:
