@@ -6,6 +6,7 @@ server answers must end in a typed error or a whole reply, never a raw Python er
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -210,3 +211,32 @@ def test_anthropic_a_stream_event_that_is_not_utf8_is_a_model_error() -> None:
                                               "text/event-stream"), stream=True)
     assert type(error) is ModelError, repr(error)
     assert "not UTF-8" in str(error) and "0xff" in str(error)
+
+
+def _completion_with_calls(*calls: dict[str, Any]) -> bytes:
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                       "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                           "role": "assistant", "content": None, "tool_calls": list(calls)}}],
+                       }).encode()
+
+
+@pytest.mark.parametrize("kind", [{}, {"type": None}], ids=["no-type", "null-type"])
+def test_a_whole_replys_call_without_its_type_is_read_as_streamed_ones_are(
+        kind: dict[str, Any]) -> None:
+    # some compatible servers leave out a call's "type": the call was dropped without a
+    # word, the reply read as an empty answer (streamed, the same call was read)
+    body = _completion_with_calls({"id": "c1", **kind,
+                                   "function": {"name": "echo", "arguments": '{"x": 1}'}})
+    answer = ask(OpenAIWireServer, RawReply(body, "application/json"), stream=False)
+    assert isinstance(answer, ModelResponse), repr(answer)
+    assert [(c.id, c.name, c.arguments) for c in answer.tool_calls] == [
+        ("c1", "echo", '{"x": 1}')]
+
+
+def test_a_whole_replys_call_of_a_type_shoal_never_offers_is_a_model_error_naming_it() -> None:
+    body = _completion_with_calls(
+        {"id": "c0", "type": "function", "function": {"name": "echo", "arguments": "{}"}},
+        {"id": "c1", "type": "custom", "custom": {"name": "echo", "input": "x"}})
+    error = ask(OpenAIWireServer, RawReply(body, "application/json"), stream=False)
+    assert type(error) is ModelError, repr(error)
+    assert "'custom'" in str(error)
