@@ -19,6 +19,7 @@ from tests.test_models_hostile_http import ASK, SERVERS, ask
 from tests.test_models_hostile_stream import (
     RawAnthropic,
     RawOpenAI,
+    block_delta,
     block_stop,
     message_end,
     message_start,
@@ -240,3 +241,27 @@ def test_a_whole_replys_call_of_a_type_shoal_never_offers_is_a_model_error_namin
     error = ask(OpenAIWireServer, RawReply(body, "application/json"), stream=False)
     assert type(error) is ModelError, repr(error)
     assert "'custom'" in str(error)
+
+
+def _tool_use_start(given: Any) -> str:
+    return sse({"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "id": "toolu_1", "name": "echo", "input": given}},
+        "content_block_start")
+
+
+def test_anthropic_a_tool_use_whose_input_comes_whole_in_its_start_keeps_it() -> None:
+    # some compatible gateways send the whole input in content_block_start and no
+    # input_json_delta: the call ran with {} in its place, without a word
+    response = stream_once(RawAnthropic, [message_start(), _tool_use_start({"x": 1}),
+                                          block_stop(0), *message_end()])
+    assert isinstance(response, ModelResponse), repr(response)
+    (call,) = response.tool_calls
+    assert json.loads(call.arguments) == {"x": 1}
+
+
+def test_anthropic_a_tool_use_streamed_as_the_api_does_reads_its_deltas() -> None:
+    response = stream_once(RawAnthropic, [message_start(), _tool_use_start({}),
+                                          block_delta(0, '{"x": '), block_delta(0, "2}"),
+                                          block_stop(0), *message_end()])
+    assert isinstance(response, ModelResponse), repr(response)
+    assert [c.arguments for c in response.tool_calls] == ['{"x": 2}']

@@ -310,7 +310,7 @@ class AnthropicModel(Model):
                              stop_reason=text_field(message.stop_reason, "stop_reason"))
 
     def _finish(self, state: _StreamState, request: ModelRequest) -> ModelResponse:
-        calls = tuple(ToolCall(c.id, c.name, "".join(c.arguments) or "{}")
+        calls = tuple(ToolCall(c.id, c.name, c.text())
                       for c in state.calls)
         text = state.text.text
         return ModelResponse(text=text, tool_calls=calls,
@@ -379,6 +379,13 @@ class _PartialCall:
     id: str
     name: str
     arguments: list[str] = field(default_factory=list)
+    #: the input its block's start gave (the API's is ``{}``, its deltas the whole input;
+    #: some compatible gateways give it whole there, and no delta): JSON text, or ""
+    given: str = ""
+
+    def text(self) -> str:
+        """The call's arguments as JSON text: its deltas', else its start's, else ``{}``."""
+        return "".join(self.arguments) or self.given or "{}"
 
 
 class _OffProtocol(ValueError):
@@ -433,7 +440,7 @@ class _StreamState:
             if position is not None:  # not a text block, nor one stopped already
                 call = self.calls[position]
                 self.finished.append((position, ToolCall(call.id, call.name,
-                                                         "".join(call.arguments) or "{}")))
+                                                         call.text())))
         elif event.type == "message_stop":
             self.stopped = True
         elif event.type == "message_delta":
@@ -448,9 +455,11 @@ class _StreamState:
         self.started.add(index)
         if block.type == "tool_use":
             self.open[index] = len(self.calls)
+            given = getattr(block, "input", None)
             self.calls.append(_PartialCall(
                 text_field(block.id, "a tool_use block's id", optional=False),
-                text_field(block.name, "a tool_use block's name", optional=False)))
+                text_field(block.name, "a tool_use block's name", optional=False),
+                given=json.dumps(given, ensure_ascii=False) if given else ""))
         elif block.type == "text":
             return self._text(text_field(block.text, "a text block's text"))
         return ""
