@@ -14,6 +14,7 @@ import pytest
 
 from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError
 from shoal.models import ModelResponse, OpenAIModel, Price
+from shoal.models.retry import ModelGate, ModelRetry
 from tests.conftest import arun
 from tests.test_models_hostile_http import ASK, SERVERS, ask
 from tests.test_models_hostile_stream import (
@@ -265,3 +266,30 @@ def test_anthropic_a_tool_use_streamed_as_the_api_does_reads_its_deltas() -> Non
                                           block_stop(0), *message_end()])
     assert isinstance(response, ModelResponse), repr(response)
     assert [c.arguments for c in response.tool_calls] == ['{"x": 2}']
+
+
+@pytest.mark.parametrize("server_class", SERVERS)
+@pytest.mark.parametrize("header", [{"retry-after": "-1"}, {"retry-after": "0"},
+                                    {"retry-after-ms": "-500"},
+                                    {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}],
+                         ids=["negative", "zero", "negative-ms", "past-date"])
+def test_a_retry_after_of_no_wait_still_backs_off(server_class: type[Any],
+                                                  header: dict[str, str]) -> None:
+    # taken as it was, every retry went at once: a proxy answering 429 with "retry-after: -1"
+    # had all of them spent in milliseconds (the SDKs back off then)
+    retry = ModelRetry(retries=2, backoff=0.2, max_backoff=1.0, jitter=0.0)
+    with server_class([ErrorReply(429, "slow down", headers=header),
+                       ErrorReply(429, "slow down", headers=header), text_reply("ok")]) as server:
+        model = server.model()
+        gate = ModelGate("m", retry=retry)
+
+        async def main() -> Any:
+            try:
+                return await gate.request(model, ASK)
+            finally:
+                await model.aclose()
+
+        assert arun(main(), timeout=30).text == "ok"
+        at = [r.at for r in server.requests]
+    assert [r.status for r in server.requests] == [429, 429, 200]
+    assert at[1] - at[0] >= 0.19 and at[2] - at[1] >= 0.39  # backoff 0.2 s, then 0.4 s
