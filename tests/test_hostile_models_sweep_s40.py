@@ -293,3 +293,26 @@ def test_a_retry_after_of_no_wait_still_backs_off(server_class: type[Any],
         at = [r.at for r in server.requests]
     assert [r.status for r in server.requests] == [429, 429, 200]
     assert at[1] - at[0] >= 0.19 and at[2] - at[1] >= 0.39  # backoff 0.2 s, then 0.4 s
+
+
+#: Gemini's OpenAI-compatible endpoint answers errors as a list of error objects
+LISTED_ERROR = (b'[{"error": {"code": 400, "message": "Invalid JSON payload received.", '
+                b'"status": "INVALID_ARGUMENT"}}]')
+
+
+@pytest.mark.parametrize("server_class", SERVERS)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_error_body_that_lists_its_errors_is_quoted(server_class: type[Any],
+                                                       stream: bool) -> None:
+    # chat completions said "HTTP 400: Error code: 400": the provider's words were lost
+    error = ask(server_class, RawReply(LISTED_ERROR, "application/json", status=400),
+                stream=stream)
+    assert type(error) is ModelHTTPError, repr(error)
+    assert error.status == 400 and "Invalid JSON payload received." in str(error)
+
+
+@pytest.mark.parametrize("body", [b"[1, 2, 3]", b"12345", b'{"detail": {"why": "boom"}}'])
+def test_an_error_body_of_no_known_shape_is_quoted_as_it_came(body: bytes) -> None:
+    error = ask(OpenAIWireServer, RawReply(body, "application/json", status=500), stream=False)
+    assert type(error) is ModelHTTPError, repr(error)
+    assert json.dumps(json.loads(body)) in str(error)

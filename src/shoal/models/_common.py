@@ -317,14 +317,30 @@ def http_error(name: str, status: int, headers: Mapping[str, str], body: object,
 
 
 def _error_message(body: object) -> str:
-    # OpenAI's SDK hands over the inner ``error`` object, Anthropic's the whole body.
+    # OpenAI's SDK hands over the inner ``error`` object, Anthropic's the whole body. Some
+    # servers list their errors (Gemini's OpenAI-compatible endpoint): the first one says it;
+    # a body of no known shape is quoted as it came (chat completions said "Error code: 400").
+    if isinstance(body, list) and body and isinstance(body[0], Mapping):
+        return _error_message(body[0]) or _body_text(body)
     if not isinstance(body, Mapping):
-        return body if isinstance(body, str) else ""
+        return body if isinstance(body, str) else _body_text(body)
     message: Any = body.get("message")
     if isinstance(message, str) and message:
         return message
     inner = body.get("error")
-    return _error_message(inner) if isinstance(inner, Mapping) else ""
+    if isinstance(inner, str) and inner:
+        return inner
+    return (_error_message(inner) if isinstance(inner, Mapping) else "") or _body_text(body)
+
+
+def _body_text(body: object) -> str:
+    """An error body of no known shape as JSON text (``None``: empty)."""
+    if body is None:
+        return ""
+    try:
+        return json.dumps(body, ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError):  # not from JSON after all
+        return shown(body)
 
 
 def transport_error(name: str, exc: BaseException,
