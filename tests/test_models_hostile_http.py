@@ -18,18 +18,21 @@ from shoal.exceptions import ModelConnectionError, ModelError, ShoalError
 from shoal.models.base import ModelRequest, ResponseDone, TextDelta, UserMessage
 from tests.conftest import arun
 from tests.wire import AnthropicWireServer, OpenAIWireServer, RawReply, text_reply
-from tests.wire.base import sse
+from tests.wire.base import Answer, sse
 
 ASK = ModelRequest("", (UserMessage("hi"),))
 SERVERS = [OpenAIWireServer, AnthropicWireServer]
 PAGE = b"<html><body>502 from the gateway</body></html>"
 
 
-def ask(server_class: type[Any], answer: RawReply, *, stream: bool,
-        timeout: float = 30.0) -> Any:
-    """The model's answer to one request (streamed or not) given ``answer``; or its error."""
+def ask(server_class: type[Any], answer: Answer, *, stream: bool,
+        timeout: float = 30.0, **options: Any) -> Any:
+    """The model's answer to one request (streamed or not) given ``answer``; or its error.
+
+    ``options`` go to the model (``prices=``...).
+    """
     with server_class(answer) as server:
-        model = server.model(timeout=timeout)
+        model = server.model(timeout=timeout, **options)
 
         async def main() -> Any:
             try:

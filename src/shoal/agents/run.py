@@ -447,7 +447,9 @@ class AgentRun:
                         stream = self._call_stream(self.result.turns)
                     # awaited here, not in a coroutine of its own: a swarm holds each agent's
                     # frames for as long as its calls run
-                    records = await stream.finish(response.tool_calls, self.result.calls.extend)
+                    records = await stream.finish(
+                        response.tool_calls, self.result.calls.extend,
+                        cut_off=response.stop_reason if response.cut_off else "")
                     self._untrack_phase(stream)
                     messages.extend([record.message for record in records])
                     continue

@@ -341,6 +341,27 @@ def check_run_options(runtime: object, budget: object, on_event: object,
     return _sink_list(on_event)  # type: ignore[arg-type]  # checked there
 
 
+def note_cut_call(records: list[CallRecord | None], stop_reason: str) -> None:
+    """Say why the last call's arguments broke, of a reply cut off at its output cap.
+
+    Told only that its arguments were no JSON, a model wrote the same long call again, to
+    be cut off again at the same place.
+    """
+    last = len(records) - 1
+    record = records[last] if records else None
+    if record is None or record.status != "rejected":
+        return
+    try:
+        record.call.parsed_arguments()
+    except ValueError:  # cut inside them (else the call was refused for another reason)
+        note = (f"\nNote: your reply was cut off at the model's limit of output tokens (stop "
+                f"reason {stop_reason!r}) inside this call's arguments: write shorter "
+                f"arguments (or the work in several calls), or have the agent's owner raise "
+                f"ModelSettings(max_tokens=...).")
+        message = replace(record.message, content=record.message.content + note)
+        records[last] = replace(record, message=message)
+
+
 def _reword(records: list[CallRecord | None], error_format: ToolErrorFormat) -> None:
     """Replace the message of each call that did not succeed with ``error_format``'s text."""
     for index, record in enumerate(records):
@@ -630,12 +651,13 @@ class CallStream:
 
     async def finish(self, calls: Sequence[ToolCall],
                      on_records: Callable[[list[CallRecord]], None] | None = None,
-                     ) -> list[CallRecord]:
+                     *, cut_off: str = "") -> list[CallRecord]:
         """Take the rest of ``calls``, wait for every call; return the records in order.
 
         ``calls`` is the whole reply's list (see :meth:`merged`). If the caller is cancelled
         meanwhile, the calls are cancelled, their outcomes recorded and passed to
-        ``on_records``, and ``CancelledError`` is raised.
+        ``on_records``, and ``CancelledError`` is raised. ``cut_off``: the stop reason of a
+        reply cut off at its output cap (see :func:`note_cut_call`).
         """
         for index in range(len(self.taken), len(calls)):
             self.add(index, calls[index])
@@ -676,6 +698,8 @@ class CallStream:
             if cancelled:
                 raise asyncio.CancelledError
         finally:
+            if cut_off:
+                note_cut_call(self._records, cut_off)
             if self._error_format is not None:
                 _reword(self._records, self._error_format)
             records = [r for r in self._records if r is not None]

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 import weakref
 from collections.abc import (
@@ -60,6 +61,7 @@ __all__ = [
     "not_a_stream",
     "stalled",
     "too_deep",
+    "unreadable",
     "text_field",
     "describe_cause",
     "http_error",
@@ -249,7 +251,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     """Seconds a response asks us to wait: ``retry-after-ms``, else ``retry-after``.
 
     ``retry-after`` may be seconds (``"2"``, ``"0.5"``) or an HTTP date. ``None`` when neither
-    header is there or readable; never negative.
+    header is there or readable; never negative. A date past year 9999 (past what a
+    ``datetime`` holds) is ``inf``, as a number too large for a float is: longer than any wait.
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     if (millis := _number(lowered.get("retry-after-ms"))) is not None:
@@ -261,11 +264,14 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         return max(0.0, seconds)
     # an HTTP date is rare (servers send seconds): email.utils is loaded for it alone, not with
     # every ``import shoal`` (it costs a few milliseconds)
-    from email.utils import parsedate_to_datetime
+    from email.utils import parsedate_to_datetime, parsedate_tz
 
+    parts = parsedate_tz(raw)
+    if parts is not None and parts[0] > 9999:  # datetime's last year: OverflowError past it
+        return math.inf
     try:
         moment = parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
@@ -311,14 +317,30 @@ def http_error(name: str, status: int, headers: Mapping[str, str], body: object,
 
 
 def _error_message(body: object) -> str:
-    # OpenAI's SDK hands over the inner ``error`` object, Anthropic's the whole body.
+    # OpenAI's SDK hands over the inner ``error`` object, Anthropic's the whole body. Some
+    # servers list their errors (Gemini's OpenAI-compatible endpoint): the first one says it;
+    # a body of no known shape is quoted as it came (chat completions said "Error code: 400").
+    if isinstance(body, list) and body and isinstance(body[0], Mapping):
+        return _error_message(body[0]) or _body_text(body)
     if not isinstance(body, Mapping):
-        return body if isinstance(body, str) else ""
+        return body if isinstance(body, str) else _body_text(body)
     message: Any = body.get("message")
     if isinstance(message, str) and message:
         return message
     inner = body.get("error")
-    return _error_message(inner) if isinstance(inner, Mapping) else ""
+    if isinstance(inner, str) and inner:
+        return inner
+    return (_error_message(inner) if isinstance(inner, Mapping) else "") or _body_text(body)
+
+
+def _body_text(body: object) -> str:
+    """An error body of no known shape as JSON text (``None``: empty)."""
+    if body is None:
+        return ""
+    try:
+        return json.dumps(body, ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError):  # not from JSON after all
+        return shown(body)
 
 
 def transport_error(name: str, exc: BaseException,
@@ -437,6 +459,26 @@ def text_field(value: object, what: str, *, optional: bool = True) -> str:
     raise TypeError(f"{what} is {shown(value)}, not text")
 
 
+def unreadable(name: str, exc: ValueError) -> ModelError | None:
+    """The error for a reply the SDK's reader could not read as text and JSON, else ``None``.
+
+    Bytes that are not UTF-8, or an integer of more digits than Python reads
+    (``sys.get_int_max_str_digits()``, 4,300): the SDKs raised a raw ``UnicodeDecodeError``
+    or ``ValueError`` out of the request (the latter advising a setting that is no business
+    of the person running the agent).
+    """
+    if isinstance(exc, UnicodeDecodeError):
+        byte = bytes(exc.object[exc.start:exc.start + 1])
+        return ModelError(name, f"the reply is not UTF-8 text (byte 0x{byte.hex()} at "
+                                f"position {exc.start:,}: {exc.reason}): the server is off "
+                                f"the protocol")
+    if "integer string conversion" not in str(exc):  # CPython's words for that limit
+        return None
+    return ModelError(name, f"the reply holds a number too long to read (more than "
+                            f"{sys.get_int_max_str_digits():,} digits): the server is off the "
+                            f"protocol")
+
+
 def not_a_reply(name: str, body: object) -> ModelError:
     """The error for a 200 answer whose body is no JSON object (an HTML page, plain text).
 
@@ -505,10 +547,34 @@ def describe_cause(exc: BaseException) -> str:
 
 
 def unreachable(name: str, url: object, exc: BaseException) -> ModelConnectionError:
-    """``cannot reach api.openai.com: connection refused`` for a request that got nowhere."""
+    """``cannot reach api.openai.com: connection refused`` for a request that got nowhere.
+
+    A request whose connection was made and then broke (reset, closed before the reply was
+    whole or began) says ``connection to api.openai.com lost: ...``: "cannot reach" sent
+    people checking the URL and the network of a server that had answered.
+    """
     parts = urlsplit(str(url))
     where = parts.netloc.rpartition("@")[2] or str(url)
-    return ModelConnectionError(name, f"cannot reach {where}: {describe_cause(exc)}")
+    said = f"connection to {where} lost" if _connected(exc) else f"cannot reach {where}"
+    return ModelConnectionError(name, f"{said}: {describe_cause(exc)}")
+
+
+#: httpx's errors of a connection that was made (it read or wrote, then broke), by name: the
+#: SDKs ship httpx under other names across versions (see :func:`transport_error`)
+_AFTER_CONNECTING = frozenset({"ReadError", "WriteError", "CloseError", "RemoteProtocolError"})
+
+
+def _connected(exc: BaseException) -> bool:
+    """Whether an SDK's connection error broke a connection it had made (see ``unreachable``)."""
+    cause: BaseException | None = exc.__cause__ or exc.__context__
+    for _ in range(10):  # bounded, as describe_cause: a chain may loop
+        if cause is None:
+            return False
+        if any(cls.__name__ in _AFTER_CONNECTING and cls.__module__.startswith("httpx")
+               for cls in type(cause).__mro__):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 _notices: ContextVar[Callable[[Event], None] | None] = ContextVar("shoal_model_notices",

@@ -52,6 +52,7 @@ from shoal.models._common import (
     too_deep,
     transport_error,
     unreachable,
+    unreadable,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -309,7 +310,7 @@ class AnthropicModel(Model):
                              stop_reason=text_field(message.stop_reason, "stop_reason"))
 
     def _finish(self, state: _StreamState, request: ModelRequest) -> ModelResponse:
-        calls = tuple(ToolCall(c.id, c.name, "".join(c.arguments) or "{}")
+        calls = tuple(ToolCall(c.id, c.name, c.text())
                       for c in state.calls)
         text = state.text.text
         return ModelResponse(text=text, tool_calls=calls,
@@ -357,6 +358,10 @@ class AnthropicModel(Model):
                                         f"{exc.doc[:200]!r}") from exc
         except RecursionError as exc:  # the reader's, for JSON nested too deep to read
             raise too_deep(self.name, exc) from None
+        except ValueError as exc:  # the reader's: bytes not UTF-8, a number too long
+            if (unread := unreadable(self.name, exc)) is not None:
+                raise unread from None
+            raise
         except Exception as exc:
             if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc
@@ -374,6 +379,13 @@ class _PartialCall:
     id: str
     name: str
     arguments: list[str] = field(default_factory=list)
+    #: the input its block's start gave (the API's is ``{}``, its deltas the whole input;
+    #: some compatible gateways give it whole there, and no delta): JSON text, or ""
+    given: str = ""
+
+    def text(self) -> str:
+        """The call's arguments as JSON text: its deltas', else its start's, else ``{}``."""
+        return "".join(self.arguments) or self.given or "{}"
 
 
 class _OffProtocol(ValueError):
@@ -395,9 +407,10 @@ class _StreamState:
     calls: list[_PartialCall] = field(default_factory=list)  # in the order their blocks began
     open: dict[int, int] = field(default_factory=dict)  # a tool block's index -> its position
     started: set[int] = field(default_factory=set)  # every block index begun (text too)
-    #: not read from or written to the prompt cache (``None``: the server said no count)
-    input_tokens: int | None = 0
-    output_tokens: int | None = 0
+    #: not read from or written to the prompt cache (``None``: the server said no count;
+    #: so is a stream without a message_start, which some compatible gateways send)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     model: str = ""
@@ -427,7 +440,7 @@ class _StreamState:
             if position is not None:  # not a text block, nor one stopped already
                 call = self.calls[position]
                 self.finished.append((position, ToolCall(call.id, call.name,
-                                                         "".join(call.arguments) or "{}")))
+                                                         call.text())))
         elif event.type == "message_stop":
             self.stopped = True
         elif event.type == "message_delta":
@@ -442,9 +455,11 @@ class _StreamState:
         self.started.add(index)
         if block.type == "tool_use":
             self.open[index] = len(self.calls)
+            given = getattr(block, "input", None)
             self.calls.append(_PartialCall(
                 text_field(block.id, "a tool_use block's id", optional=False),
-                text_field(block.name, "a tool_use block's name", optional=False)))
+                text_field(block.name, "a tool_use block's name", optional=False),
+                given=json.dumps(given, ensure_ascii=False) if given else ""))
         elif block.type == "text":
             return self._text(text_field(block.text, "a text block's text"))
         return ""

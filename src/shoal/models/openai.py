@@ -48,6 +48,7 @@ from shoal.models._common import (
     too_deep,
     transport_error,
     unreachable,
+    unreadable,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -314,7 +315,7 @@ class OpenAIModel(Model):
         calls = tuple(ToolCall(text_field(call.id, "a tool call's id") or _call_id(),
                                _as_text(call.function.name),
                                _as_text(call.function.arguments) or "{}")
-                      for call in choice.message.tool_calls or () if call.type == "function")
+                      for call in map(self._function_call, choice.message.tool_calls or ()))
         # a refusal (structured outputs) is the model's answer too: show it, do not drop it
         text = _as_text(choice.message.content) or _as_text(choice.message.refusal)
         served_by = text_field(completion.model, "model")
@@ -325,6 +326,18 @@ class OpenAIModel(Model):
                                                served_by, request, text, calls),
                              model=served_by or self.model,
                              stop_reason=text_field(choice.finish_reason, "finish_reason"))
+
+    def _function_call(self, call: Any) -> Any:
+        """``call``, a function call; one of another type is a :class:`ModelError`.
+
+        A call without its ``type`` (some compatible servers leave it out, as streamed
+        deltas do) is one: dropped, the reply read as an empty answer. shoal offers only
+        function tools: a call of another type (``custom``) is no call it can answer.
+        """
+        if call.type not in (None, "function"):
+            raise ModelError(self.name, f"the reply calls a tool of type {shown(call.type)}; "
+                                        f"shoal offers only function tools")
+        return call
 
     def _finish(self, state: _StreamState, request: ModelRequest) -> ModelResponse:
         calls = tuple(ToolCall(c.id or _call_id(), c.name, "".join(c.arguments) or "{}")
@@ -372,6 +385,10 @@ class OpenAIModel(Model):
             raise ModelError(self.name, str(exc)) from exc
         except RecursionError as exc:  # the reader's, for JSON nested too deep to read
             raise too_deep(self.name, exc) from None
+        except ValueError as exc:  # the reader's: bytes not UTF-8, a number too long
+            if (unread := unreadable(self.name, exc)) is not None:
+                raise unread from None
+            raise
         except Exception as exc:
             if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc

@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import re
 import threading
 from collections.abc import Mapping
@@ -71,12 +72,20 @@ class Price:
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
              cache_write_tokens: int = 0) -> float:
-        """USD for these counts; ``input_tokens`` includes the cached ones."""
+        """USD for these counts; ``input_tokens`` includes the cached ones.
+
+        Counts whose cost is past a float's range (a broken server's usage) cost ``inf``, as
+        genai-prices' table prices them: an ``OverflowError`` failed the request.
+        """
         fresh = input_tokens - cache_read_tokens - cache_write_tokens
         read = self.input if self.cache_read is None else self.cache_read
         write = self.input if self.cache_write is None else self.cache_write
-        return (fresh * self.input + cache_read_tokens * read + cache_write_tokens * write
-                + output_tokens * self.output) / _MILLION
+        try:  # a free kind of token costs nothing however many (0.0 * 10**400 overflows)
+            return sum(count * rate for count, rate in (
+                (fresh, self.input), (cache_read_tokens, read), (cache_write_tokens, write),
+                (output_tokens, self.output)) if rate) / _MILLION
+        except OverflowError:
+            return math.inf
 
 
 # Providers answer with dated snapshots ("gpt-4.1-mini-2025-04-14", "claude-sonnet-4-5-20250929")

@@ -91,7 +91,8 @@ class ModelRetry:
     ``retries`` extra tries follow the first (0: no retry), as ``@tool(retries=...)`` counts
     them; waits grow from ``backoff`` doubling up to ``max_backoff`` seconds, each multiplied by
     a random factor in ``1 ± jitter``. When the provider sent ``Retry-After`` (up to
-    ``max_backoff``), that is the wait instead, stretched by up to ``jitter``; a longer
+    ``max_backoff``), that is the wait instead, stretched by up to ``jitter`` (one of no wait,
+    ``0`` or less, backs off as if none was sent); a longer
     ``Retry-After`` is still honoured, never shortened, up to ``max_retry_after`` seconds: a
     provider (or a proxy) that asks for more (a day, say, for a spent daily quota) is not
     waited for, silently, with every agent on that model: the request fails at once with
@@ -142,9 +143,11 @@ class ModelRetry:
 
     def delay(self, failures: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds to wait after the ``failures``-th failed try."""
-        if retry_after is not None and retry_after <= self.max_backoff:
+        if retry_after is not None and 0 < retry_after <= self.max_backoff:
             # The provider said when to come back: do that (a little later, spread out so
-            # the callers it paused do not all return in the same millisecond).
+            # the callers it paused do not all return in the same millisecond). One that
+            # asks for no wait (0, a negative, a date past) backs off, as the SDKs do: taken
+            # as it was, a proxy answering each 429 so had every retry spent in milliseconds.
             return float(retry_after * rng.uniform(1.0, 1.0 + self.jitter))
         base = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
         wait = base * rng.uniform(1 - self.jitter, 1 + self.jitter)
