@@ -80,3 +80,19 @@ def test_an_address_ray_cannot_read_is_still_left_to_ray() -> None:
     kind, message, _ = _run("127.0.0.1:not-a-port")
     assert kind == "shoal.exceptions.ConfigError", message
     assert "the RAY_ADDRESS environment variable gives '127.0.0.1:not-a-port'" in message
+
+
+def test_a_hostile_host_in_the_address_is_shown_escaped_on_one_line() -> None:
+    # the address's own text must not break the message (a newline cut it at the first line)
+    from shoal.exceptions import ExecutorError
+    from shoal.executors.ray import _not_connected, _probe
+
+    address = "no-such-host\x1b[31m\nforged.invalid:6379"
+    with pytest.raises(ConnectionError) as caught:
+        _probe(address)
+    error = _not_connected(address, address, caught.value)
+    assert isinstance(error, ExecutorError)
+    message = str(error)
+    assert "\n" not in message and "\x1b" not in message, message
+    assert "nothing accepts connections at no-such-host\\x1b[31m\\nforged.invalid:6379 (" in (
+        message), message

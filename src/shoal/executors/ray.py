@@ -662,16 +662,18 @@ def _probe(target: str) -> None:
     """
     host, sep, port = target.split("://", 1)[-1].rpartition(":")
     host = host.strip("[]")
-    if target == "local" or not sep or not host or not port.isdigit() or int(port) > 65535:
+    if (target == "local" or not sep or not host or not (port.isascii() and port.isdigit())
+            or int(port) > 65535):
         return
+    where = f"{_printable(host)}:{port}"  # (the address itself may hold a newline, an escape)
     try:
         socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT).close()
     except TimeoutError:
-        raise _Unreachable(f"nothing answered at {host}:{port} within {PROBE_TIMEOUT:g} s "
+        raise _Unreachable(f"nothing answered at {where} within {PROBE_TIMEOUT:g} s "
                            "(a TCP connect)") from None
     except OSError as exc:  # refused, no route, unknown host: Ray would retry for ~40 s
         why = exc.strerror or describe_exception(exc)
-        raise _Unreachable(f"nothing accepts connections at {host}:{port} ({why})") from None
+        raise _Unreachable(f"nothing accepts connections at {where} ({why})") from None
 
 
 def _not_connected(target: str, address: str | None, exc: Exception) -> ExecutorError | ConfigError:
