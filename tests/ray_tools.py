@@ -182,11 +182,15 @@ def approved_ip() -> str:
 
 @tool(retries=2, backoff=0.2)
 def mark_and_wait(directory: str, name: str, seconds: float) -> str:
-    """Write ``name.<node address>.started`` (one per attempt), sleep, return the node address.
+    """Write ``name.<node address>.<pid>.started`` (one per attempt), wait, return the address.
 
-    The test watches for these files to kill a node while a call runs on it.
+    The test watches for these files to kill a node while a call runs on it. The wait ends
+    after ``seconds``, or as soon as the file ``go`` appears in ``directory`` (the test writes
+    it once the node it killed has no process left that could still finish a call).
     """
     ip: str = node_ip()
     Path(directory, f"{name}.{ip}.{os.getpid()}.started").touch()
-    time.sleep(seconds)
+    end, go = time.monotonic() + seconds, Path(directory, "go")
+    while time.monotonic() < end and not go.exists():
+        time.sleep(0.02)
     return ip

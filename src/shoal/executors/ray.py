@@ -75,6 +75,7 @@ import os
 import pickle
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -440,24 +441,33 @@ class _Pool:
     Ray restarts an actor whose process died, and calls sent while it restarts fail at once
     (``ActorUnavailableError``, since Ray's retries are off). So after a crash, calls for that
     actor first wait until it answers again (a retry comes right after the crash it retries).
+    Runtimes on several threads share the pool: its actors are made under a lock, once.
     """
 
     def __init__(self, ray: Any) -> None:
         self.ray = ray
+        self._lock = threading.Lock()
         self.actors: list[Any] = []
         self.nodes: list[str | None] = []
         self.pending: list[int] = []  # calls in flight per actor
         self.restarting: set[int] = set()
 
     def pick(self) -> int:
-        """The actor with the fewest calls in flight."""
+        """The actor with the fewest calls in flight (the actors are made on first use)."""
         if not self.actors:
-            alive = [n["NodeID"] for n in self.ray.nodes() if n.get("Alive")]
-            for node in alive or [None]:
-                self.nodes.append(node)
-                self.actors.append(self._make(node))
-                self.pending.append(0)
+            with self._lock:  # another thread's first call may be making them right now
+                if not self.actors:
+                    self._populate()
         return min(range(len(self.actors)), key=self.pending.__getitem__)
+
+    def _populate(self) -> None:
+        """One actor per alive node, appended whole: ``pick`` on another thread reads them."""
+        alive = [n["NodeID"] for n in self.ray.nodes() if n.get("Alive")]
+        nodes: list[str | None] = list(alive) or [None]
+        actors = [self._make(node) for node in nodes]
+        self.nodes.extend(nodes)
+        self.pending.extend([0] * len(actors))
+        self.actors.extend(actors)  # last: a reader that sees actors sees their counts
 
     def _make(self, node: str | None) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -530,27 +540,70 @@ _NODE_RESOURCE = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 
 def _warn_if_unplaceable(ray: Any, what: str, options: dict[str, Any],
                          waits: str = "its calls wait") -> None:
-    """Log a warning if no node of the cluster has what ``what`` (``"tool 'x'"``) reserves.
+    """Log a warning if no node of the cluster has what ``what`` (``"tool 'x'"``) asks for.
 
     Ray keeps such a task (or actor) waiting, silently (its own warning goes to the driver's
     log, which shoal does not show), until a node that has it joins (an autoscaler may add
-    one): without a timeout, for ever. Labels are left to Ray.
+    one): without a timeout, for ever. Labels (``label_selector``) are checked first: one
+    warning names the labels no node carries, else the resources no node with them has.
     """
     needs = {_NODE_RESOURCE[k]: float(v) for k, v in options.items() if k in _NODE_RESOURCE}
     needs.update(options.get("resources", {}))
     needs = {name: amount for name, amount in needs.items() if amount > 0}
-    if not needs:
+    labels: dict[str, str] = options.get("label_selector") or {}
+    if not needs and not labels:
         return
     try:
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
     except Exception:  # Ray cannot tell now: nothing to say
         return
-    if any(all(node.get(k, 0.0) >= v for k, v in needs.items()) for node in nodes):
+    if labels and all("Labels" in n for n in nodes):  # (a Ray that tells no labels: no word)
+        nodes = [n for n in nodes if _selects(labels, n.get("Labels") or {})]
+        if not nodes:
+            log.warning("no node of the Ray cluster carries the labels %s asks for (%s): %s "
+                        "until such a node joins, for ever without a timeout",
+                        what, _selector_text(labels), waits)
+            return
+    have = [n.get("Resources", {}) for n in nodes]
+    if any(all(node.get(k, 0.0) >= v for k, v in needs.items()) for node in have):
         return
-    most = {name: max((node.get(name, 0.0) for node in nodes), default=0.0) for name in needs}
-    log.warning("no node of the Ray cluster has what %s reserves (%s; the most a node has: "
+    most = {name: max((node.get(name, 0.0) for node in have), default=0.0) for name in needs}
+    log.warning("no node of the Ray cluster has what %s reserves (%s; the most a node %shas: "
                 "%s): %s until such a node joins, for ever without a timeout",
-                what, _amounts(needs), _amounts(most), waits)
+                what, _amounts(needs), "with its labels " if labels else "", _amounts(most),
+                waits)
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether a node with ``labels`` matches Ray's ``label_selector``.
+
+    A value is ``v`` (the label equals it), ``in(a, b)`` (one of them), each possibly negated
+    with ``!`` (which a node without the label matches). A form this does not know counts as
+    a match: better no warning than a wrong one.
+    """
+    for key, value in selector.items():
+        negated = value.startswith("!")
+        body = value[1:] if negated else value
+        if body.startswith("in(") and body.endswith(")"):
+            wanted = {part.strip() for part in body[3:-1].split(",")}
+        elif body and "(" not in body:
+            wanted = {body}
+        else:
+            continue
+        if (labels.get(key) in wanted) == negated:
+            return False
+    return True
+
+
+def _selector_text(selector: dict[str, str]) -> str:
+    """``key=value, ...`` of a label selector, what cannot be printed escaped."""
+    return ", ".join(f"{_printable(key)}={_printable(value)}"
+                     for key, value in sorted(selector.items()))
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+                   for ch in text)
 
 
 def _amounts(resources: dict[str, float]) -> str:
@@ -564,8 +617,7 @@ def _task_name(tool: str) -> str:
     call of the tool) and shows it in its dashboard, logs and ``ray list tasks``, where a
     terminal escape or a newline in it would be taken for their own.
     """
-    return "shoal:" + "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
-                              for ch in tool)
+    return "shoal:" + _printable(tool)
 
 
 _SESSION: _Session | None = None
@@ -582,6 +634,7 @@ def _connect(ray: Any, address: str | None) -> bool:
         return False
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     try:
+        _probe(target)
         _init(ray, target)
     except Exception as exc:
         with suppress(Exception):  # half connected: let go, so that a later try starts clean
@@ -591,9 +644,42 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
+#: Seconds the plain TCP connect to a cluster's address may take before shoal gives up on it.
+PROBE_TIMEOUT = 5.0
+
+
+class _Unreachable(ConnectionError):
+    """Nothing answers at a cluster's address (see :func:`_probe`)."""
+
+
+def _probe(target: str) -> None:
+    """Raise :class:`_Unreachable` if nothing accepts a TCP connection at ``target``'s port.
+
+    Ray itself retries an address where nothing listens for about 40 s before it gives up;
+    one plain connect tells at once (within :data:`PROBE_TIMEOUT` when the host drops it).
+    Only ``host:port`` and ``ray://host:port`` are probed: ``"local"``, ``"auto"`` and what
+    does not parse are left to Ray (which reads and reports them itself).
+    """
+    host, sep, port = target.split("://", 1)[-1].rpartition(":")
+    host = host.strip("[]")
+    if (target == "local" or not sep or not host or not (port.isascii() and port.isdigit())
+            or int(port) > 65535):
+        return
+    where = f"{_printable(host)}:{port}"  # (the address itself may hold a newline, an escape)
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT).close()
+    except TimeoutError:
+        raise _Unreachable(f"nothing answered at {where} within {PROBE_TIMEOUT:g} s "
+                           "(a TCP connect)") from None
+    except OSError as exc:  # refused, no route, unknown host: Ray would retry for ~40 s
+        why = exc.strerror or describe_exception(exc)
+        raise _Unreachable(f"nothing accepts connections at {where} ({why})") from None
+
+
 def _not_connected(target: str, address: str | None, exc: Exception) -> ExecutorError | ConfigError:
     """The error for a ``ray.init`` that failed with ``exc`` (see :func:`_connect`)."""
-    why = bounded_text(describe_exception(exc).strip().splitlines()[0], 300)
+    said = str(exc) if isinstance(exc, _Unreachable) else describe_exception(exc)
+    why = bounded_text((said.strip().splitlines() or [""])[0], 300)
     if target == "local":
         return ExecutorError(f"shoal could not start a local Ray (RAY_ADDRESS is not set): {why}")
     source = "Runtime(ray_address=...)" if address else "the RAY_ADDRESS environment variable"
