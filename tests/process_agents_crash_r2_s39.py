@@ -5,7 +5,8 @@
 calls ``boom``, which (in ``crash`` mode) waits until ``y1`` and ``z1`` are noted and SIGKILLs
 the lead's process; ``y`` notes ``y1`` and answers; ``z`` notes ``z1``, then sleeps in
 ``doze``. On ``resume`` a model asked for a turn the journal holds fails the agent, and the
-log shows any note made twice.
+log shows any note made twice. Its `note` tool, `replayed` turns and arguments are
+:mod:`tests.process_agent_crash`'s.
 """
 
 from __future__ import annotations
@@ -13,26 +14,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import shoal
-from shoal.models.base import ModelRequest
 from shoal.testing import ScriptedModel, call
+from tests.process_agent_crash import LOG, MODE, RUN_ID, STORE, note, replayed
 
-STORE, RUN_ID, MODE, LOG = sys.argv[1:5]
 PROMPT = "do the work"
-
-
-@shoal.tool
-def note(text: str, board: shoal.BoardHandle) -> str:
-    """Append a line to the log and to the tree's board (side effects that must not repeat)."""
-    with open(LOG, "a", encoding="utf-8") as log:
-        log.write(text + "\n")
-    board.write("notes", text)
-    return f"noted {text}"
 
 
 @shoal.tool(idempotent=True)
@@ -53,11 +43,6 @@ def doze() -> str:
     if MODE == "crash":
         time.sleep(30)
     return "rested"
-
-
-def replayed(request: ModelRequest) -> Any:
-    """A turn the journal holds, asked again of the model: fail loudly."""
-    raise AssertionError(f"turn {len(request.messages)} of {request.lineage} was asked again")
 
 
 def scripts() -> ScriptedModel:

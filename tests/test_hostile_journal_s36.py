@@ -114,7 +114,8 @@ def test_text_cells_that_are_not_utf8_are_shown_escaped_not_the_whole_journal_re
     listed = shoal_cli("runs", "--store", "runs.db", "--json", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr  # one such cell refused every run
     names = {r["run_id"]: r["name"] for r in unicode_json(listed.stdout)}
-    assert names == {"r1": "a\\udcffb", "r2": "c\\udcfe"}
+    # (session 40: a byte that is not UTF-8 is shown as one, apart from a lone surrogate)
+    assert names == {"r1": "a\\xffb", "r2": "c\\xfe"}
     shown = shoal_cli("show", "r1", "--store", "runs.db", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "\\udc80" in shown.stdout

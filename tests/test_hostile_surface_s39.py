@@ -311,13 +311,17 @@ def test_a_run_id_with_surrogates_is_named_as_shoal_runs_shows_it(tmp_path: Path
 
 
 def test_a_run_whose_id_is_written_with_a_backslash_is_still_named_by_it(tmp_path: Path) -> None:
-    # the escape names the run holding the code points only when no run has that very id
+    # alone, the run is named by its id as written; next to a run holding the code points,
+    # which shoal runs --json shows so (session 40), by the form --json shows it in, r\\udcff
     runtime = shoal.Runtime(store=SQLiteStore(tmp_path / ".shoal" / "runs.db"))
     for run_id, name in (("r\\udcff", "literal"), ("r\udcff", "surrogate")):
         plan = shoal.Plan(name=name)
         plan.call(send_nothing, text="hi")
         assert runtime.run_sync(plan, run_id=run_id).ok
-    proc = shoal_cli("show", "r\\udcff", "--json", cwd=tmp_path)
+        proc = shoal_cli("show", "r\\udcff", "--json", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["name"] == name
+    proc = shoal_cli("show", "r\\\\udcff", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["name"] == "literal"
 

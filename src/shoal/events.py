@@ -22,7 +22,10 @@ import inspect
 import logging
 import os
 import shlex
+import signal
 import stat
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -475,13 +478,42 @@ def deliver(sink: EventSink, event: Event, what: str = "event sink",
                 answer.close()  # (not left to warn that it was never awaited)
             raise TypeError(f"it returned {type(answer).__name__}, to be awaited: a sink is "
                             "called, never awaited; handle the event in the call")
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as exc:
+        pass_ctrl_c(exc)
     except BaseException as exc:
         _failed(sink, event, what, failures, exc)
     finally:
         if task is not None:
             _enter_task(task.get_loop(), task)
+
+
+def pass_ctrl_c(exc: KeyboardInterrupt) -> None:
+    """Hand a Ctrl-C that an observer raised (a sink, a span processor) to Ctrl-C's handler.
+
+    Raised out of the code that was recording an event, it broke off that code (an outcome
+    half recorded) and left the event loop at once, its tasks behind, a traceback printed
+    for each. On the main thread, where ``asyncio.run`` and ``run_sync`` install theirs, the
+    handler is called as a Ctrl-C would call it: the run's task is cancelled, every call ends
+    with an outcome, and the caller gets ``KeyboardInterrupt`` once that is done. Elsewhere,
+    or with no handler of that kind (Python's own raises it; an ignored ``SIGINT`` would lose
+    it), it is raised on as it came.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    if (threading.current_thread() is not threading.main_thread() or not callable(handler)
+            or handler is signal.default_int_handler):
+        raise exc
+    loop = _running_loop()
+    if loop is not None and loop in _INTERRUPTED:  # handed once: the run is stopping already
+        _log.warning("an observer raised KeyboardInterrupt again while the run stops; ignored")
+        return
+    if loop is not None:
+        _INTERRUPTED.add(loop)
+    signal.raise_signal(signal.SIGINT)  # its handler runs now (it may raise: passed on)
+
+
+#: The loops an observer's Ctrl-C was handed on for: a second one there is no second Ctrl-C
+#: (which asyncio's handler takes as "stop now"), only the same observer again.
+_INTERRUPTED: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
 def _failed(sink: EventSink, event: Event, what: str, failures: dict[int, int] | None,

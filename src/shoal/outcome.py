@@ -272,12 +272,95 @@ def json_text(data: Any, indent: int | None = 2, *, ascii: bool = True) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: text that reads like an escape shown_text writes: a lone surrogate's or a byte's
+_LIKE_ESCAPE = re.compile(r"\\(?:u[dD][89a-fA-F][0-9a-fA-F]{2}|x[0-9a-fA-F]{2})")
+#: what unshown_text reads back
+_SHOWN_ESCAPE = re.compile(r"\\(?:(\\)|u([dD][89a-fA-F][0-9a-fA-F]{2})|x([0-9a-fA-F]{2}))")
+
+
+class UndecodedText(str):
+    r"""Text read from bytes that are not UTF-8 (a journal cell another program wrote).
+
+    It reads as ``surrogateescape`` reads a file name (each such byte a lone surrogate,
+    0xff as ``"\udcff"``), so it is also the text of a lone surrogate U+DCFF: ``raw`` keeps
+    the bytes, which :func:`shown_text` writes as ``\xff`` and a journal lookup binds.
+    """
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> UndecodedText:
+        """The text of ``raw``, which keeps it."""
+        made = super().__new__(cls, raw.decode("utf-8", "surrogateescape"))
+        made.raw = raw
+        return made
+
+
+def shown_text(value: str) -> str:
+    r"""A run id (or name) as ``shoal runs --json`` shows it, read back by :func:`unshown_text`.
+
+    Most text is shown as it is. Text holding a lone surrogate, a byte that is not UTF-8 (an
+    :class:`UndecodedText`) or what reads like the escape of one is shown escaped: each
+    backslash doubled, each lone surrogate ``\udcff``, each such byte ``\xff``. So the
+    surrogate U+DCFF, the byte 0xff and the six characters ``\udcff`` each show apart.
+    """
+    raw = getattr(value, "raw", None) if type(value) is not str else None
+    if isinstance(raw, bytes):
+        return "".join(_escaped(part) if isinstance(part, str) else f"\\x{part:02x}"
+                       for part in _raw_parts(raw))
+    if ("\\" not in value or _LIKE_ESCAPE.search(value) is None) and (
+            value.isascii() or _SURROGATE.search(value) is None):
+        return value
+    return _escaped(value)
 
 
 def _shown_text(value: str) -> str:
+    """A lone surrogate in ``value`` written out as its escape (as every view shows it)."""
     if value.isascii() or _SURROGATE.search(value) is None:
         return value
     return value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+
+
+def _escaped(text: str) -> str:
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text.replace("\\", "\\\\"))
+
+
+def _raw_parts(raw: bytes) -> list[str | int]:
+    """``raw`` as its UTF-8 text (lone surrogates too) and the bytes that are not (ints)."""
+    parts: list[str | int] = []
+    while raw:
+        try:
+            parts.append(raw.decode("utf-8", "surrogatepass"))
+            break
+        except UnicodeDecodeError as exc:
+            parts += [raw[:exc.start].decode("utf-8", "surrogatepass"), raw[exc.start]]
+            raw = raw[exc.start + 1:]
+    return parts
+
+
+def unshown_text(shown: str) -> str:
+    r"""The text :func:`shown_text` shows as ``shown`` (``shown`` itself if it shows itself).
+
+    An :class:`UndecodedText` if it names bytes that are not UTF-8 (``\xff``).
+    """
+    if "\\" not in shown or _LIKE_ESCAPE.search(shown) is None:
+        return shown
+    out = bytearray()
+    at = 0
+    for match in _SHOWN_ESCAPE.finditer(shown):
+        out += shown[at:match.start()].encode("utf-8", "surrogatepass")
+        backslash, surrogate, byte = match.groups()
+        if backslash:
+            out += b"\\"
+        elif surrogate:
+            out += chr(int(surrogate, 16)).encode("utf-8", "surrogatepass")
+        else:
+            out.append(int(byte, 16))
+        at = match.end()
+    out += shown[at:].encode("utf-8", "surrogatepass")
+    try:
+        return bytes(out).decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return UndecodedText(bytes(out))
 
 
 def _surrogates_shown(data: Any) -> Any:

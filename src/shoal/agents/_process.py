@@ -1044,11 +1044,14 @@ def main(argv: list[str]) -> int:
     """Run one agent for the parent at the other end of socket ``argv[1]``.
 
     A child subreaper (Linux), as a process worker is: a process its tools start and orphan (a
-    double-forked daemon) stays below this one, and ends with it.
+    double-forked daemon) stays below this one, and ends with it; one that ends first is
+    reaped (:mod:`shoal.executors._orphans`), not left a zombie until the agent ends.
     """
+    from shoal.executors._orphans import start_orphan_reaper
     from shoal.executors._reaper import become_subreaper
 
-    become_subreaper()
+    if become_subreaper():
+        start_orphan_reaper()
     signal.signal(signal.SIGTERM, _terminated)
     try:
         return _serve(argv)

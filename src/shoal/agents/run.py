@@ -451,6 +451,8 @@ class AgentRun:
                         response.tool_calls, self.result.calls.extend,
                         cut_off=response.stop_reason if response.cut_off else "")
                     self._untrack_phase(stream)
+                    if self._journaled is not None:  # resumed: subagents that had ended
+                        self._add_replayed_children(records)
                     messages.extend([record.message for record in records])
                     continue
                 if stream is not None:  # no calls: the turn had no tool phase
@@ -933,6 +935,31 @@ class AgentRun:
         text = output if isinstance(output, str) else json.dumps(jsonable(output))
         # its result says it is cut short; its parent's model must read that too
         return cut_answer_text(text) if result.cut_off else text
+
+    def _add_replayed_children(self, records: list[CallRecord]) -> None:
+        """Put in ``children`` the subagents whose calls replayed a journaled answer.
+
+        They ended before the run stopped, so they do not run again: their results are read
+        back from the journal (:mod:`shoal.agents.replayed`), in the order of their calls
+        among the turn's subagents that did run.
+        """
+        store = self.ctx.runtime.store
+        by_name = self.agent.subagents_by_name
+        children = self.result.children
+        known = {child.lineage for child in children}
+        turn = [r for r in records if r.call.name in by_name and r.status != "rejected"]
+        missing = [r for r in turn if r.lineage not in known and r.status == "ok"]
+        if store is None or not missing:
+            return
+        from shoal.agents.replayed import replayed_child, task_of  # resumed trees only
+
+        made = {r.lineage: replayed_child(store, self.ctx.run_id, by_name[r.call.name], r,
+                                          task_of(r.call.arguments)) for r in missing}
+        lineages = {r.lineage for r in turn}
+        ran = {c.lineage: c for c in children if c.lineage in lineages}
+        children[:] = [c for c in children if c.lineage not in lineages]
+        children.extend(made.get(r.lineage) or ran[r.lineage] for r in turn
+                        if r.lineage in made or r.lineage in ran)
 
     def _model_event(self, event: Event) -> None:
         """A retry or a starting server, from the gate or the model: on the tree's sinks."""

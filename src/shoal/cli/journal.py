@@ -54,7 +54,7 @@ from shoal.exceptions import (
     StoreVersionError,
     bounded_text,
 )
-from shoal.outcome import STATUSES, Outcome, json_text, jsonable
+from shoal.outcome import STATUSES, Outcome, json_text, jsonable, shown_text, unshown_text
 from shoal.plandata import DataError, read_text
 from shoal.planfile import load_plan
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
@@ -272,7 +272,9 @@ def _node_facts(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
 
 def _run_dict(record: RunRecord) -> dict[str, Any]:
     data = {
-        "run_id": record.run_id, "name": record.name, "status": live_status(record),
+        # each as the commands take it: a byte that is not UTF-8 and a lone surrogate apart
+        "run_id": shown_text(record.run_id), "name": shown_text(record.name),
+        "status": live_status(record),
         "nodes": _node_count(record),
         "counts": {k: v for k, v in record.counts.items() if v},
         "started_at": record.started_at, "finished_at": record.finished_at,
@@ -988,15 +990,22 @@ def _tree_status(journal: SQLiteStore, run_id: str) -> str | None:
 def _given_run_id(journal: SQLiteStore, run_id: str) -> str:
     r"""The run ``run_id`` names, given as ``shoal runs`` shows it.
 
-    A run id may hold lone surrogates (the journal keeps them exactly), which no command line
-    can pass: ``shoal runs`` shows each as its escape (``r\ud83d``), and ``shoal show
-    'r\ud83d'`` found no run. Such escapes name the run that holds those code points, unless
-    a run has the id as it is written.
+    A run id may hold lone surrogates (the journal keeps them exactly) or bytes that are not
+    UTF-8 (another program's write), which no command line can pass: ``shoal runs`` shows
+    each as its escape (``r\ud83d``, ``r\xff``; a backslash doubled in such an id, see
+    :func:`~shoal.outcome.shown_text`). The form ``shoal runs --json`` shows names its run
+    (``r\udcff`` the surrogate, ``r\\udcff`` the six characters); another escape (upper
+    case) names the run holding those code points unless a run has the id as written.
     """
-    if "\\u" not in run_id or _known(journal, run_id):
+    if "\\" not in run_id:
         return run_id
-    meant = _SURROGATE_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), run_id)
-    return meant if meant != run_id and _known(journal, meant) else run_id
+    meant = unshown_text(run_id)
+    if meant == run_id and type(meant) is str:
+        meant = _SURROGATE_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), run_id)
+    if meant == run_id and type(meant) is str:
+        return run_id
+    shown = shown_text(meant) == run_id
+    return meant if (shown or not _known(journal, run_id)) and _known(journal, meant) else run_id
 
 
 def _known(journal: SQLiteStore, run_id: str) -> bool:

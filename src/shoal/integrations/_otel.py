@@ -55,6 +55,7 @@ from shoal.events import (
     RunFinished,
     RunStarted,
     ToolCallRejected,
+    pass_ctrl_c,
 )
 from shoal.executors.base import Call
 from shoal.merge import error_text
@@ -347,8 +348,8 @@ class RunSpans:
         """The run is over: end what is still open (a run cancelled from outside)."""
         try:
             self._close()
-        except KeyboardInterrupt:  # Ctrl-C (from a processor's signal handler) stops all
-            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C (a processor's, or its signal handler's)
+            pass_ctrl_c(exc)  # stops the run as Ctrl-C does
         except BaseException:  # tracing must never change how a run ends (GeneratorExit too)
             log.exception("OpenTelemetry: could not end the spans of run %s",
                           self.driver.state.run_id)

@@ -42,7 +42,7 @@ from shoal.exceptions import (
     StoreVersionError,
 )
 from shoal.merge import shown
-from shoal.outcome import STATUSES, ErrorInfo, Outcome, jsonable
+from shoal.outcome import STATUSES, ErrorInfo, Outcome, UndecodedText, jsonable
 from shoal.store.base import (
     DECISIONS,
     RUN_STATUSES,
@@ -1169,8 +1169,8 @@ def _bind(params: Sequence[Any]) -> Sequence[Any]:
     dozen rows per agent of a swarm, on the thread that waits for the GIL).
     """
     for param in params:
-        if type(param) is str and not param.isascii():
-            return tuple(_sql_text(p) if type(p) is str else p for p in params)
+        if (type(param) is str and not param.isascii()) or type(param) is UndecodedText:
+            return tuple(_sql_text(p) if isinstance(p, str) else p for p in params)
     return params
 
 
@@ -1203,6 +1203,8 @@ def _values_sql(head: str, width: int, count: int) -> str:
 
 
 def _sql_text(text: str) -> str | bytes:
+    if type(text) is UndecodedText:  # the bytes it was read from, as they are
+        return text.raw
     if text.isascii():
         return text
     try:
@@ -1217,13 +1219,15 @@ def _str(cell: Any) -> Any:
 
     Bytes no shoal wrote (not UTF-8 even with surrogates: a damaged file, another program's
     write) are read as ``surrogateescape`` reads a file name: each byte that is not UTF-8 a
-    lone surrogate (0xff as ``"\udcff"``), which every view shows as the escape it is.
+    lone surrogate (0xff as ``"\udcff"``), which every view shows as the escape it is. The
+    text is an :class:`~shoal.outcome.UndecodedText`, which keeps the bytes: JSON shows 0xff
+    as ``\xff``, apart from a lone surrogate U+DCFF, and a lookup binds them.
     """
     if type(cell) is bytes:
         try:
             return cell.decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
-            return cell.decode("utf-8", "surrogateescape")
+            return UndecodedText(cell)
     return cell
 
 
@@ -1261,7 +1265,7 @@ class _Damaged(Exception):
 
 def _text(cell: Any, column: str) -> str:
     cell = _str(cell)
-    if type(cell) is not str:
+    if type(cell) is not str and type(cell) is not UndecodedText:
         raise _Damaged(f"{column}: expected text, found {_shown(cell)}")
     return cell
 
@@ -1352,7 +1356,7 @@ def _shown(cell: Any) -> str:
 def _loose_text(cell: Any) -> str:
     """Text for a label, whatever the cell holds (a damaged row still needs a name)."""
     cell = _str(cell)
-    return cell if type(cell) is str else ("" if cell is None else repr(cell))
+    return cell if isinstance(cell, str) else ("" if cell is None else repr(cell))
 
 
 def _loose_number(cell: Any) -> float:

@@ -45,7 +45,92 @@ async def _watched(transport: Any, session: _Session) -> AsyncIterator[tuple[Any
     call (:data:`_SENDING`), so that a call whose request went out is never sent again.
     """
     async with transport as (read, write):
-        yield _WatchedReader(read, session), _WatchedWriter(write, session)
+        probe = _Probe(write)
+        yield _WatchedReader(read, session, probe), _WatchedWriter(write, session, probe)
+
+
+#: Seconds the SDK's ``server/discover`` probe waits before the server is asked for a ping,
+#: and then, once the ping is answered, for the probe's own answer (see :class:`_Probe`).
+PROBE_WAIT = 1.0
+PROBE_GRACE = 0.5
+#: The id of that ping (the SDK numbers its requests 0, 1, 2 ...: no text id is its own).
+PING_ID = "shoal-discover-ping"
+_UNTIL_WRITTEN = 0.02  # seconds between the reader's looks until the SDK writes its first request
+
+
+class _Probe:
+    """The SDK's ``server/discover`` probe of a stdio session, while it waits for its answer.
+
+    The SDK waits 10 s for it, and a server of the 2025 protocol that ignores requests it
+    does not know never answers: each of its sessions started 10 s late. When the probe has
+    waited :data:`PROBE_WAIT`, the server is sent a ``ping``; a server that answers it (or
+    refuses it) is up, so the probe's answer, if it is still not there :data:`PROBE_GRACE`
+    later, will not come: the probe is answered for it as a method the server does not know,
+    and the SDK goes on with the ``initialize`` handshake at once. A server still starting
+    (it answers neither yet) is waited for as the SDK waits. The ping's answer is the
+    reader's alone.
+    """
+
+    __slots__ = ("deadline", "pending", "pinged", "writer", "written")
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer  # the transport's own stream, for the ping
+        self.pending: Any = None  # the probe's request id, while it waits
+        self.pinged = False
+        self.deadline: float | None = None  # when to answer the probe (the ping was answered)
+        self.written = False  # whether the SDK wrote a request yet (the probe comes first)
+
+    def sent(self, item: Any) -> None:
+        """Note the probe's request as the SDK writes it."""
+        message = getattr(item, "message", None)
+        if isinstance(message, mcp_types.JSONRPCRequest):
+            self.written = True
+            if message.method == "server/discover":
+                self.pending, self.pinged, self.deadline = message.id, False, None
+
+    def wait(self) -> float | None:
+        """How long the reader may wait for the next message before it acts (None: no limit)."""
+        if not self.written:  # the reader waits before the probe is written: it looks again
+            return _UNTIL_WRITTEN
+        if self.pending is None or (self.pinged and self.deadline is None):
+            return None
+        if self.deadline is not None:
+            return max(0.0, self.deadline - anyio.current_time())
+        return PROBE_WAIT
+
+    async def waited(self) -> Any:
+        """The wait ran out: ping the server, or answer the probe (its stand-in answer)."""
+        if not self.written or self.pending is None:
+            return None
+        if self.deadline is None:
+            from mcp.shared.message import SessionMessage
+
+            self.pinged = True
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await self.writer.send(SessionMessage(mcp_types.JSONRPCRequest(
+                    jsonrpc="2.0", id=PING_ID, method="ping")))
+            return None
+        return self._unknown()
+
+    def heard(self, message: Any) -> bool:
+        """Note an answer the server sent; whether it is the ping's (not handed on)."""
+        if not isinstance(message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
+            return False
+        if message.id == PING_ID:
+            if self.pending is not None:
+                self.deadline = anyio.current_time() + PROBE_GRACE
+            return True
+        if self.pending is not None and message.id == self.pending:
+            self.pending, self.deadline = None, None
+        return False
+
+    def _unknown(self) -> Any:
+        from mcp.shared.message import SessionMessage
+
+        request, self.pending, self.deadline = self.pending, None, None
+        said = mcp_types.ErrorData(code=mcp_types.METHOD_NOT_FOUND, message=(
+            "shoal: the server answered a ping but not server/discover: taken as unknown"))
+        return SessionMessage(mcp_types.JSONRPCError(jsonrpc="2.0", id=request, error=said))
 
 
 class _Watched:
@@ -70,15 +155,16 @@ class _Watched:
 class _WatchedReader(_Watched):
     """The transport's read stream; its end (the server's stdout ended) ends the session."""
 
-    def __init__(self, inner: Any, session: _Session) -> None:
+    def __init__(self, inner: Any, session: _Session, probe: _Probe | None = None) -> None:
         super().__init__(inner, session)
         self._batched: collections.deque[Any] = collections.deque()  # a batch's, not handed on
+        self._probe = probe
 
     def __aiter__(self) -> _WatchedReader:
         return self
 
     async def __anext__(self) -> Any:
-        item = self._batched.popleft() if self._batched else await self._received()
+        item = self._batched.popleft() if self._batched else await self._next()
         if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
             self._batched.extend(salvaged(item))
             if not self._batched:
@@ -88,6 +174,26 @@ class _WatchedReader(_Watched):
             self._session.answered(item.message)
         _heard(self._session, item.message)
         return item
+
+    async def _next(self) -> Any:
+        """The transport's next item, as :class:`_Probe` has it while the SDK's probe waits."""
+        probe = self._probe
+        while True:
+            wait = None if probe is None else probe.wait()
+            if wait is None:
+                item = await self._received()
+            else:
+                item = None
+                with anyio.move_on_after(wait):
+                    item = await self._received()
+                if item is None:
+                    stand_in = await probe.waited()  # type: ignore[union-attr]
+                    if stand_in is not None:
+                        return stand_in
+                    continue
+            if probe is None or not probe.heard(getattr(item, "message", None)):
+                return item
+            # the ping's answer: the reader's alone
 
     async def _received(self) -> Any:
         """The transport's next item; its end ends the session."""
@@ -270,11 +376,17 @@ class _NotingWriter(_Watched):
 class _WatchedWriter(_NotingWriter):
     """A stdio transport's write stream: refuses a request once the output ended, marks one."""
 
+    def __init__(self, inner: Any, session: _Session, probe: _Probe | None = None) -> None:
+        super().__init__(inner, session)
+        self._probe = probe
+
     async def send(self, item: Any) -> None:
         """Hand ``item`` to the transport, unless the server's output has ended."""
         if self._session.dead:  # nothing written: the SDK says the connection closed
             raise anyio.ClosedResourceError
         self._note(item)
+        if self._probe is not None:
+            self._probe.sent(item)
         sending = _SENDING.get()
         if sending is None or getattr(getattr(item, "message", None), "method", None) != (
                 "tools/call"):  # not a call's request (a handshake, a cancel notice ...)
