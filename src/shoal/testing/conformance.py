@@ -98,6 +98,11 @@ async def _work_stopped(path: Path, within: float = 5.0, quiet: float = 0.6) -> 
     return False
 
 
+async def _ended(handle: RunHandle) -> RunResult:
+    """The result of the run ``handle`` follows (a coroutine, for a task)."""
+    return await handle
+
+
 def _children() -> set[int]:
     """Ids of this process's live descendants (empty without psutil, which only dev installs)."""
     try:
@@ -540,7 +545,8 @@ class ExecutorConformance:
                 handle.cancel()
                 result = await handle
                 elapsed = time.monotonic() - start
-                stopped = [await _work_stopped(p) for p in paths] if self.kills(kind) else []
+                stopped = (list(await asyncio.gather(*(_work_stopped(p) for p in paths)))
+                           if self.kills(kind) else [])  # watched at once: each waits its quiet
                 return result, elapsed, stopped
 
         result, elapsed, stopped = self.run_async(scenario)
@@ -568,9 +574,13 @@ class ExecutorConformance:
                 handle = await self._start_and_wait(runtime, plan, [],
                                                     [target_ticks, sibling_ticks])
                 handle.cancel(target)
-                result = await handle
-                stopped = await _work_stopped(target_ticks) if self.kills(kind) else None
-                return result, stopped
+                if not self.kills(kind):
+                    return await handle, None
+                # the target's ticks are watched while the sibling runs on (1 s), not after it
+                async with asyncio.TaskGroup() as group:
+                    ending = group.create_task(_ended(handle))
+                    stopped = group.create_task(_work_stopped(target_ticks, within=6.0))
+                return ending.result(), stopped.result()
 
         result, stopped = self.run_async(scenario)
         assert result[target].status == "cancelled", _show(result[target])
