@@ -290,6 +290,9 @@ def test_a_tool_call_comes_back_fitting_its_schema_then_the_answer(
 @needs_model
 def test_concurrent_requests_start_one_server_and_a_crash_is_reported(
         no_child_process_leak: None) -> None:
+    # the answers are not what this is about, only who starts a server: a few tokens each
+    # (the server answers one request at a time, each in seconds on a loaded machine)
+    few = ModelSettings(temperature=0.0, max_tokens=4)
     model = LocalModel(max_tokens=8)
     starts: list[float] = []
     start = model.server.start
@@ -302,7 +305,7 @@ def test_concurrent_requests_start_one_server_and_a_crash_is_reported(
 
     async def ask(n: int) -> str:
         response = await model.request(ModelRequest("", [UserMessage(f"Say {n}.")],
-                                                     settings=QUICK))
+                                                     settings=few))
         return response.text
 
     others = {p.pid for p in servers_of_this_process()}  # the module's server, say
@@ -319,7 +322,7 @@ def test_concurrent_requests_start_one_server_and_a_crash_is_reported(
                 await model.request(ModelRequest("", [UserMessage("Write a long story.")],
                                                  settings=ModelSettings(max_tokens=400)))
             assert not getattr(raised.value, "transient", False)  # not retried by the gate
-            again = await model.request(ModelRequest("", [UserMessage("Hi")], settings=QUICK))
+            again = await model.request(ModelRequest("", [UserMessage("Hi")], settings=few))
             return texts, str(raised.value), again.text
         finally:
             await model.aclose()
