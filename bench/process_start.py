@@ -102,7 +102,7 @@ async def agent_starts(forks: bool, agents: int = AGENTS_PER_TREE) -> list[float
     return [first[f"lead/worker#{i + 1}"] - asked[i] for i in range(agents)]
 
 
-def measure_agents(result: BenchResult, trees: int) -> None:
+def measure_agents(result: BenchResult, trees: int, agents: int = AGENTS_PER_TREE) -> None:
     """Process agents' starts, template vs fresh interpreter, ``trees`` trees of each."""
     if not AgentLauncher().forks:
         result.note("process agents: forked from a template on Linux only (skipped)")
@@ -113,7 +113,7 @@ def measure_agents(result: BenchResult, trees: int) -> None:
     for _ in range(trees):
         for forks in (True, False):
             gc.collect()
-            times = asyncio.run(agent_starts(forks))
+            times = asyncio.run(agent_starts(forks, agents))
             first[forks].append(times[0])
             warm[forks].extend(times[1:])
     count = len(warm[True])
@@ -128,7 +128,8 @@ def measure_agents(result: BenchResult, trees: int) -> None:
 
 
 def main(quick: bool = False) -> BenchResult:
-    trials = 5 if quick else 20
+    # quick (the suite's smoke test) checks correctness, not figures: few starts of each kind
+    trials = 2 if quick else 20
     result = BenchResult(NAME)
     result.header(f"{trials} cold process-worker starts, request to first answer: template "
                   "fork vs fresh interpreter vs raw os.fork (interleaved)")
@@ -168,7 +169,10 @@ def main(quick: bool = False) -> BenchResult:
     workers = template.answers + spawn.answers
     result.check("every start answered, each from a new worker",
                  len(set(workers)) == len(workers) == 2 * trials + 1)
-    measure_agents(result, 2 if quick else 5)
+    if quick:
+        measure_agents(result, 1, 3)
+    else:
+        measure_agents(result, 5)
     return result
 
 

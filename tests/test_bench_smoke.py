@@ -13,7 +13,7 @@ import math
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 
@@ -45,18 +45,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def earlier_objects_frozen() -> Iterator[None]:
+def earlier_objects_frozen() -> None:
     """Keep the collector off what the tests before these left alive.
 
     The benchmarks collect garbage between trials; late in a long test session each full
     collection walks every object earlier tests keep (modules, caches, fixtures): seconds
-    per benchmark, and none of it a benchmark's garbage. Frozen, those are left out.
+    per benchmark, and none of it a benchmark's garbage. Frozen, those are left out, for
+    good: unfrozen, what ``tests/conftest.py`` froze after collection would be walked again
+    (collected first: garbage frozen would never be freed).
     """
+    gc.collect()
     gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def assert_correct(result: BenchResult) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -24,6 +25,9 @@ from tests.cli_process import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# One value shared by every test (none changes it): a dozen built at import cost each worker
+# 0.5 s CPU at collection, and 1.2 million lists for its every full garbage collection to walk.
+@functools.cache
 def _deep(depth: int = 100_000) -> list[Any]:
     value: list[Any] = []
     for _ in range(depth):
