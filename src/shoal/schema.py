@@ -32,13 +32,13 @@ from typing import (
 
 import pydantic
 from pydantic import ConfigDict
-from pydantic.fields import FieldInfo
 
 from shoal.exceptions import ToolDefinitionError
 from shoal.merge import error_text, shown
 
 if TYPE_CHECKING:
     from griffe import PerStyleOptions
+    from pydantic.fields import FieldInfo
 
 __all__ = [
     "IDEMPOTENCY_KEY",
@@ -192,6 +192,10 @@ def _field_name(name: str, taken: set[str]) -> str:
 def _field_spec(annotation: Any, default: Any, description: str | None,
                 alias: str | None) -> tuple[Any, Any]:
     """(annotation, FieldInfo) for one parameter; ``default`` may itself be a ``Field(...)``."""
+    # here, not at the top: pydantic.fields (and the annotated types it brings) are a tenth of
+    # what ``import shoal`` costs, and only a tool's first argument model needs them
+    from pydantic.fields import FieldInfo
+
     if isinstance(default, FieldInfo):  # the idiom `x: int = Field(ge=1, description=...)`
         extras: dict[str, Any] = {}
         if description is not None and default.description is None:
@@ -309,6 +313,8 @@ def _failing_field(model_name: str, config: ConfigDict, module: str,
         except KeyboardInterrupt:
             raise
         except BaseException:
+            from pydantic.fields import FieldInfo
+
             alias = spec[1].alias if isinstance(spec[1], FieldInfo) else None
             return str(alias or key)
     return ""
