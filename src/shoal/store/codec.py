@@ -44,8 +44,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
-from pydantic_core import to_jsonable_python
-
+from shoal._pydantic import to_jsonable_python
 from shoal._slots import RECORD_FIELDS
 from shoal.outcome import BYTES_TAG, bytes_tagged, huge_int_text, itself_text, jsonable
 
