@@ -31,8 +31,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic_core import to_jsonable_python
-
+from shoal._pydantic import to_jsonable_python
 from shoal.exceptions import ConfigError, bounded_text
 from shoal.merge import error_text, shown
 from shoal.outcome import _strict, json_text, jsonable

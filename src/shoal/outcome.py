@@ -14,8 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic_core import to_jsonable_python
-
+from shoal._pydantic import to_jsonable_python
 from shoal.exceptions import RemoteToolError, StatusError, bounded_text
 
 if TYPE_CHECKING:

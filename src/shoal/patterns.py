@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import pydantic
-
+from shoal import _lazy
 from shoal.agents.agent import Agent
 from shoal.agents.node import (
     SHARED_KEY,
@@ -63,6 +62,7 @@ from shoal.runtime import Runtime, check_run_id, run_blocking
 from shoal.tools import Tool
 
 if TYPE_CHECKING:
+    from shoal._verdict import Verdict
     from shoal.agents.budget import Budget
     from shoal.board import Board
     from shoal.events import EventSink
@@ -72,6 +72,10 @@ __all__ = [
     "MAX_ROUNDS", "FanOut", "NotAcceptedError", "Pattern", "PatternError", "Pipeline", "Reflect",
     "Reflection", "Step", "Verdict", "fan_out", "pipeline", "reflect",
 ]  # fmt: skip
+
+# Verdict, a pydantic model, loads on first use (see shoal._verdict); this module's own code
+# imports it where it needs it
+__getattr__, _ = _lazy.lazy_attributes(__name__, globals(), {"Verdict": "shoal._verdict"})
 
 # as agent names: a pattern may become a tool (fullmatch: '$' also matches before a final
 # newline, and 'fan\n' passed, a name no model API takes)
@@ -98,20 +102,6 @@ class NotAcceptedError(PatternError):
     def __init__(self, message: str, reflection: Reflection) -> None:
         super().__init__(message)
         self.reflection = reflection
-
-
-class Verdict(pydantic.BaseModel):
-    """A critic's judgement of a draft: give a critic agent ``output_type=Verdict``.
-
-    ``accept``: whether the draft is good enough; ``feedback``: what to change (sent to the
-    worker with its draft for the next round) or, on acceptance, any remark.
-    """
-
-    # validator built on first use, not at import: ``import shoal`` builds no pydantic validator
-    model_config = pydantic.ConfigDict(defer_build=True)
-
-    accept: bool
-    feedback: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +473,8 @@ class Reflect(Pattern):
                               f"{'is' if len(taken) == 1 else 'are'} the loop's own argument"
                               f"{'' if len(taken) == 1 else 's'} for the worker's later "
                               "rounds; give the value another name")
+        from shoal._verdict import Verdict
+
         draft: Any = None
         verdict = Verdict(accept=False)
         counts: dict[str, int] = {}  # ids go on across rounds: writer#2 is the second draft
@@ -532,6 +524,8 @@ def verdict_of(review: Any, where: str = "") -> Verdict:
     code fence too) is that verdict; any other text is feedback, whole.
     Anything else is a :class:`PatternError`.
     """
+    from shoal._verdict import Verdict
+
     if isinstance(review, Verdict):
         return review
     if isinstance(review, str):
@@ -556,6 +550,8 @@ def _text_verdict(review: str) -> Verdict:
     "accept": taken for assent, a JSON verdict of acceptance ran the loop to ``max_rounds``,
     and a refusal ended it with the draft refused.
     """
+    from shoal._verdict import Verdict
+
     text = review.lstrip()
     if text.startswith(("{", "`")):
         found = _json_verdict(text)
@@ -573,6 +569,8 @@ def _text_verdict(review: str) -> Verdict:
 
 def _json_verdict(text: str) -> Verdict | None:
     """The verdict a JSON object (perhaps in a code fence) holds, if it is one; else None."""
+    from shoal._verdict import Verdict
+
     body = text.rstrip()
     if body.startswith("```") and body.endswith("```") and "\n" in body:
         # a markdown code fence: ```json, its lines, ``` (no regex: a fence never closed

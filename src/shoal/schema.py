@@ -30,15 +30,14 @@ from typing import (
     get_type_hints,
 )
 
-import pydantic
-from pydantic import ConfigDict
-from pydantic.fields import FieldInfo
-
 from shoal.exceptions import ToolDefinitionError
 from shoal.merge import error_text, shown
 
 if TYPE_CHECKING:
+    import pydantic
     from griffe import PerStyleOptions
+    from pydantic import ConfigDict
+    from pydantic.fields import FieldInfo
 
 __all__ = [
     "IDEMPOTENCY_KEY",
@@ -178,6 +177,8 @@ def _needs_alias(name: str) -> bool:
     about, or refuses, names that shadow ``BaseModel`` attributes (``schema``, ``json``,
     ``copy``, ``dict``, ``model_config``, ``model_dump`` ...).
     """
+    import pydantic  # where a model is made: ``import shoal`` loads no pydantic
+
     return name.startswith("_") or hasattr(pydantic.BaseModel, name)
 
 
@@ -192,6 +193,12 @@ def _field_name(name: str, taken: set[str]) -> str:
 def _field_spec(annotation: Any, default: Any, description: str | None,
                 alias: str | None) -> tuple[Any, Any]:
     """(annotation, FieldInfo) for one parameter; ``default`` may itself be a ``Field(...)``."""
+    # here, not at the top: pydantic (and pydantic.fields, with the annotated types it brings)
+    # are a third of what ``import shoal`` and every public name cost without it; only a
+    # tool's argument model needs them
+    import pydantic
+    from pydantic.fields import FieldInfo
+
     if isinstance(default, FieldInfo):  # the idiom `x: int = Field(ge=1, description=...)`
         extras: dict[str, Any] = {}
         if description is not None and default.description is None:
@@ -284,6 +291,9 @@ def _built_model(name: str, fn: Callable[..., Any], fields: Mapping[str, Any],
     A type pydantic cannot check (``typing.TypedDict`` before Python 3.12, an annotation
     whose text does not evaluate) is the tool's error, naming its parameter.
     """
+    import pydantic
+    from pydantic import ConfigDict
+
     config = ConfigDict(arbitrary_types_allowed=True, extra=extra)
     model_name = re.sub(r"\W", "_", name) + "_args"
     module = getattr(_hint_source(fn), "__module__", None)
@@ -303,12 +313,16 @@ def _built_model(name: str, fn: Callable[..., Any], fields: Mapping[str, Any],
 def _failing_field(model_name: str, config: ConfigDict, module: str,
                    fields: Mapping[str, Any]) -> str:
     """The first field of ``fields`` whose model on its own cannot be made ('' if none)."""
+    import pydantic
+
     for key, spec in fields.items():
         try:
             pydantic.create_model(model_name, __config__=config, __module__=module, **{key: spec})
         except KeyboardInterrupt:
             raise
         except BaseException:
+            from pydantic.fields import FieldInfo
+
             alias = spec[1].alias if isinstance(spec[1], FieldInfo) else None
             return str(alias or key)
     return ""
@@ -326,6 +340,8 @@ def unresolved_names(model: type[pydantic.BaseModel]) -> str:
     pydantic leaves a model whose annotations name something not defined (yet) incomplete,
     to try again when it is used; this says what is still missing, in a sentence.
     """
+    import pydantic
+
     try:
         model.model_rebuild(raise_errors=True)
     except pydantic.PydanticUndefinedAnnotation as exc:
@@ -571,6 +587,9 @@ def field_adapter(info: FieldInfo) -> pydantic.TypeAdapter[Any] | None:
     pydantic keeps ``Annotated`` constraints (``Field(ge=1)``, ``max_length``...) in
     ``FieldInfo.metadata`` and a union's discriminator apart, not in ``annotation``.
     """
+    import pydantic
+    from pydantic import ConfigDict
+
     extras: list[Any] = list(info.metadata)
     if info.discriminator is not None:
         extras.append(pydantic.Field(discriminator=info.discriminator))

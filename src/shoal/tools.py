@@ -18,10 +18,7 @@ import string
 import unicodedata
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
-
-import pydantic
-from pydantic.json_schema import GenerateJsonSchema
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from shoal.exceptions import (
     ShoalError,
@@ -54,6 +51,10 @@ from shoal.schema import (
     summary,
     unresolved_names,
 )
+
+if TYPE_CHECKING:
+    import pydantic
+    from pydantic.json_schema import GenerateJsonSchema
 
 __all__ = ["ISOLATIONS", "ApprovalRule", "Isolation", "RetryPolicy", "Tool", "ToolPolicy", "tool"]
 
@@ -244,6 +245,8 @@ class Tool(Generic[P, R]):
             else:
                 if given == len(args):  # no argument the schema does not know
                     return values
+        import pydantic  # (loaded: this tool's model is one) ``import shoal`` loads none
+
         unknown = self._unknown_names(args)
         try:
             instance = self._model.__pydantic_validator__.validate_python(
@@ -322,6 +325,8 @@ class Tool(Generic[P, R]):
         argument. A model that names a type never defined is the tool's definition at
         fault, said so (see :func:`unresolved_names`).
         """
+        import pydantic
+
         if isinstance(exc, pydantic.PydanticUserError):
             return ToolDefinitionError(f"tool {self.name!r}: {unresolved_names(self._model)}")
         copied = self._default_copy_failed(exc)
@@ -431,6 +436,8 @@ class Tool(Generic[P, R]):
                 self._model.model_fields[self.model_facts.inputs[name]])
         if adapter is None:
             return []
+        import pydantic
+
         try:
             adapter.validate_python(value)
         except pydantic.ValidationError as exc:
@@ -445,7 +452,7 @@ class Tool(Generic[P, R]):
         plans, but no model can be offered it: the error says which of these it is.
         """
         try:
-            schema = self._model.model_json_schema(schema_generator=_Schema)
+            schema = self._model.model_json_schema(schema_generator=_schema_generator())
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # a default's own repr raising SystemExit too
@@ -515,17 +522,23 @@ class Tool(Generic[P, R]):
                 "input_schema": self.json_schema()}
 
 
-class _Schema(GenerateJsonSchema):
-    """pydantic's JSON schema, without its warning for a default JSON cannot hold.
+@functools.cache
+def _schema_generator() -> type[GenerateJsonSchema]:
+    """The JSON schema generator: pydantic's, without its warning for a default JSON cannot hold.
 
     Such a default is left out of the schema: the argument stays optional, and a call that
     leaves it out gets the default. That is a schema that works, not one to warn about (and
-    under ``-W error``, where the warning raised, a tool no model could be offered).
+    under ``-W error``, where the warning raised, a tool no model could be offered). Made on
+    first use: ``import shoal`` loads no pydantic.
     """
+    from pydantic.json_schema import GenerateJsonSchema
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.ignored_warning_kinds = {"skipped-choice", "non-serializable-default"}
+    class _Schema(GenerateJsonSchema):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.ignored_warning_kinds = {"skipped-choice", "non-serializable-default"}
+
+    return _Schema
 
 
 _API_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # tool names OpenAI and Anthropic accept

@@ -7,13 +7,14 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import pydantic
+from typing import TYPE_CHECKING, Any
 
 from shoal.exceptions import ShoalError
 from shoal.merge import shown
 from shoal.models.base import number_too_long
+
+if TYPE_CHECKING:
+    import pydantic
 
 __all__ = ["OutputSpec"]
 
@@ -35,6 +36,8 @@ class OutputSpec:
     @classmethod
     def of(cls, output_type: Any) -> OutputSpec:
         """The spec for ``output_type`` (a pydantic model, a dataclass, a TypedDict, ...)."""
+        import pydantic  # here: ``import shoal`` loads no pydantic (see shoal._pydantic)
+
         adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(output_type)
         return cls(output_type, adapter, adapter.json_schema())
 
@@ -55,6 +58,8 @@ class OutputSpec:
         JSON numbers are finite: ``NaN``, ``Infinity`` and a number too large for a float
         (``1e400``, which pydantic reads as ``inf``) are refused, saying so.
         """
+        import pydantic  # (loaded: this spec's adapter is pydantic's)
+
         body = text.strip()
         fenced = _FENCE.match(body)
         if fenced:

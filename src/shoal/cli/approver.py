@@ -37,7 +37,6 @@ from shoal.cli.safe import console as safe_console
 from shoal.clock import running_loop
 from shoal.exceptions import ConfigError, describe_exception
 from shoal.merge import shown as merge_shown
-from shoal.plandata import DataError, parse_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -430,6 +429,8 @@ class ConsoleApprover(Approver):
 
     async def _edit(self, call: _Shown) -> Decision | None:
         """The edited call; ``None`` to ask again (keeping a call not yet seen in full)."""
+        from shoal.plandata import DataError, parse_json  # (only an edit reads plan data)
+
         while True:
             text = await self._prompt("new arguments as a JSON object (Enter keeps them): ")
             if text is None:

@@ -22,8 +22,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from typing import Any, cast
 
-import pydantic
-
+from shoal._pydantic import is_model
 from shoal.exceptions import ToolArgumentError
 from shoal.plan import Ref, find_refs
 
@@ -102,7 +101,7 @@ def _isolate_other(value: Any, kind: type, memo: dict[int, Any]) -> Any:
             return copy.copy(value)
         except Exception:
             return value
-    if isinstance(value, pydantic.BaseModel):
+    if is_model(value):
         try:
             return value.model_copy(deep=True)
         except _UNCOPYABLE:

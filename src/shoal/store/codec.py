@@ -35,7 +35,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import pickle
 import queue
 import re
 import threading
@@ -44,8 +43,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
-from pydantic_core import to_jsonable_python
-
+from shoal._pydantic import to_jsonable_python
 from shoal._slots import RECORD_FIELDS
 from shoal.outcome import BYTES_TAG, bytes_tagged, huge_int_text, itself_text, jsonable
 
@@ -197,6 +195,8 @@ def encode_value(value: Any) -> Encoded:
 
 def _encode_object(value: Any) -> Encoded:
     """A pickle of ``value`` with its view; ``repr`` if it does not pickle or is too big."""
+    import pickle  # here: a plan of plain values never loads it (nor does ``import shoal``)
+
     view = _view(value)
     buffer = _CappedBuffer()
     try:
@@ -426,6 +426,8 @@ def decode_value(encoding: str, payload: bytes, view: str | None) -> tuple[Any, 
     if encoding == "json":
         return json.loads(payload), True
     if encoding == "pickle":
+        import pickle
+
         try:
             return pickle.loads(payload), True  # the journal is trusted: see the module doc
         except (ImportError, AttributeError):  # its class is gone or renamed: show the view

@@ -15,8 +15,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pydantic_core import to_jsonable_python
-
+from shoal._pydantic import to_jsonable_python
 from shoal.deps import Graph
 from shoal.plan import Ref
 from shoal.tools import Tool
