@@ -6,12 +6,14 @@ runtimes and stores.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import shoal
-from shoal.exceptions import ModelError, ShoalError
+from shoal.exceptions import ConfigError, ModelError, ShoalError
 from shoal.models import ModelResponse
 from tests.conftest import arun
 from tests.test_models_hostile_stream import MESSAGE, echo, ran, request_once
@@ -102,3 +104,36 @@ def test_call_ids_that_differ_only_by_lone_surrogates_stay_distinct_once_sent(
     assert not isinstance(result, ShoalError), repr(result)
     assert result.output == "done"
     assert sorted(ran) == [1, 2]
+
+
+# ---- open runs ------------------------------------------------------------------------
+
+
+@shoal.tool
+async def unit(label: Any = None) -> str:
+    """Answer at once (after one turn of the loop)."""
+    await asyncio.sleep(0)
+    return f"u{label}"
+
+
+def _broken_ids() -> Iterator[str]:
+    yield "unit#1"
+    raise ValueError("the feeder's generator broke")
+
+
+def test_cancel_given_nodes_whose_reading_raises_is_a_typed_error_and_the_run_goes_on(
+) -> None:
+    # run.cancel(generator) raised the generator's own ValueError, where after=generator
+    # says "after= could not be read"; the nodes it had read were not cancelled either way
+    async def main() -> tuple[str, dict[str, str]]:
+        async with shoal.Runtime().open_run() as run:
+            run.call(unit, label=1)
+            with pytest.raises(ConfigError) as raised:
+                run.cancel(_broken_ids())
+            run.call(unit, label=2)
+        return str(raised.value), {k: o.status for k, o in run.result.outcomes.items()}
+
+    said, statuses = arun(main(), timeout=30)
+    assert "cancel() could not read the nodes it was given" in said
+    assert "ValueError: the feeder's generator broke" in said
+    assert statuses == {"unit#1": "ok", "unit#2": "ok"}
