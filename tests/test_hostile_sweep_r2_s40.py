@@ -16,7 +16,16 @@ import shoal
 from shoal.exceptions import ConfigError, ModelError, ShoalError
 from shoal.models import ModelResponse
 from tests.conftest import arun
-from tests.test_models_hostile_stream import MESSAGE, echo, ran, request_once
+from tests.test_models_hostile_stream import (
+    MESSAGE,
+    RawAnthropic,
+    block_stop,
+    echo,
+    message_end,
+    ran,
+    request_once,
+    stream_once,
+)
 from tests.wire import (
     AnthropicWireServer,
     OpenAIWireServer,
@@ -24,6 +33,7 @@ from tests.wire import (
     text_reply,
     tool_call_reply,
 )
+from tests.wire.base import sse
 
 SERVERS = [OpenAIWireServer, AnthropicWireServer]
 
@@ -43,6 +53,24 @@ def test_an_anthropic_message_without_usage_is_charged_at_least_what_it_says(
     assert response.text == text
     assert response.usage.input_tokens >= 1
     assert response.usage.output_tokens >= len(text) // 16
+
+
+def test_an_anthropic_stream_whose_message_start_has_no_usage_is_charged_at_least() -> None:
+    # a message_start with "usage": null (a compatible gateway) was "malformed response"
+    start = sse({"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+        "content": [], "stop_reason": None, "stop_sequence": None, "usage": None}},
+        "message_start")
+    text = "word " * 400
+    stream = [start, sse({"type": "content_block_start", "index": 0,
+                          "content_block": {"type": "text", "text": text}},
+                         "content_block_start"),
+              block_stop(0), *message_end()]
+    response = stream_once(RawAnthropic, stream)
+    assert isinstance(response, ModelResponse), repr(response)
+    assert response.text == text
+    assert response.usage.input_tokens >= 1
+    assert response.usage.output_tokens == 9  # what message_delta reported stands
 
 
 def _agent_error(server_class: type[Any], *replies: Any) -> Any:
