@@ -17,7 +17,7 @@ import pytest
 
 import shoal
 from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError, ShoalError
-from shoal.models.base import ModelRequest, ToolSpec, UserMessage
+from shoal.models.base import ModelRequest, ModelResponse, ToolSpec, UserMessage
 from tests.conftest import arun
 from tests.wire import AnthropicWireServer, OpenAIWireServer, Reply, text_reply
 from tests.wire.base import sse
@@ -474,13 +474,20 @@ MESSAGE = {"id": "m", "type": "message", "role": "assistant", "model": "c",
 
 
 @pytest.mark.parametrize("answer", [
-    {**MESSAGE, "content": "x"}, {**MESSAGE, "content": ["x"]},
-    {**MESSAGE, "content": [], "usage": None}, {},
-], ids=["content", "block", "no-usage", "empty"])
+    {**MESSAGE, "content": "x"}, {**MESSAGE, "content": ["x"]}, {},
+], ids=["content", "block", "empty"])
 def test_a_message_of_the_wrong_shape_is_a_typed_model_error(answer: dict[str, Any]) -> None:
     error = request_once(AnthropicWireServer, answer)
     assert isinstance(error, ModelError), repr(error)
     assert "malformed response" in str(error)
+
+
+def test_a_message_without_usage_is_unreported_usage_charged_at_least() -> None:
+    # it was a ModelError ("malformed response"); a reply without usage is unreported usage,
+    # charged at least what it says, on every provider and mode (OpenAI's, both streams)
+    response = request_once(AnthropicWireServer, {**MESSAGE, "content": [], "usage": None})
+    assert isinstance(response, ModelResponse), repr(response)
+    assert response.usage.input_tokens >= 1
 
 
 @pytest.mark.parametrize("server_class", [OpenAIWireServer, AnthropicWireServer])

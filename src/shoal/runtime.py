@@ -44,10 +44,10 @@ from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, decimal_as_float, env_names, fits_a_float, parse_rate, seeded
-from shoal.merge import _is_async, _is_generator, shown
+from shoal.merge import _is_async, _is_generator, error_text, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
-from shoal.plan import Node, Plan, Ref
+from shoal.plan import Node, Plan, Ref, each_item
 from shoal.scheduler.driver import Driver, Snapshot, end_tasks
 from shoal.scheduler.gates import SharedLimits
 from shoal.scheduler.scope import RunScope
@@ -400,11 +400,13 @@ def node_ids(node: Ref | str | Iterable[Ref | str],
     """The ids ``cancel()`` is given: a ref, an id, or an iterable of them.
 
     Each is checked as it is read (an endless iterator of what is no id is refused at its
-    first item, not read until memory runs out); ``check`` is called with each ref.
+    first item, not read until memory runs out); ``check`` is called with each ref. What
+    the iterable's own code raises (a generator that fails) is a ``ConfigError``, as for
+    ``after=``, and nothing is cancelled.
     """
     alone = isinstance(node, Ref | str | bytes) or not isinstance(node, Iterable)
     ids: list[str] = []
-    for one in [node] if alone else node:
+    for one in [node] if alone else each_item(node, functools.partial(_unreadable_nodes, node)):
         if isinstance(one, Ref):
             if check is not None:
                 check(one)
@@ -415,6 +417,11 @@ def node_ids(node: Ref | str | Iterable[Ref | str],
             raise ArgumentTypeError(f"cancel() takes a ref, a node id or several of them, "
                                     f"got {type(one).__name__} {shown(one)}")
     return ids
+
+
+def _unreadable_nodes(given: object, exc: Exception) -> ConfigError:
+    return ConfigError(f"cancel() could not read the nodes it was given: reading the "
+                       f"{type(given).__name__} raised {error_text(exc)}")
 
 
 class Runtime:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from shoal._slots import slot_init
 from shoal.events import Event, EventSink, edited_args_text
 from shoal.exceptions import ConfigError, ToolArgumentError, bounded_text
+from shoal.models._common import sendable_text
 from shoal.models.base import ModelResponse, ToolCall, ToolResultMessage
 from shoal.outcome import Outcome, RunResult, jsonable
 from shoal.plan import Plan
@@ -392,7 +393,9 @@ def with_distinct_ids(response: ModelResponse, where: str) -> ModelResponse:
     calls = response.tool_calls
     if not calls:
         return response  # an answer: nothing to compare
-    ids = set(map(_call_id, calls))  # what distinct_call asks of each call, all at once
+    # what distinct_call asks of each call, all at once: ids as they are sent, where two
+    # that differ only by lone surrogates are one (each surrogate becomes U+FFFD)
+    ids = set(map(_sent_id, map(_call_id, calls)))
     if len(ids) == len(calls) and all(ids):
         return response  # every id given and its own (most replies): nothing to change
     seen: set[str] = set()
@@ -406,18 +409,27 @@ def with_distinct_ids(response: ModelResponse, where: str) -> ModelResponse:
 _call_id = operator.attrgetter("id")
 
 
+def _sent_id(call_id: object) -> str:
+    """A call's id as it is sent (see :func:`sendable_text`); none (``None``...) is ``""``."""
+    return sendable_text(call_id) if isinstance(call_id, str) else ""
+
+
 def distinct_call(call: ToolCall, index: int, seen: set[str], where: str) -> ToolCall:
     """``call``, or a copy with an id not in ``seen``; the id it keeps is added to ``seen``.
 
     The new id depends only on the calls before it (``seen``) and its position, so a streamed
-    reply's calls, taken one by one, get the ids its whole reply gets afterwards.
+    reply's calls, taken one by one, get the ids its whole reply gets afterwards. ``seen``
+    holds ids as they are sent (:func:`~shoal.models._common.sendable_text`): two ids that
+    differ only by lone surrogates are sent as one (each surrogate U+FFFD), so the second
+    is taken.
     """
-    if call.id and call.id not in seen:
-        seen.add(call.id)
+    sent = _sent_id(call.id)
+    if sent and sent not in seen:
+        seen.add(sent)
         return call
     from shoal.merge import shown
 
-    new = f"{call.id or 'call'}_{index}"
+    new = f"{sent or 'call'}_{index}"
     while new in seen:
         new += "_"
     seen.add(new)
@@ -594,10 +606,11 @@ class CallStream:
         if self._finished or index != len(self.taken):
             return
         ids = self._ids
-        if call.id in ids or not call.id:
+        sent = _sent_id(call.id)  # as distinct_call compares it
+        if sent in ids or not sent:
             call = distinct_call(call, index, ids, self._lineage)
         else:
-            ids.add(call.id)
+            ids.add(sent)
         self.taken.append(call)
         self._records.append(None)
         name = call.name

@@ -72,6 +72,7 @@ __all__ = [
     "priced_usage",
     "resolve_credentials",
     "sendable",
+    "sendable_text",
     "token_count",
     "counted_tokens",
     "reported_count",
@@ -814,9 +815,16 @@ def _repaired(value: Any) -> Any:
     return top
 
 
+def sendable_text(text: str) -> str:
+    """``text`` as :func:`sendable` sends it: each lone surrogate U+FFFD (ASCII as it is)."""
+    if text.isascii():
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _repaired_leaf(value: Any) -> Any:
     if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return sendable_text(value)
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value

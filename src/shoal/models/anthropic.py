@@ -280,8 +280,8 @@ class AnthropicModel(Model):
     def _response(self, message: AnthropicMessage, request: ModelRequest) -> ModelResponse:
         """The SDK's message as shoal's response; one of the wrong shape is a ModelError.
 
-        The SDK builds responses unchecked: a server off the protocol (content as text, no
-        usage) leaves a field of the wrong type, or ``None``, in its place.
+        The SDK builds responses unchecked: a server off the protocol (content as text)
+        leaves a field of the wrong type, or ``None``, in its place.
         """
         if isinstance(message, str):  # the SDK's answer to a body that is no JSON
             raise not_a_reply(self.name, message)
@@ -302,7 +302,7 @@ class AnthropicModel(Model):
                                       text_field(block.name, "a tool_use block's name",
                                                  optional=False), json.dumps(block.input)))
         state = _StreamState()
-        state.take_usage(message.usage)
+        state.take_usage(getattr(message, "usage", None))  # left out: None
         text = "".join(texts)
         return ModelResponse(text=text, tool_calls=tuple(calls),
                              usage=self._usage(state, message.model, request, text, calls),
@@ -468,8 +468,15 @@ class _StreamState:
         if index not in self.started:
             raise _OffProtocol(f"{kind} for content block {index}, which was never started")
 
-    def take_usage(self, usage: AnthropicUsage) -> None:
-        """Take the counts of a message's usage (Anthropic counts cached input apart)."""
+    def take_usage(self, usage: AnthropicUsage | None) -> None:
+        """Take the counts of a message's usage (Anthropic counts cached input apart).
+
+        A message without usage (``null`` or left out, some compatible servers) reports no
+        count: each is then charged at least what the reply says (see ``_usage``), as a
+        stream's or an OpenAI reply's is, rather than failing the request.
+        """
+        if usage is None:
+            return
         self.input_tokens = reported_count(usage.input_tokens)
         self.output_tokens = reported_count(usage.output_tokens)
         self.cache_read_tokens = token_count(usage.cache_read_input_tokens)

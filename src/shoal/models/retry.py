@@ -214,9 +214,21 @@ def _check_count(model: Model, name: str, value: object) -> None:
             and 0 <= cast(float, value) <= MAX_REPORTED):  # NaN is neither: refused
         return
     raise ModelError(model.name, f"its reply reports usage {name}={_shown(value)}, not a "
-                     f"number from 0 to {MAX_REPORTED:,}: no reply uses more, so the model's "
-                     "usage report is broken (a custom model's Usage must count what the "
-                     "request used)")
+                     f"number from 0 to {MAX_REPORTED:,}: no reply uses more, so "
+                     f"{_whose_report(model)}")
+
+
+def _whose_report(model: Model) -> str:
+    """Who broke a usage report: a provider's server, or a custom model's own code."""
+    from shoal.models.anthropic import AnthropicModel
+    from shoal.models.openai import OpenAIModel
+
+    if isinstance(model, OpenAIModel | AnthropicModel):  # counts as its server sent them
+        return (f"the server of {model.name} reported a broken usage (its provider, or a "
+                "proxy or compatible server in front of it, miscounts): not a count shoal "
+                "can charge")
+    return ("the model's usage report is broken (a custom model's Usage must count what the "
+            "request used)")
 
 
 def _shown(value: object) -> str:
