@@ -41,7 +41,7 @@ from shoal.cli.render import (
     seconds,
     settle_hint,
 )
-from shoal.cli.safe import clean, one_line, others_to_stderr, shorten
+from shoal.cli.safe import clean, id_text, one_line, others_to_stderr, shorten
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
 from shoal.exceptions import (
@@ -54,7 +54,14 @@ from shoal.exceptions import (
     StoreVersionError,
     bounded_text,
 )
-from shoal.outcome import STATUSES, Outcome, json_text, jsonable, shown_text, unshown_text
+from shoal.outcome import (
+    STATUSES,
+    Outcome,
+    json_text,
+    jsonable,
+    shown_text,
+    unshown_text,
+)
 from shoal.plandata import DataError, read_text
 from shoal.planfile import load_plan
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
@@ -331,7 +338,7 @@ def runs_table(records: Sequence[RunRecord]) -> Table:
     """The runs as ``shoal runs`` lists them: every field from the journal shown as text."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     # a run id is what a person copies into the next command: never cut, however narrow
-    id_width = max((len(one_line(r.run_id, ID_WIDTH)) for r in records), default=3)
+    id_width = max((len(id_text(r.run_id, width=ID_WIDTH)) for r in records), default=3)
     for name, justify in (("run", "left"), ("status", "left"), ("nodes", "right"),
                           ("outcomes", "left"), ("started", "left"), ("took", "right"),
                           ("plan", "left")):
@@ -342,15 +349,15 @@ def runs_table(records: Sequence[RunRecord]) -> Table:
         if r.damaged:
             plan: Text = safe_text(f"damaged: {r.damaged}", "red")
         else:
-            plan = safe_text(r.name or Path(str(r.source.get("path", ""))).name or "-",
-                             width=ID_WIDTH)
+            plan = id_text(r.name or Path(str(r.source.get("path", ""))).name or "-",
+                           width=ID_WIDTH)
         if agent_journal.is_agent_record(r) and not r.damaged:  # the lead's status; its calls
-            table.add_row(safe_text(r.run_id, width=ID_WIDTH),
+            table.add_row(id_text(r.run_id, width=ID_WIDTH),
                           agent_journal.agent_status_text(r, live_status(r)),
                           "-", _counts(r.counts, " calls"), _when(r.started_at),
                           seconds(_duration(r)), plan)
             continue
-        table.add_row(safe_text(r.run_id, width=ID_WIDTH), _status_text(live_status(r)),
+        table.add_row(id_text(r.run_id, width=ID_WIDTH), _status_text(live_status(r)),
                       str(_node_count(r)), _counts(r.counts), _when(r.started_at),
                       seconds(_duration(r)), plan)
     return table
@@ -512,7 +519,7 @@ def _tree_dict(view: Timeline) -> dict[str, Any]:
 
 def _tree_view(view: Timeline) -> RenderableType:
     """``shoal show`` of an agent tree run from code: each agent with its turns and calls."""
-    head = Text.assemble(("run ", "bold"), safe_text(view.run_id, "bold", width=ID_WIDTH), "  ",
+    head = Text.assemble(("run ", "bold"), id_text(view.run_id, "bold", width=ID_WIDTH), "  ",
                          _status_text(view.status))
     head.append(f"\nagent tree · {len(view.lanes)} agent{'s' if len(view.lanes) != 1 else ''}"
                 f" · {len(view.bars)} calls and model turns · started "
@@ -584,7 +591,7 @@ def _approval_dict(a: ApprovalRecord) -> dict[str, Any]:
 
 
 def _head(record: RunRecord, status: str, count: int) -> Text:
-    head = Text.assemble(("run ", "bold"), safe_text(record.run_id, "bold", width=ID_WIDTH), "  ",
+    head = Text.assemble(("run ", "bold"), id_text(record.run_id, "bold", width=ID_WIDTH), "  ",
                          _status_text(status))
     where = one_line(str(record.source.get("path") or record.name or ""), ID_WIDTH * 4)
     head.append(f"\n{max(_node_count(record), count)} nodes · started "
