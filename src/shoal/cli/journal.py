@@ -57,6 +57,7 @@ from shoal.exceptions import (
 from shoal.outcome import (
     STATUSES,
     Outcome,
+    id_root,
     json_text,
     jsonable,
     shown_text,
@@ -324,14 +325,20 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
 
 def _step_only_trees(found: Sequence[RunRecord], journal: SQLiteStore) -> list[RunRecord]:
     """A record for each agent tree whose steps are listed but whose root has no record."""
-    known = {r.run_id for r in found}
-    trees: dict[str, list[RunRecord]] = {}
+    # keyed by the bytes too: the byte 0xff and the surrogate U+DCFF read as one text
+    known = {_id_key(r.run_id) for r in found}
+    trees: dict[tuple[str, bytes | None], tuple[str, list[RunRecord]]] = {}
     for record in found:
-        root = record.run_id.split("/", 1)[0]
-        if root != record.run_id and root not in known:
-            trees.setdefault(root, []).append(record)
+        root = id_root(record.run_id)
+        if root != record.run_id and _id_key(root) not in known:
+            trees.setdefault(_id_key(root), (root, []))[1].append(record)
     return [tree_record(root, sorted(steps, key=lambda r: (r.started_at, r.run_id)), journal,
-                        live_status) for root, steps in trees.items()]
+                        live_status) for root, steps in trees.values()]
+
+
+def _id_key(run_id: str) -> tuple[str, bytes | None]:
+    """``run_id`` as a key that tells an undecoded byte from the surrogate it reads as."""
+    return run_id, getattr(run_id, "raw", None)
 
 
 def runs_table(records: Sequence[RunRecord]) -> Table:
@@ -508,7 +515,7 @@ def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None,
 def _tree_dict(view: Timeline) -> dict[str, Any]:
     """``shoal show --json`` of an agent tree run from code: its agents and every call."""
     lanes = [lane.lineage for lane in view.lanes]
-    return {"run_id": view.run_id, "kind": "agent tree", "status": view.status,
+    return {"run_id": shown_text(view.run_id), "kind": "agent tree", "status": view.status,
             "started_at": view.started_at, "duration": view.duration,
             "agents": lanes,
             "calls": [{"lineage": lanes[b.lane], "step": b.step, "node_id": b.node_id,
@@ -965,11 +972,11 @@ def _resume_hint(journal: SQLiteStore, record: RunRecord) -> str:
     run started from Python, not from a plan file, resumes from Python too.
     """
     run_id = record.run_id
-    root = run_id.split("/", 1)[0]
+    root = id_root(run_id)
     if root != run_id:
         owner = journal.get_run(root)
         if owner is not None and is_agent_record(owner):
-            return f"shoal resume {root}"
+            return f"shoal resume {shown_text(root)}"
         if owner is None and nested_runs(journal, root):
             return _tree_resume(root)
     if not is_agent_record(record) and not record.source.get("path"):
@@ -1232,7 +1239,7 @@ def _wrong_fields(where: str, data: Mapping[str, Any], fields: Mapping[str, tupl
 
 def _agent_of_step(journal: SQLiteStore, run_id: str) -> str | None:
     """The agent run whose steps ``run_id`` are (``RUN/lead/steps``), if it is one."""
-    root = run_id.split("/", 1)[0]
+    root = id_root(run_id)
     if root == run_id:
         return None
     record = journal.get_run(root)
