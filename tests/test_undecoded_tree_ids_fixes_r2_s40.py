@@ -49,3 +49,11 @@ def test_show_finds_an_agent_tree_whose_run_id_is_not_utf8(tmp_path: Path) -> No
     proc = shoal_cli("show", "t\\xff", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "run t\\xff " in proc.stdout and "lead" in proc.stdout, proc.stdout
+
+
+def test_cancel_names_such_a_run_by_its_form(tmp_path: Path) -> None:
+    """``shoal cancel 't\\xff'`` said the run ``t\\udcff`` is not running: another run's form."""
+    _tree_renamed(tmp_path)
+    proc = shoal_cli("cancel", "t\\xff", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "run t\\xff is not running (it is finished)" in proc.stderr, proc.stderr

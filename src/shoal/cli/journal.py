@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich import box
@@ -895,13 +895,11 @@ def cancel_command(
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), False)) from None
     if late == "waiting":
-        sys.stderr.write(clean(f"asked to cancel {what} {run_id}, but the run has not taken "
-                               f"the request within {wait:g} s; it will when it next looks") + "\n")
-        raise typer.Exit(EXIT_FAILED)
+        _still_waiting(what, run_id, wait)
     if late is not None:  # it ended (or died) before it looked: the request will be dropped
         _not_running(run_id, late, resume)
-    sys.stderr.write(clean(f"cancelled {what} {run_id}" if wait else
-                           f"asked to cancel {what} {run_id}") + "\n")
+    sys.stderr.write(clean(f"cancelled {what} {shown_text(run_id)}" if wait else
+                           f"asked to cancel {what} {shown_text(run_id)}") + "\n")
 
 
 def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason: str,
@@ -925,13 +923,11 @@ def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason
         journal.request_cancel(step, (), reason=reason)
     late = [_not_taken(journal, step, wait) for step in running] if wait else []
     if "waiting" in late:
-        sys.stderr.write(clean(f"asked to cancel run {run_id}, but the run has not taken the "
-                               f"request within {wait:g} s; it will when it next looks") + "\n")
-        raise typer.Exit(EXIT_FAILED)
+        _still_waiting("run", run_id, wait)
     if late and all(status is not None for status in late):  # it ended before it looked
         _not_running(run_id, _tree_status(journal, run_id) or "gone", resume)
-    sys.stderr.write(clean(f"cancelled run {run_id}" if wait else
-                           f"asked to cancel run {run_id}") + "\n")
+    sys.stderr.write(clean(f"cancelled run {shown_text(run_id)}" if wait else
+                           f"asked to cancel run {shown_text(run_id)}") + "\n")
 
 
 def _cancel_tree_calls(journal: SQLiteStore, run_id: str, names: Sequence[str], reason: str,
@@ -951,13 +947,11 @@ def _cancel_tree_calls(journal: SQLiteStore, run_id: str, names: Sequence[str], 
     what = f"call(s) {', '.join(names)} of run"
     late = {_not_taken(journal, step, wait) for step in found} if wait else set()
     if "waiting" in late:
-        sys.stderr.write(clean(f"asked to cancel {what} {run_id}, but the run has not taken "
-                               f"the request within {wait:g} s; it will when it next looks") + "\n")
-        raise typer.Exit(EXIT_FAILED)
+        _still_waiting(what, run_id, wait)
     if late and None not in late:  # it ended before it looked: the request will be dropped
         _not_running(run_id, status(), resume)
-    sys.stderr.write(clean(f"cancelled {what} {run_id}" if wait else
-                           f"asked to cancel {what} {run_id}") + "\n")
+    sys.stderr.write(clean(f"cancelled {what} {shown_text(run_id)}" if wait else
+                           f"asked to cancel {what} {shown_text(run_id)}") + "\n")
 
 
 def _tree_resume(run_id: str) -> str:
@@ -1055,14 +1049,23 @@ def _no_run(journal: SQLiteStore, run_id: str, store: Path) -> ShoalError:
 _MEANT_SHOWN = 5  # the runs an unknown id's error names at most, newest first
 
 
+def _still_waiting(what: str, run_id: str, wait: float) -> NoReturn:
+    """Say that the run has not taken the cancel request within ``wait`` s; exit with code 1."""
+    sys.stderr.write(clean(f"asked to cancel {what} {shown_text(run_id)}, but the run has not "
+                           f"taken the request within {wait:g} s; it will when it next looks")
+                     + "\n")
+    raise typer.Exit(EXIT_FAILED)
+
+
 def _not_running(run_id: str, status: str, resume: str = "") -> None:
     """Say that ``run_id`` is not running (it is ``status``) and exit with code 1.
 
     An interrupted run is told how to resume: ``resume``, or else ``shoal resume``.
     """
-    resume = resume or f"shoal resume {run_id}"
+    resume = resume or f"shoal resume {shown_text(run_id)}"
     hint = f"; resume it with: {resume}" if status == "interrupted" else ""
-    sys.stderr.write(clean(f"run {run_id} is not running (it is {status}){hint}") + "\n")
+    sys.stderr.write(clean(f"run {shown_text(run_id)} is not running (it is {status}){hint}")
+                     + "\n")
     raise typer.Exit(EXIT_FAILED)
 
 
