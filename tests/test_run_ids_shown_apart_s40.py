@@ -31,7 +31,11 @@ def test_shown_text_round_trips_and_tells_bytes_surrogates_and_backslashes_apart
     assert shown[:5] == ["plain", "a\\b", "r\\udcff", "r\\\\udcff", "r\\xff"]
 
 
-def test_runs_json_names_each_run_apart_and_show_finds_each(tmp_path: Path) -> None:
+def three_runs(tmp_path: Path) -> None:
+    r"""Runs ``r\\udcff`` (six characters), ``r\udcff`` (a surrogate), ``r`` and byte 0xff.
+
+    Named literal, surrogate and byte, in the journal ``shoal`` finds in ``tmp_path``.
+    """
     db = tmp_path / ".shoal" / "runs.db"
     runtime = shoal.Runtime(store=SQLiteStore(db))
     for run_id, name in (("r\\udcff", "literal"), ("r\udcff", "surrogate"),
@@ -47,6 +51,10 @@ def test_runs_json_names_each_run_apart_and_show_finds_each(tmp_path: Path) -> N
             if "run_id" in columns:
                 conn.execute(f"UPDATE {table} SET run_id = ? WHERE run_id = 'r-byte'",
                              (b"r\xff",))
+
+
+def test_runs_json_names_each_run_apart_and_show_finds_each(tmp_path: Path) -> None:
+    three_runs(tmp_path)
     listed = json.loads(shoal_cli("runs", "--json", cwd=tmp_path).stdout)
     shown = {run["name"]: run["run_id"] for run in listed}
     assert shown == {"literal": "r\\\\udcff", "surrogate": "r\\udcff", "byte": "r\\xff"}

@@ -294,6 +294,34 @@ class UndecodedText(str):
         return made
 
 
+def _from_raw(raw: bytes) -> str:
+    """``raw`` as the journal reads a cell of it: its text, or an :class:`UndecodedText`."""
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return UndecodedText(raw)
+
+
+def id_joined(run_id: str, *parts: str) -> str:
+    """The id ``run_id/part/...`` (a nested run's: ``RUN/lead/steps``), as a lookup must bind it.
+
+    Of an :class:`UndecodedText` id, an :class:`UndecodedText` of its bytes: built as text, the
+    byte 0xff would bind as the surrogate U+DCFF's bytes, and find nothing.
+    """
+    raw = getattr(run_id, "raw", None) if type(run_id) is not str else None
+    if not isinstance(raw, bytes):
+        return "/".join((run_id, *parts))
+    return UndecodedText(b"/".join((raw, *(p.encode("utf-8", "surrogatepass") for p in parts))))
+
+
+def id_root(run_id: str) -> str:
+    """The outermost run of ``run_id`` (before its first ``/``), keeping undecoded bytes."""
+    raw = getattr(run_id, "raw", None) if type(run_id) is not str else None
+    if not isinstance(raw, bytes):
+        return run_id.split("/", 1)[0]
+    return _from_raw(raw.split(b"/", 1)[0])  # (a '/' byte is never inside a UTF-8 character)
+
+
 def shown_text(value: str) -> str:
     r"""A run id (or name) as ``shoal runs --json`` shows it, read back by :func:`unshown_text`.
 

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich import box
@@ -41,7 +41,7 @@ from shoal.cli.render import (
     seconds,
     settle_hint,
 )
-from shoal.cli.safe import clean, one_line, others_to_stderr, shorten
+from shoal.cli.safe import clean, id_text, one_line, others_to_stderr, shorten
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
 from shoal.exceptions import (
@@ -54,7 +54,15 @@ from shoal.exceptions import (
     StoreVersionError,
     bounded_text,
 )
-from shoal.outcome import STATUSES, Outcome, json_text, jsonable, shown_text, unshown_text
+from shoal.outcome import (
+    STATUSES,
+    Outcome,
+    id_root,
+    json_text,
+    jsonable,
+    shown_text,
+    unshown_text,
+)
 from shoal.plandata import DataError, read_text
 from shoal.planfile import load_plan
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
@@ -317,21 +325,27 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
 
 def _step_only_trees(found: Sequence[RunRecord], journal: SQLiteStore) -> list[RunRecord]:
     """A record for each agent tree whose steps are listed but whose root has no record."""
-    known = {r.run_id for r in found}
-    trees: dict[str, list[RunRecord]] = {}
+    # keyed by the bytes too: the byte 0xff and the surrogate U+DCFF read as one text
+    known = {_id_key(r.run_id) for r in found}
+    trees: dict[tuple[str, bytes | None], tuple[str, list[RunRecord]]] = {}
     for record in found:
-        root = record.run_id.split("/", 1)[0]
-        if root != record.run_id and root not in known:
-            trees.setdefault(root, []).append(record)
+        root = id_root(record.run_id)
+        if root != record.run_id and _id_key(root) not in known:
+            trees.setdefault(_id_key(root), (root, []))[1].append(record)
     return [tree_record(root, sorted(steps, key=lambda r: (r.started_at, r.run_id)), journal,
-                        live_status) for root, steps in trees.items()]
+                        live_status) for root, steps in trees.values()]
+
+
+def _id_key(run_id: str) -> tuple[str, bytes | None]:
+    """``run_id`` as a key that tells an undecoded byte from the surrogate it reads as."""
+    return run_id, getattr(run_id, "raw", None)
 
 
 def runs_table(records: Sequence[RunRecord]) -> Table:
     """The runs as ``shoal runs`` lists them: every field from the journal shown as text."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     # a run id is what a person copies into the next command: never cut, however narrow
-    id_width = max((len(one_line(r.run_id, ID_WIDTH)) for r in records), default=3)
+    id_width = max((len(id_text(r.run_id, width=ID_WIDTH)) for r in records), default=3)
     for name, justify in (("run", "left"), ("status", "left"), ("nodes", "right"),
                           ("outcomes", "left"), ("started", "left"), ("took", "right"),
                           ("plan", "left")):
@@ -342,15 +356,15 @@ def runs_table(records: Sequence[RunRecord]) -> Table:
         if r.damaged:
             plan: Text = safe_text(f"damaged: {r.damaged}", "red")
         else:
-            plan = safe_text(r.name or Path(str(r.source.get("path", ""))).name or "-",
-                             width=ID_WIDTH)
+            plan = id_text(r.name or Path(str(r.source.get("path", ""))).name or "-",
+                           width=ID_WIDTH)
         if agent_journal.is_agent_record(r) and not r.damaged:  # the lead's status; its calls
-            table.add_row(safe_text(r.run_id, width=ID_WIDTH),
+            table.add_row(id_text(r.run_id, width=ID_WIDTH),
                           agent_journal.agent_status_text(r, live_status(r)),
                           "-", _counts(r.counts, " calls"), _when(r.started_at),
                           seconds(_duration(r)), plan)
             continue
-        table.add_row(safe_text(r.run_id, width=ID_WIDTH), _status_text(live_status(r)),
+        table.add_row(id_text(r.run_id, width=ID_WIDTH), _status_text(live_status(r)),
                       str(_node_count(r)), _counts(r.counts), _when(r.started_at),
                       seconds(_duration(r)), plan)
     return table
@@ -501,7 +515,7 @@ def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None,
 def _tree_dict(view: Timeline) -> dict[str, Any]:
     """``shoal show --json`` of an agent tree run from code: its agents and every call."""
     lanes = [lane.lineage for lane in view.lanes]
-    return {"run_id": view.run_id, "kind": "agent tree", "status": view.status,
+    return {"run_id": shown_text(view.run_id), "kind": "agent tree", "status": view.status,
             "started_at": view.started_at, "duration": view.duration,
             "agents": lanes,
             "calls": [{"lineage": lanes[b.lane], "step": b.step, "node_id": b.node_id,
@@ -512,7 +526,7 @@ def _tree_dict(view: Timeline) -> dict[str, Any]:
 
 def _tree_view(view: Timeline) -> RenderableType:
     """``shoal show`` of an agent tree run from code: each agent with its turns and calls."""
-    head = Text.assemble(("run ", "bold"), safe_text(view.run_id, "bold", width=ID_WIDTH), "  ",
+    head = Text.assemble(("run ", "bold"), id_text(view.run_id, "bold", width=ID_WIDTH), "  ",
                          _status_text(view.status))
     head.append(f"\nagent tree · {len(view.lanes)} agent{'s' if len(view.lanes) != 1 else ''}"
                 f" · {len(view.bars)} calls and model turns · started "
@@ -584,7 +598,7 @@ def _approval_dict(a: ApprovalRecord) -> dict[str, Any]:
 
 
 def _head(record: RunRecord, status: str, count: int) -> Text:
-    head = Text.assemble(("run ", "bold"), safe_text(record.run_id, "bold", width=ID_WIDTH), "  ",
+    head = Text.assemble(("run ", "bold"), id_text(record.run_id, "bold", width=ID_WIDTH), "  ",
                          _status_text(status))
     where = one_line(str(record.source.get("path") or record.name or ""), ID_WIDTH * 4)
     head.append(f"\n{max(_node_count(record), count)} nodes · started "
@@ -881,13 +895,11 @@ def cancel_command(
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), False)) from None
     if late == "waiting":
-        sys.stderr.write(clean(f"asked to cancel {what} {run_id}, but the run has not taken "
-                               f"the request within {wait:g} s; it will when it next looks") + "\n")
-        raise typer.Exit(EXIT_FAILED)
+        _still_waiting(what, run_id, wait)
     if late is not None:  # it ended (or died) before it looked: the request will be dropped
         _not_running(run_id, late, resume)
-    sys.stderr.write(clean(f"cancelled {what} {run_id}" if wait else
-                           f"asked to cancel {what} {run_id}") + "\n")
+    sys.stderr.write(clean(f"cancelled {what} {shown_text(run_id)}" if wait else
+                           f"asked to cancel {what} {shown_text(run_id)}") + "\n")
 
 
 def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason: str,
@@ -911,13 +923,11 @@ def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason
         journal.request_cancel(step, (), reason=reason)
     late = [_not_taken(journal, step, wait) for step in running] if wait else []
     if "waiting" in late:
-        sys.stderr.write(clean(f"asked to cancel run {run_id}, but the run has not taken the "
-                               f"request within {wait:g} s; it will when it next looks") + "\n")
-        raise typer.Exit(EXIT_FAILED)
+        _still_waiting("run", run_id, wait)
     if late and all(status is not None for status in late):  # it ended before it looked
         _not_running(run_id, _tree_status(journal, run_id) or "gone", resume)
-    sys.stderr.write(clean(f"cancelled run {run_id}" if wait else
-                           f"asked to cancel run {run_id}") + "\n")
+    sys.stderr.write(clean(f"cancelled run {shown_text(run_id)}" if wait else
+                           f"asked to cancel run {shown_text(run_id)}") + "\n")
 
 
 def _cancel_tree_calls(journal: SQLiteStore, run_id: str, names: Sequence[str], reason: str,
@@ -937,13 +947,11 @@ def _cancel_tree_calls(journal: SQLiteStore, run_id: str, names: Sequence[str], 
     what = f"call(s) {', '.join(names)} of run"
     late = {_not_taken(journal, step, wait) for step in found} if wait else set()
     if "waiting" in late:
-        sys.stderr.write(clean(f"asked to cancel {what} {run_id}, but the run has not taken "
-                               f"the request within {wait:g} s; it will when it next looks") + "\n")
-        raise typer.Exit(EXIT_FAILED)
+        _still_waiting(what, run_id, wait)
     if late and None not in late:  # it ended before it looked: the request will be dropped
         _not_running(run_id, status(), resume)
-    sys.stderr.write(clean(f"cancelled {what} {run_id}" if wait else
-                           f"asked to cancel {what} {run_id}") + "\n")
+    sys.stderr.write(clean(f"cancelled {what} {shown_text(run_id)}" if wait else
+                           f"asked to cancel {what} {shown_text(run_id)}") + "\n")
 
 
 def _tree_resume(run_id: str) -> str:
@@ -958,11 +966,11 @@ def _resume_hint(journal: SQLiteStore, record: RunRecord) -> str:
     run started from Python, not from a plan file, resumes from Python too.
     """
     run_id = record.run_id
-    root = run_id.split("/", 1)[0]
+    root = id_root(run_id)
     if root != run_id:
         owner = journal.get_run(root)
         if owner is not None and is_agent_record(owner):
-            return f"shoal resume {root}"
+            return f"shoal resume {shown_text(root)}"
         if owner is None and nested_runs(journal, root):
             return _tree_resume(root)
     if not is_agent_record(record) and not record.source.get("path"):
@@ -1041,14 +1049,23 @@ def _no_run(journal: SQLiteStore, run_id: str, store: Path) -> ShoalError:
 _MEANT_SHOWN = 5  # the runs an unknown id's error names at most, newest first
 
 
+def _still_waiting(what: str, run_id: str, wait: float) -> NoReturn:
+    """Say that the run has not taken the cancel request within ``wait`` s; exit with code 1."""
+    sys.stderr.write(clean(f"asked to cancel {what} {shown_text(run_id)}, but the run has not "
+                           f"taken the request within {wait:g} s; it will when it next looks")
+                     + "\n")
+    raise typer.Exit(EXIT_FAILED)
+
+
 def _not_running(run_id: str, status: str, resume: str = "") -> None:
     """Say that ``run_id`` is not running (it is ``status``) and exit with code 1.
 
     An interrupted run is told how to resume: ``resume``, or else ``shoal resume``.
     """
-    resume = resume or f"shoal resume {run_id}"
+    resume = resume or f"shoal resume {shown_text(run_id)}"
     hint = f"; resume it with: {resume}" if status == "interrupted" else ""
-    sys.stderr.write(clean(f"run {run_id} is not running (it is {status}){hint}") + "\n")
+    sys.stderr.write(clean(f"run {shown_text(run_id)} is not running (it is {status}){hint}")
+                     + "\n")
     raise typer.Exit(EXIT_FAILED)
 
 
@@ -1225,7 +1242,7 @@ def _wrong_fields(where: str, data: Mapping[str, Any], fields: Mapping[str, tupl
 
 def _agent_of_step(journal: SQLiteStore, run_id: str) -> str | None:
     """The agent run whose steps ``run_id`` are (``RUN/lead/steps``), if it is one."""
-    root = run_id.split("/", 1)[0]
+    root = id_root(run_id)
     if root == run_id:
         return None
     record = journal.get_run(root)

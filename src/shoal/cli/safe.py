@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from shoal.outcome import huge_int_text, itself_text
+from shoal.outcome import huge_int_text, itself_text, shown_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,7 +46,7 @@ __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
     "MAX_MARKS", "SPACE_RUN", "clean", "console", "console_size", "count", "exact_json_view",
     "install_log_handler", "is_safe", "is_terminal", "json_view", "live_fits", "marks_capped",
-    "marks_capped_parts", "one_line",
+    "id_text", "marks_capped_parts", "one_line",
     "others_to_stderr",
     "safe_repr",
     "safe_str", "shorten", "text", "view_text",
@@ -256,6 +256,17 @@ def text(value: str, style: str = "", *, newlines: bool = False,
         return Text(clean(value, newlines=newlines), style=style)
     cleaned = clean(value[: max(width, 1) + 1], newlines=newlines)  # longer than width if cut
     return Text(shorten(cleaned, width), style=style)
+
+
+def id_text(value: str, style: str = "", *, width: int | None = None) -> Text:
+    r"""A run id or name as a rich ``Text``, as ``shoal runs --json`` shows it, then escaped.
+
+    :func:`~shoal.outcome.shown_text` first: a byte that is not UTF-8 ``\xff``, the lone
+    surrogate U+DCFF ``\udcff`` and the six characters ``\udcff`` ``\\udcff``, each the form
+    that names its run to ``shoal show``; then :func:`text` escapes what could control the
+    terminal. The whole of ``value`` decides whether it is escaped (a prefix could differ).
+    """
+    return text(shown_text(value), style, width=width)
 
 
 # Shown as \uXXXX in a JSON view so that the marker of a run of spaces cannot be faked.

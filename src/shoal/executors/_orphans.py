@@ -40,8 +40,13 @@ def start_orphan_reaper(interval: float = INTERVAL) -> bool:
     if _started or not sys.platform.startswith("linux"):
         return _started
     _started = True
-    threading.Thread(target=_reap_forever, args=(interval,), name="shoal-orphans",
-                     daemon=True).start()
+    # it only looks and waits: a small stack, as under a process worker's memory limit
+    previous = threading.stack_size(256 * 1024)
+    try:
+        threading.Thread(target=_reap_forever, args=(interval,), name="shoal-orphans",
+                         daemon=True).start()
+    finally:
+        threading.stack_size(previous)
     return True
 
 

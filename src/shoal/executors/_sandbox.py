@@ -137,6 +137,8 @@ def _die_with(alive: int) -> None:
 def _stand_in(child: int) -> None:
     """Wait for the child, end what is left below this process, then end as it ended.
 
+    What else ends below it meanwhile is reaped as it ends.
+
     A ``SIGTERM`` (also the death signal of a worker forked by a template, when the template
     dies) kills the child and everything below first; this process then ends by it.
     """
@@ -149,12 +151,13 @@ def _stand_in(child: int) -> None:
         kill_tree(os.getpid(), include_root=False)
 
     signal.signal(signal.SIGTERM, terminate)
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-            break
+    while True:  # reaping whatever ends below it (a sibling a tool cloned, an orphan given
+        try:  # to this subreaper), not leaving it a zombie until the child ends
+            pid, status = os.waitpid(-1, 0)
         except InterruptedError:
             continue
+        if pid == child:
+            break
     kill_tree(os.getpid(), include_root=False)
     if terminated or os.WIFSIGNALED(status):
         number = terminated[0] if terminated else os.WTERMSIG(status)

@@ -61,6 +61,7 @@ from typing import IO, Any
 from shoal.cli.pipes import Unbroken
 from shoal.exceptions import ConfigError, SerializationError
 from shoal.executors._errors import error_reply
+from shoal.executors._orphans import start_orphan_reaper
 from shoal.executors._results import (
     run_coroutine,
     stop_iteration_error,
@@ -617,6 +618,7 @@ def main(argv: list[str]) -> int:
         write_message(replies, error_reply(exc))
         return 1
     start_watchdog(cmd_fd)
+    start_orphan_reaper()  # a subreaper: orphans its tools leave would stay zombies below it
     guard_streams()
     note_state()
     me = os.getpid()

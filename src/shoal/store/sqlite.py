@@ -42,7 +42,7 @@ from shoal.exceptions import (
     StoreVersionError,
 )
 from shoal.merge import shown
-from shoal.outcome import STATUSES, ErrorInfo, Outcome, UndecodedText, jsonable
+from shoal.outcome import STATUSES, ErrorInfo, Outcome, UndecodedText, id_joined, jsonable
 from shoal.store.base import (
     DECISIONS,
     RUN_STATUSES,
@@ -694,10 +694,14 @@ class SQLiteStore:
         ``RUN/`` up to ``RUN0``), not by listing every run of the journal; ids with lone
         surrogates, kept as BLOBs, sort after all text and are read as a range of their own.
         """
-        low, high = f"{run_id}/", f"{run_id}0"  # '0' is the character after '/'
-        as_bytes = [text.encode("utf-8", "surrogatepass") for text in (low, high)]
-        as_text = list(_bind((low, high)))
-        bounds = [*as_text, *as_bytes] if isinstance(as_text[0], str) else as_bytes * 2
+        low = id_joined(run_id, "")
+        if type(low) is UndecodedText:  # its bytes: its text would bind a byte as a surrogate
+            bounds: Sequence[str | bytes] = [low.raw, low.raw[:-1] + b"0"] * 2
+        else:
+            low, high = f"{run_id}/", f"{run_id}0"  # '0' is the character after '/'
+            as_bytes = [text.encode("utf-8", "surrogatepass") for text in (low, high)]
+            as_text = list(_bind((low, high)))
+            bounds = [*as_text, *as_bytes] if isinstance(as_text[0], str) else as_bytes * 2
         rows = self._read("SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? UNION ALL "
                           "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ?", bounds)
         return sorted({_str(row[0]) for row in rows})
@@ -727,14 +731,16 @@ class SQLiteStore:
 
         ``nested``: those of the runs nested in it too (ids starting ``f"{run_id}/"``).
         """
-        prefix = f"{run_id}/"
+        # as the cells hold them: text, or the bytes of an id with lone surrogates or
+        # undecoded bytes (substr then counts bytes)
+        whole, prefix = _bind((run_id, id_joined(run_id, "")))
         try:
             with self._lock:
                 rows = self._patiently(lambda: _fetch_all(
                     self._conn,
                     "SELECT run_id, node_id, kind, encoding, value, view FROM effects WHERE "
                     "run_id = ? OR (? AND substr(run_id, 1, ?) = ?) ORDER BY id",
-                    (run_id, nested, len(prefix), prefix)))
+                    (whole, nested, len(prefix), prefix)))
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):  # a read-only file from before effects existed
                 return []
