@@ -903,9 +903,10 @@ class SchedulerState:
                 done.append(pos)
                 quiet += 1
         finally:  # counted once for the batch (nothing above reads these counts)
-            self._global.in_use -= quiet
-            self.done_count += quiet
-            self.status_counts["ok"] += quiet
+            if quiet:  # (none when each end released something: a chain's)
+                self._global.in_use -= quiet
+                self.done_count += quiet
+                self.status_counts["ok"] += quiet
         if self._heap or self._sorted or self._asking:  # (else _dispatch has nothing to do)
             self._dispatch(now if at is None or at < now else at, d)
         return d
