@@ -742,7 +742,7 @@ class Driver:
             del self._handed[call.pos]
             if type(value) in _PLAIN:  # most calls: no result object (see _returned)
                 assert self._context is not None
-                self._context.run(self._report, self._returned, call, value)
+                self._context.run(self._returned, call, value)
                 return self.state.outcome_at(call.pos)
             result = _returned_value(call, value)
         self._handed.pop(call.pos, None)
@@ -1203,7 +1203,7 @@ class Driver:
                         self._settling and call.pos in self._settling):
                     self._pool_batch_end()
                     assert self._context is not None
-                    self._context.run(self._report, self._returned, call, value)
+                    self._context.run(self._returned, call, value)
                 else:
                     try:
                         end = self._plain_end(call, value)
@@ -1446,7 +1446,7 @@ class Driver:
                         raise TimeoutError
                 if type(value) in _PLAIN:  # most calls: no result object (see _returned)
                     assert self._context is not None
-                    self._context.run(self._report, self._returned, call, value)
+                    self._context.run(self._returned, call, value)
                     return
                 result = _returned_value(call, value)  # every backend's result
         except TimeoutError as exc:
@@ -1528,7 +1528,7 @@ class Driver:
                         or pos in self._watchers or self.state.releases(pos)):
                     # something waits for it: fed now, so it starts in this loop turn
                     assert self._context is not None
-                    self._context.run(self._report, self._returned, call, value)
+                    self._context.run(self._returned, call, value)
                     return
                 try:
                     self._task_returned_plain(call, value)
@@ -1691,30 +1691,41 @@ class Driver:
     def _returned(self, call: Call, value: Any, began: float | None = None) -> None:
         """:meth:`_attempt_done` for a call that returned ``value``, without an AttemptResult.
 
-        ``began`` is when a call run at once ran (run time); a pool call's start is its
-        ``began_at``. Only for an attempt with nothing to settle or journal (a call run at
-        once, or a plain sync call on the pool, has none); any other goes the general way.
+        Run in the driver's context, as :meth:`_report` runs a step (its work done here: the
+        edge from an end to what it releases passes here, one call less on it). ``began`` is
+        when a call run at once ran (run time); a pool call's start is its ``began_at``. Only
+        for an attempt with nothing to settle or journal (a call run at once, or a plain sync
+        call on the pool, has none); any other goes the general way.
         """
-        if self._late and id(call) in self._late:  # abandoned: its end is not reported
-            return
-        if self._task_returned:
-            self._task_ends_first()
-        if self._streaming or call.tool.injected or (
-                self._settling and call.pos in self._settling):
-            self._attempt_done(call, AttemptResult("ok", value, began=began))
-            return
+        entered, self._entered = self._entered, True
         try:
-            del self._tasks[call.pos]  # one attempt per node at a time: this is the one
-            if self._task_of:
-                self._task_of.pop(call.pos, None)
-            if call.began_at is not None:
-                began = self._began(call.began_at)
-                began = None if began is None else began - self._t0
-            where = call.where or self._hosts.get(call.isolation) or self._here(call)
-            ended = None if call.ended_at is None else self._ended(call)
-            self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began, ended))
-        except Exception as exc:
-            self._internal_error(call.node_id, exc)
+            if self._late and id(call) in self._late:  # abandoned: its end is not reported
+                return
+            if self._task_returned:
+                self._task_ends_first()
+            if self._streaming or call.tool.injected or (
+                    self._settling and call.pos in self._settling):
+                self._attempt_done(call, AttemptResult("ok", value, began=began))
+                return
+            try:
+                pos = call.pos
+                del self._tasks[pos]  # one attempt per node at a time: this is the one
+                if self._task_of:
+                    self._task_of.pop(pos, None)
+                where = call.where or self._hosts.get(call.isolation) or self._here(call)
+                if call.began_at is None and call.ended_at is None:  # (a lean attempt's)
+                    d = self.state.finish_ok(pos, value, where, self.now(), began)
+                else:
+                    if call.began_at is not None:
+                        began = self._began(call.began_at)
+                        began = None if began is None else began - self._t0
+                    ended = None if call.ended_at is None else self._ended(call)
+                    d = self.state.finish_ok(pos, value, where, self.now(), began, ended)
+                self._apply(d)
+            except Exception as exc:
+                self._internal_error(call.node_id, exc)
+        finally:
+            self._entered = entered
 
     def _returned_many(self, batch: list[tuple[int, Any, str, float, float]],
                        at: float | None = None) -> None:

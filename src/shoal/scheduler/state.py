@@ -840,6 +840,8 @@ class SchedulerState:
         the work really ended, before ``now``) is the outcome's end; what it releases is
         decided at ``now``.
         """
+        if began is None and ended is None:  # most: no start to move, ended now
+            return self.finish_ok_many(((pos, value, where, _NEVER, now),), now)
         start = _NEVER if began is None else began
         slot = self._slots[pos]
         started = slot.started_at if isinstance(slot, _Slot) else None
@@ -882,7 +884,7 @@ class SchedulerState:
                 if general or slot.gather >= 0 or succs[pos]:  # events, or nodes wait for it
                     self._global.in_use -= 1
                     slot.where = where or slot.where
-                    self._record(slot, "ok", now, d, value=value)
+                    self._record_ok(slot, now, d, value)
                     continue
                 # most ends of a wide run: nothing waits for the node, nobody listens. What
                 # _record would do, inline: the outcome, the slot given way, the end reported
@@ -901,9 +903,10 @@ class SchedulerState:
                 done.append(pos)
                 quiet += 1
         finally:  # counted once for the batch (nothing above reads these counts)
-            self._global.in_use -= quiet
-            self.done_count += quiet
-            self.status_counts["ok"] += quiet
+            if quiet:  # (none when each end released something: a chain's)
+                self._global.in_use -= quiet
+                self.done_count += quiet
+                self.status_counts["ok"] += quiet
         if self._heap or self._sorted or self._asking:  # (else _dispatch has nothing to do)
             self._dispatch(now if at is None or at < now else at, d)
         return d
@@ -1978,6 +1981,26 @@ class SchedulerState:
             for other in reversed(self._slots):
                 self._cancel_slot(other, reason, "cancelled", now, d)
 
+    def _record_ok(self, slot: _Slot, now: float, d: Decisions, value: Any) -> None:
+        """:meth:`_record` of a value: the outcome, then release what waits for it.
+
+        The edge from an end to the start of what waits for it: nothing to skip, so, unless
+        it is a map's item or a node ended early is about, each dependent only counts down.
+        """
+        self._store(slot, "ok", now, d, value, None, "", False)
+        succs = self.graph.succs[slot.pos]
+        if slot.gather >= 0 or self._early:  # (_pass_on_from's general walk)
+            self._pass_on_from([(slot, False)], slot, now, d, False)
+            return
+        slots = self._slots
+        for succ in succs:
+            after = slots[succ]
+            if after.phase is Phase.DONE or not isinstance(after, _Slot):
+                continue
+            after.waiting -= 1
+            if after.waiting == 0 and after.phase is Phase.WAITING:
+                self._make_ready(after, now, d)
+
     def _pass_on(self, slot: _Slot, now: float, d: Decisions, holds: bool = False) -> None:
         """``slot`` has its outcome: release what waits for it, or skip it (and so on).
 
@@ -2070,7 +2093,10 @@ class SchedulerState:
     def _store(self, slot: _Slot, status: Status, now: float, d: Decisions, value: Any,
                error: ErrorInfo | None, reason: str, abandoned: bool,
                interrupted: bool = False) -> None:
-        self._set_phase(slot, Phase.DONE)
+        if slot.phase is Phase.RUNNING:  # (most: RUNNING -> DONE, without _set_phase's call)
+            slot.phase = Phase.DONE
+        else:
+            self._set_phase(slot, Phase.DONE)
         self.done_count += 1
         self.status_counts[status] += 1
         slot.args = None
