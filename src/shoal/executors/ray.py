@@ -73,6 +73,7 @@ import functools
 import logging
 import os
 import pickle
+import queue
 import re
 import signal
 import socket
@@ -726,12 +727,48 @@ def _is_loopback(address: str) -> bool:
 _SESSION_LOCK = threading.Lock()
 
 
+_LASTING: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] | None = None
+
+
+def _on_lasting_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()``, run on a thread that lasts as long as the process: the main one, or shoal's.
+
+    Ray starts its GCS, raylet and helper processes with ``PR_SET_PDEATHSIG`` (SIGKILL),
+    which Linux fires when the *thread* that started them exits, not the process. A runtime
+    on a short-lived thread (``run_sync`` on a worker thread, a web handler's) that happened
+    to start Ray would take it down for every other runtime of the process as its thread
+    ended: their calls then waited 60 s for a GCS that was gone. Called under
+    ``_SESSION_LOCK``.
+    """
+    global _LASTING
+    if threading.current_thread() is threading.main_thread():
+        return fn()
+    if _LASTING is None:
+        _LASTING = queue.SimpleQueue()
+        threading.Thread(target=_serve, args=(_LASTING,), name="shoal-ray-start",
+                         daemon=True).start()  # a daemon: it ends with the process only
+    done: Future[Any] = Future()
+    _LASTING.put((fn, done))
+    return done.result()
+
+
+def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+    """Run the jobs :func:`_on_lasting_thread` hands over, for ever."""
+    while True:
+        fn, done = jobs.get()
+        try:
+            done.set_result(fn())
+        except BaseException as exc:  # handed back to the caller, who raises it
+            done.set_exception(exc)
+
+
 def _acquire(address: str | None) -> _Session:
     global _SESSION
     ray = _import_ray()
     with _SESSION_LOCK:
         if _SESSION is None or not ray.is_initialized():  # first use, or Ray shut down since
-            _SESSION = _Session(ray, _connect(ray, address))
+            owned = _on_lasting_thread(functools.partial(_connect, ray, address))
+            _SESSION = _Session(ray, owned)
         _SESSION.users += 1
         return _SESSION
 
