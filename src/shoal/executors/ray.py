@@ -16,7 +16,10 @@ on first use (``pip install 'shoal[ray]'``).
 :mod:`shoal.executors._shipping`), which a worker imports. When shoal starts or connects Ray,
 it sets the job's ``runtime_env`` so that workers see the driver's own source directories:
 ``PYTHONPATH`` is the driver's ``sys.path`` without the interpreter's standard library and
-site-packages (the workers' Python has its own). That serves nodes that see the driver's
+site-packages (the workers' Python has its own). A Ray that shoal starts gets that
+``PYTHONPATH`` in its processes' environment instead: the workers Ray starts ahead of the
+first call are then of the job's environment, not two that a ``runtime_env`` of the job's
+would leave idle while two more start. That serves nodes that see the driver's
 paths; on other machines shoal, the tools' dependencies and the tools' modules must be
 installed there (or shipped with a ``runtime_env`` of the user's own ``ray.init``).
 
@@ -697,11 +700,15 @@ def _init(ray: Any, target: str) -> None:
     """``ray.init`` at ``target`` (``"local"``: a Ray of our own), as :func:`_connect` says."""
     options: dict[str, Any] = {
         "address": target, "logging_level": logging.WARNING, "log_to_driver": False,
-        "ignore_reinit_error": True, "runtime_env": {"env_vars": {"PYTHONPATH": worker_path()}},
+        "ignore_reinit_error": True,
     }
     if target == "local":  # a new Ray of our own ("local": never one found in /tmp/ray)
         options["include_dashboard"] = False
-    if target == "local" or _is_loopback(target):
+        with _environment(PYTHONPATH=worker_path()), _loopback_only(ray):
+            ray.init(**options)
+        return
+    options["runtime_env"] = {"env_vars": {"PYTHONPATH": worker_path()}}
+    if _is_loopback(target):
         host = _host(target)
         if host.startswith("127.") and host != "127.0.0.1":  # a head on another loopback IP
             options["_node_ip_address"] = host  # (nodes on one machine): join it there
@@ -709,6 +716,25 @@ def _init(ray: Any, target: str) -> None:
             ray.init(**options)
     else:
         ray.init(**options)
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` while Ray starts its processes (which inherit it).
+
+    Run under ``_SESSION_LOCK``, on the one thread that starts Ray (see
+    :func:`_on_lasting_thread`).
+    """
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _host(address: str) -> str:
