@@ -16,7 +16,10 @@ on first use (``pip install 'shoal[ray]'``).
 :mod:`shoal.executors._shipping`), which a worker imports. When shoal starts or connects Ray,
 it sets the job's ``runtime_env`` so that workers see the driver's own source directories:
 ``PYTHONPATH`` is the driver's ``sys.path`` without the interpreter's standard library and
-site-packages (the workers' Python has its own). That serves nodes that see the driver's
+site-packages (the workers' Python has its own). A Ray that shoal starts gets that
+``PYTHONPATH`` in its processes' environment instead: the workers Ray starts ahead of the
+first call are then of the job's environment, not two that a ``runtime_env`` of the job's
+would leave idle while two more start. That serves nodes that see the driver's
 paths; on other machines shoal, the tools' dependencies and the tools' modules must be
 installed there (or shipped with a ``runtime_env`` of the user's own ``ray.init``).
 
@@ -73,6 +76,7 @@ import functools
 import logging
 import os
 import pickle
+import queue
 import re
 import signal
 import socket
@@ -696,11 +700,15 @@ def _init(ray: Any, target: str) -> None:
     """``ray.init`` at ``target`` (``"local"``: a Ray of our own), as :func:`_connect` says."""
     options: dict[str, Any] = {
         "address": target, "logging_level": logging.WARNING, "log_to_driver": False,
-        "ignore_reinit_error": True, "runtime_env": {"env_vars": {"PYTHONPATH": worker_path()}},
+        "ignore_reinit_error": True,
     }
     if target == "local":  # a new Ray of our own ("local": never one found in /tmp/ray)
         options["include_dashboard"] = False
-    if target == "local" or _is_loopback(target):
+        with _environment(PYTHONPATH=worker_path()), _loopback_only(ray):
+            ray.init(**options)
+        return
+    options["runtime_env"] = {"env_vars": {"PYTHONPATH": worker_path()}}
+    if _is_loopback(target):
         host = _host(target)
         if host.startswith("127.") and host != "127.0.0.1":  # a head on another loopback IP
             options["_node_ip_address"] = host  # (nodes on one machine): join it there
@@ -708,6 +716,25 @@ def _init(ray: Any, target: str) -> None:
             ray.init(**options)
     else:
         ray.init(**options)
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` while Ray starts its processes (which inherit it).
+
+    Run under ``_SESSION_LOCK``, on the one thread that starts Ray (see
+    :func:`_on_lasting_thread`).
+    """
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _host(address: str) -> str:
@@ -726,12 +753,48 @@ def _is_loopback(address: str) -> bool:
 _SESSION_LOCK = threading.Lock()
 
 
+_LASTING: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] | None = None
+
+
+def _on_lasting_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()``, run on a thread that lasts as long as the process: the main one, or shoal's.
+
+    Ray starts its GCS, raylet and helper processes with ``PR_SET_PDEATHSIG`` (SIGKILL),
+    which Linux fires when the *thread* that started them exits, not the process. A runtime
+    on a short-lived thread (``run_sync`` on a worker thread, a web handler's) that happened
+    to start Ray would take it down for every other runtime of the process as its thread
+    ended: their calls then waited 60 s for a GCS that was gone. Called under
+    ``_SESSION_LOCK``.
+    """
+    global _LASTING
+    if threading.current_thread() is threading.main_thread():
+        return fn()
+    if _LASTING is None:
+        _LASTING = queue.SimpleQueue()
+        threading.Thread(target=_serve, args=(_LASTING,), name="shoal-ray-start",
+                         daemon=True).start()  # a daemon: it ends with the process only
+    done: Future[Any] = Future()
+    _LASTING.put((fn, done))
+    return done.result()
+
+
+def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+    """Run the jobs :func:`_on_lasting_thread` hands over, for ever."""
+    while True:
+        fn, done = jobs.get()
+        try:
+            done.set_result(fn())
+        except BaseException as exc:  # handed back to the caller, who raises it
+            done.set_exception(exc)
+
+
 def _acquire(address: str | None) -> _Session:
     global _SESSION
     ray = _import_ray()
     with _SESSION_LOCK:
         if _SESSION is None or not ray.is_initialized():  # first use, or Ray shut down since
-            _SESSION = _Session(ray, _connect(ray, address))
+            owned = _on_lasting_thread(functools.partial(_connect, ray, address))
+            _SESSION = _Session(ray, owned)
         _SESSION.users += 1
         return _SESSION
 
