@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,15 @@ import pytest
 from tests.conftest import ONE_AT_A_TIME
 
 pytestmark = ONE_AT_A_TIME  # a Ray head of its own, in a fresh driver
+
+
+def _own_ray_env() -> dict[str, str]:
+    """This process's environment without RAY_ADDRESS: the driver starts a Ray of its own.
+
+    (CI points the tests at its Ray head with RAY_ADDRESS; a driver that joined that head would
+    have no Ray processes of its own to look at.)
+    """
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
 # Ray starts its GCS, raylet and helpers with PR_SET_PDEATHSIG=SIGKILL, which Linux fires when
 # the *thread* that forked them exits, not the process: a runtime on a short-lived thread that
@@ -37,7 +47,7 @@ def test_a_ray_started_on_a_thread_that_ends_lives_on() -> None:
     pytest.importorskip("ray")
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", STARTED_ON_A_THREAD], cwd=root,
-                          capture_output=True, text=True, timeout=170)
+                          env=_own_ray_env(), capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "dead: [] of ['gcs_server', 'raylet']", (
         done.stdout[-2000:], done.stderr[-2000:])
@@ -77,8 +87,8 @@ asyncio.run(holder.close())
 def test_the_first_calls_run_on_the_workers_ray_started_ahead() -> None:
     pytest.importorskip("ray")
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", FIRST_CALLS], cwd=root, capture_output=True,
-                          text=True, timeout=170)
+    done = subprocess.run([sys.executable, "-c", FIRST_CALLS], cwd=root, env=_own_ray_env(),
+                          capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on workers started at connect: True" in done.stdout, (done.stdout[-2000:],
                                                                   done.stderr[-2000:])
