@@ -85,10 +85,21 @@ def segfault() -> None:
     ctypes.string_at(0)
 
 
+def write_pid(path: str | Path) -> None:
+    """Write this process's id to ``path`` whole: a reader that sees the file reads the id.
+
+    (``write_text`` creates the file before it writes: a test's thread that waited for the
+    file read it empty in a CI run, and its SIGSTOP never came.)
+    """
+    part = Path(f"{path}.{os.getpid()}.part")
+    part.write_text(str(os.getpid()))
+    os.replace(part, path)
+
+
 @tool(isolation="process")
 def sleep_forever(pid_file: str) -> None:
     """Write the worker's pid to ``pid_file``, then sleep (practically) forever."""
-    Path(pid_file).write_text(str(os.getpid()))
+    write_pid(pid_file)
     time.sleep(1000)
 
 

@@ -34,6 +34,7 @@ from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
 from tests.conftest import pid_gone, until, wait_until
+from tests.process_tools import write_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,7 @@ def where(tag: str) -> str:
 @shoal.tool
 def slow(path: str) -> str:
     """Write this process's id to ``path``, then sleep a long time."""
-    Path(path).write_text(str(os.getpid()))
+    write_pid(path)
     time.sleep(60)
     return "woke up"
 
@@ -908,7 +909,7 @@ def test_a_run_deadline_ends_a_process_agent_node(tmp_path: Path) -> None:
 @shoal.tool
 def freeze(path: str) -> str:
     """Write this process's id to ``path``, then stop the whole process (SIGSTOP)."""
-    Path(path).write_text(str(os.getpid()))
+    write_pid(path)
     os.kill(os.getpid(), signal.SIGSTOP)
     return "thawed"
 

@@ -34,6 +34,7 @@ from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
 from tests.conftest import ONE_AT_A_TIME, pid_gone, until, wait_until
+from tests.process_tools import write_pid
 from tests.test_process_agents import (
     _logged,
     _pid_in,
@@ -216,7 +217,7 @@ def test_one_model_gate_caps_requests_across_remote_agents(isolation: str,
 @shoal.tool
 def slow(path: str) -> str:
     """Write this process's id to ``path``, then sleep a long time."""
-    Path(path).write_text(str(os.getpid()))
+    write_pid(path)
     time.sleep(60)
     return "woke up"
 
@@ -224,7 +225,7 @@ def slow(path: str) -> str:
 @shoal.tool
 def die(path: str) -> str:
     """Write this process's id to ``path``, then kill it with SIGKILL mid-turn."""
-    Path(path).write_text(str(os.getpid()))
+    write_pid(path)
     os.kill(os.getpid(), signal.SIGKILL)
     return "unreachable"
 
